@@ -1,0 +1,219 @@
+"""The HAQ search as a Gymnasium environment (Wang et al., CVPR 2019, Section 3)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from hw_models import CostModel, LayerSpec, check_layers
+
+Evaluator = Callable[[list[tuple[int, int]]], float]
+"""policy ``[(w_bits, a_bits), ...]`` -> accuracy in percent."""
+
+OBS_FEATURES = ("layer_index", "c_in", "c_out", "kernel", "stride", "feature_map", "n_params",
+                "depthwise", "is_weight", "prev_action")
+
+
+def action_to_bits(action: float, choices: Sequence[int]) -> int:
+    """Map an action in [0, 1] to a bitwidth by equal-width bins over `choices` (sorted).
+
+    For a contiguous range b_min..b_max this is the paper's
+    ``round(b_min - 0.5 + a * (b_max - b_min + 1))``, clipped to the range.
+    """
+    k = len(choices)
+    idx = int(np.round(-0.5 + float(action) * k))
+    return int(choices[min(max(idx, 0), k - 1)])
+
+
+def layer_features(layers: Sequence[LayerSpec]) -> np.ndarray:
+    """The 7 static features of each layer, min-max normalised over the model's layers, (L, 7)."""
+    raw = np.array([[i, l.c_in, l.c_out, l.kernel, l.stride, l.in_h * l.in_w, l.n_weights]
+                    for i, l in enumerate(layers)], dtype=np.float64)
+    lo, hi = raw.min(axis=0), raw.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return (raw - lo) / span
+
+
+class MixedPrecisionEnv(gym.Env):
+    """Pick a weight and an activation bitwidth for each layer of a network.
+
+    One episode walks the L quantizable layers; each layer takes two steps, first its
+    weight bits, then its activation bits (2L steps). After the last step the policy is
+    made to fit the budget, the evaluator measures its accuracy, and the reward is given.
+
+    ## Observation
+    ``Box(0, 1, (10,), float32)``, the state of HAQ's Section 3.1: (layer index, c_in,
+    c_out, kernel, stride, input feature-map size, #params, depthwise flag,
+    weight/activation flag, previous action). The first seven are min-max normalised over
+    the model's layers; the flags are 0/1; the previous action is the raw action of the
+    previous step (0 at the first step). Every field is set afresh each step.
+
+    ## Action
+    ``Box(0, 1, (1,), float32)``, mapped to bits by equal-width bins over the allowed
+    bitwidths (``min_bits..max_bits``, intersected with the hardware's ``supported_bits``).
+    With ``pin_first_last`` the first and last layers are held at ``max_bits`` whatever
+    the action.
+
+    ## Reward
+    0 on every step but the last; there ``reward_scale * (acc - fp_accuracy)``, with
+    accuracies in percent (HAQ Eq. 2, lambda = 0.1).
+
+    ## Episode end
+    Terminates after 2L steps; never truncates. Before the reward, the budget is enforced
+    by HAQ's sequential decrease: while the cost exceeds the budget, walk from the last
+    layer to the first lowering activation bits, then weight bits, one allowed step at a
+    time, re-checking the cost after each.
+
+    ## Info
+    Every step: ``bits``, the bitwidth the action mapped to. Last step also: ``policy``
+    (the enforced ``[(w, a), ...]``), ``requested_policy`` (before enforcement),
+    ``accuracy``, ``cost``, ``cost_ratio`` (cost / cost of w8a8), ``budget``, ``reward``.
+
+    ## Arguments
+    * ``layers``: the model's `LayerSpec` list.
+    * ``cost_model``: a `hw_models.CostModel`; ``metric`` selects what the budget limits.
+    * ``budget``: the largest allowed total cost, in the metric's units.
+    * ``evaluator``: ``policy -> accuracy (percent)``; this environment never trains.
+    * ``fp_accuracy``: the float model's accuracy; defaults to ``evaluator.fp_accuracy``.
+    * ``min_bits``, ``max_bits``: the bit range (paper: 2..8).
+    * ``pin_first_last``: hold the first and last layer at ``max_bits`` (the reference code
+      does; default off).
+    * ``supported_bits``: bitwidths the hardware runs natively (default: the cost model's).
+    * ``reward_scale``: lambda of the reward.
+
+    ## Version history
+    * v0: initial version.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(
+        self, layers: Sequence[LayerSpec], cost_model: CostModel, budget: float, evaluator: Evaluator,
+        *, metric: str = "latency_ms", fp_accuracy: float | None = None, min_bits: int = 2, max_bits: int = 8,
+        pin_first_last: bool = False, supported_bits: Sequence[int] | None = None, reward_scale: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.layers = check_layers(layers)
+        if not 1 <= min_bits <= max_bits <= 8:
+            raise ValueError(f"bit range must satisfy 1 <= min_bits <= max_bits <= 8, got {min_bits}..{max_bits}")
+        supported = cost_model.supported_bits if supported_bits is None else tuple(supported_bits)
+        self.choices = tuple(b for b in range(min_bits, max_bits + 1) if b in set(supported))
+        if not self.choices:
+            raise ValueError(f"no bitwidth in {min_bits}..{max_bits} is supported by the hardware ({list(supported)})")
+        self.max_bits = max(self.choices)
+        self.metric = metric
+        self.cost_model = cost_model
+        self.table = cost_model.table(self.layers, metric)
+        self.evaluator = evaluator
+        if fp_accuracy is None:
+            fp_accuracy = getattr(evaluator, "fp_accuracy", None)
+            if fp_accuracy is None:
+                raise ValueError("pass fp_accuracy, or an evaluator with an fp_accuracy attribute")
+        self.fp_accuracy = float(fp_accuracy)
+        self.reward_scale = float(reward_scale)
+        self.pinned = np.zeros(len(self.layers), dtype=bool)
+        if pin_first_last:
+            self.pinned[[0, -1]] = True
+        self.budget = float(budget)
+        self.reference_cost = self.cost([(8, 8)] * len(self.layers))
+        self.min_cost = self.cost(self._floor_policy())
+        if not np.isfinite(self.budget) or self.budget < self.min_cost - 1e-12 * max(1.0, abs(self.min_cost)):
+            raise ValueError(
+                f"budget {self.budget:.6g} {metric} cannot be met: the cheapest allowed policy costs "
+                f"{self.min_cost:.6g} {metric} ({self.min_cost / self.reference_cost:.3f} of w8a8; "
+                f"bits {self.choices[0]}..{self.max_bits}{', first/last layer pinned' if pin_first_last else ''})")
+        self._static = layer_features(self.layers).astype(np.float32)
+        self._dw = np.array([l.kind == "dwconv" for l in self.layers], dtype=np.float32)
+        self.observation_space = spaces.Box(0.0, 1.0, (len(OBS_FEATURES),), np.float32)
+        self.action_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+        self._t = 0
+        self._bits: list[list[int]] = []
+        self._prev_action = 0.0
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def n_steps(self) -> int:
+        return 2 * len(self.layers)
+
+    def cost(self, policy: Sequence[tuple[int, int]]) -> float:
+        """Total cost of a policy: one table lookup per layer."""
+        w = np.fromiter((p[0] for p in policy), np.int64, len(policy)) - 1
+        a = np.fromiter((p[1] for p in policy), np.int64, len(policy)) - 1
+        return float(self.table[np.arange(len(policy)), w, a].sum())
+
+    def _floor_policy(self) -> list[tuple[int, int]]:
+        lo, hi = self.choices[0], self.max_bits
+        return [(hi, hi) if p else (lo, lo) for p in self.pinned]
+
+    def _obs(self) -> np.ndarray:
+        layer, is_act = divmod(self._t, 2)
+        layer = min(layer, len(self.layers) - 1)
+        obs = np.empty(len(OBS_FEATURES), dtype=np.float32)
+        obs[:7] = self._static[layer]
+        obs[7] = self._dw[layer]
+        obs[8] = 0.0 if is_act else 1.0
+        obs[9] = self._prev_action
+        return obs
+
+    def enforce_budget(self, policy: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        """HAQ's sequential decrease: lower bits from the last layer to the first
+        (activation, then weight), one allowed step at a time, until the cost fits."""
+        bits = [list(p) for p in policy]
+        rows = np.arange(len(bits))
+        layer_cost = self.table[rows, [b[0] - 1 for b in bits], [b[1] - 1 for b in bits]]
+        total = float(layer_cost.sum())
+        lower = {b: self.choices[i - 1] for i, b in enumerate(self.choices) if i > 0}
+        tol = 1e-12 * max(1.0, abs(self.budget))
+        while total > self.budget + tol:
+            changed = False
+            for i in reversed(range(len(bits))):
+                if self.pinned[i]:
+                    continue
+                for j in (1, 0):  # activation bits first, then weight bits
+                    if total <= self.budget + tol:
+                        break
+                    if bits[i][j] in lower:
+                        bits[i][j] = lower[bits[i][j]]
+                        new = float(self.table[i, bits[i][0] - 1, bits[i][1] - 1])
+                        total += new - layer_cost[i]
+                        layer_cost[i] = new
+                        changed = True
+            if not changed:  # unreachable: guarded in __init__, kept as a safety net
+                raise RuntimeError("budget enforcement made no progress")
+        return [(b[0], b[1]) for b in bits]
+
+    # ------------------------------------------------------------------ gym API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self._t = 0
+        self._bits = []
+        self._prev_action = 0.0
+        return self._obs(), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        if self._t >= self.n_steps:
+            raise RuntimeError("episode is over: call reset()")
+        a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
+        layer, is_act = divmod(self._t, 2)
+        bits = self.max_bits if self.pinned[layer] else action_to_bits(a, self.choices)
+        if is_act:
+            self._bits[layer].append(bits)
+        else:
+            self._bits.append([bits])
+        self._prev_action = a
+        self._t += 1
+        info: dict[str, Any] = {"bits": bits}
+        if self._t < self.n_steps:
+            return self._obs(), 0.0, False, False, info
+        requested = [(w, a_) for w, a_ in self._bits]
+        policy = self.enforce_budget(requested)
+        accuracy = float(self.evaluator(policy))
+        cost = self.cost(policy)
+        reward = self.reward_scale * (accuracy - self.fp_accuracy)
+        info.update(policy=policy, requested_policy=requested, accuracy=accuracy, cost=cost,
+                    cost_ratio=cost / self.reference_cost, budget=self.budget, reward=reward)
+        return self._obs(), reward, True, False, info

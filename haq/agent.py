@@ -1,0 +1,143 @@
+"""HAQ's DDPG agent, built from stable-baselines3 through its hooks (never a copied DDPG).
+
+HAQ (Wang et al., CVPR 2019, Section 3.4) trains DDPG (Lillicrap et al. 2016) with:
+actor and critic MLPs of 300-300 units, actor lr 1e-4, critic lr 1e-3, tau 0.01,
+gamma 1, batch 64; uniform random actions for the first warm-up episodes; exploration by
+a truncated normal around the actor's action whose sigma (0.5) decays by 0.99 per
+episode; every transition of an episode stored with the episode's final reward minus a
+moving-average baseline; one gradient step per stored transition after each episode.
+
+* `TruncatedNormalNoise` is an SB3 `ActionNoise` (sigma decay on `reset`, once per episode);
+* `EpisodeRewardReplayBuffer` is an SB3 `ReplayBuffer` that holds an episode's
+  transitions until it ends, then stores them all with the baselined final reward;
+* `HAQDDPG` subclasses SB3's `DDPG` only to give the critic its own learning rate and to
+  sample actions as HAQ does (warm-up counted in episodes, truncated-normal exploration).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from scipy.stats import truncnorm
+from stable_baselines3 import DDPG
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.utils import update_learning_rate
+
+
+class TruncatedNormalNoise(ActionNoise):
+    """Exploration noise of HAQ: a normal around the actor's action, truncated to the
+    action bounds, with sigma decayed by `decay` at each episode end after `warmup`
+    episodes.
+
+    `__call__` returns an untruncated normal sample (the plain `ActionNoise` contract);
+    `perturb` draws the truncated sample around a given action, which `HAQDDPG` uses.
+    Sigma is in units of the environment's action space.
+    """
+
+    def __init__(self, sigma: float = 0.5, decay: float = 0.99, warmup: int = 20, seed: int | None = None,
+                 dim: int = 1) -> None:
+        super().__init__()
+        if sigma <= 0 or not 0 < decay <= 1:
+            raise ValueError(f"noise needs sigma > 0 and 0 < decay <= 1, got sigma={sigma}, decay={decay}")
+        self.initial_sigma = float(sigma)
+        self.sigma = float(sigma)
+        self.decay = float(decay)
+        self.warmup = int(warmup)
+        self.episodes = 0
+        self.dim = dim
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self) -> np.ndarray:
+        return self.rng.normal(0.0, self.sigma, self.dim).astype(np.float32)
+
+    def perturb(self, action: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        """Sample from N(action, sigma) truncated to [low, high]."""
+        mu = np.clip(np.asarray(action, dtype=np.float64), low, high)
+        a, b = (low - mu) / self.sigma, (high - mu) / self.sigma
+        sample = truncnorm.rvs(a, b, loc=mu, scale=self.sigma, random_state=self.rng)
+        return np.clip(sample, low, high).astype(np.float32)
+
+    def reset(self) -> None:
+        self.episodes += 1
+        if self.episodes > self.warmup:
+            self.sigma *= self.decay
+
+    def __repr__(self) -> str:
+        return f"TruncatedNormalNoise(sigma={self.sigma:.4g}, decay={self.decay}, warmup={self.warmup})"
+
+
+class EpisodeRewardReplayBuffer(ReplayBuffer):
+    """Stores every transition of an episode with that episode's final reward minus a
+    moving-average baseline (HAQ Section 3.4).
+
+    Transitions are held back until the episode ends; then each is written with reward
+    ``R - b`` where R is the final reward and b the moving average of earlier episodes'
+    final rewards (0 before the first), updated as ``b += (1 - baseline_decay) * (R - b)``.
+    Episode boundaries (``done``) are stored as the environment gave them.
+    """
+
+    def __init__(self, *args: Any, baseline_decay: float = 0.95, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.n_envs != 1:
+            raise ValueError("EpisodeRewardReplayBuffer supports a single environment")
+        self.baseline_decay = float(baseline_decay)
+        self.baseline: float | None = None
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]] = []
+
+    def add(self, obs: np.ndarray, next_obs: np.ndarray, action: np.ndarray, reward: np.ndarray,
+            done: np.ndarray, infos: list[dict[str, Any]]) -> None:
+        self._pending.append((np.array(obs), np.array(next_obs), np.array(action), np.array(done), infos))
+        if not bool(np.asarray(done).reshape(-1)[0]):
+            return
+        final = float(np.asarray(reward).reshape(-1)[0])
+        base = 0.0 if self.baseline is None else self.baseline
+        advantage = np.array([final - base], dtype=np.float32)
+        for o, no, a, d, inf in self._pending:
+            super().add(o, no, a, advantage, d, inf)
+        self._pending = []
+        self.baseline = final if self.baseline is None else base + (1 - self.baseline_decay) * (final - base)
+
+
+class HAQDDPG(DDPG):
+    """SB3 DDPG with a separate critic learning rate and HAQ's action sampling.
+
+    Args (beyond `DDPG`'s):
+        critic_learning_rate: learning rate of the critic's optimiser (the actor uses
+            ``learning_rate``).
+        warmup_episodes: episodes of uniform random actions before the actor acts.
+    """
+
+    def __init__(self, *args: Any, critic_learning_rate: float = 1e-3, warmup_episodes: int = 20,
+                 **kwargs: Any) -> None:
+        self.critic_learning_rate = float(critic_learning_rate)
+        self.warmup_episodes = int(warmup_episodes)
+        super().__init__(*args, **kwargs)
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        update_learning_rate(self.critic.optimizer, self.critic_learning_rate)
+
+    def _update_learning_rate(self, optimizers: Any) -> None:
+        lr = self.lr_schedule(self._current_progress_remaining)
+        self.logger.record("train/learning_rate", lr)
+        self.logger.record("train/critic_learning_rate", self.critic_learning_rate)
+        update_learning_rate(self.actor.optimizer, lr)
+        update_learning_rate(self.critic.optimizer, self.critic_learning_rate)
+
+    def _sample_action(self, learning_starts: int, action_noise: ActionNoise | None = None,
+                       n_envs: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        assert isinstance(self.action_space, spaces.Box)
+        low, high = self.action_space.low, self.action_space.high
+        if self._episode_num < self.warmup_episodes:
+            action = np.array([self.action_space.sample() for _ in range(n_envs)])
+        else:
+            assert self._last_obs is not None
+            action, _ = self.predict(self._last_obs, deterministic=True)
+            if isinstance(action_noise, TruncatedNormalNoise):
+                action = action_noise.perturb(action, low, high)
+            elif action_noise is not None:
+                action = np.clip(action + action_noise(), low, high)
+        return action, self.policy.scale_action(action)

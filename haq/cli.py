@@ -1,0 +1,328 @@
+"""The ``haq`` command line: search, eval, cost, hw list, models list.
+
+User mistakes end with one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its inputs; printed as one line, exit code 2."""
+
+
+# ---------------------------------------------------------------------------- helpers
+def _parse_params(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["batch=4", "depthwise=literal"]`` -> {"batch": 4, "depthwise": "literal"} (YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--hw-param expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _input_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--input-shape expects C,H,W like 3,224,224, got {text!r}") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise UsageError(f"--input-shape expects three positive integers C,H,W, got {text!r}")
+    return shape
+
+
+def _print_table(rows: list[dict[str, Any]], columns: Sequence[str], floatfmt: str = ".4g") -> None:
+    def fmt(v: Any) -> str:
+        return format(v, floatfmt) if isinstance(v, float) else str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def _load_policy(args: argparse.Namespace, layers: list[Any]) -> Any:
+    from haq.policy import Policy
+
+    if getattr(args, "policy", None) and getattr(args, "uniform", None):
+        raise UsageError("give either --policy FILE or --uniform wXaY, not both")
+    if getattr(args, "policy", None):
+        policy = Policy.load(args.policy)
+        policy.check(layers)
+        return policy
+    return Policy.from_string(layers, getattr(args, "uniform", None) or "w8a8")
+
+
+def _model_layers(name: str, input_shape: tuple[int, ...] | None) -> list[Any]:
+    from haq.layers import extract_layers
+    from haq.models import model_entry
+
+    entry = model_entry(name)
+    model = entry.factory()
+    return extract_layers(model, input_shape or entry.input_shape)
+
+
+# ---------------------------------------------------------------------------- commands
+SEARCH_FLAGS = ("model", "weights", "dataset", "data_root", "hw", "constraint", "budget", "episodes", "warmup",
+                "seed", "device", "out", "min_bits", "max_bits", "pin_first_last")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from haq.config import SearchConfig, load_yaml
+    from haq.search import Search
+
+    bar: tqdm | None = None
+
+    def on_episode(rec: dict[str, Any]) -> None:
+        assert bar is not None
+        bar.update(1)
+        bar.set_postfix(acc=f"{rec['accuracy']:.1f}", ratio=f"{rec['cost_ratio']:.3f}",
+                        best_reward=f"{rec['best_reward']:.3f}", best_acc=f"{rec['best_accuracy']:.1f}")
+
+    if args.resume:
+        given = [f for f in SEARCH_FLAGS if getattr(args, f) is not None and f != "episodes"]
+        if given or args.config or args.hw_param or args.finetune_epochs is not None:
+            raise UsageError(f"--resume continues a run with its saved config.yaml; drop {given or 'the other flags'} "
+                             "(only --episodes may be given, to extend the run)")
+        search = Search.resume(args.resume, on_episode, episodes=args.episodes)
+    else:
+        data: dict[str, Any] = load_yaml(args.config) if args.config else {}
+        for f in SEARCH_FLAGS:
+            value = getattr(args, f)
+            if value is not None:
+                data[f] = value
+        if args.hw_param:
+            data["hw_params"] = {**data.get("hw_params", {}), **_parse_params(args.hw_param)}
+        if args.finetune_epochs is not None:
+            data["finetune"] = {**data.get("finetune", {}), "epochs": args.finetune_epochs}
+        config = SearchConfig.from_dict(data, args.config or "flags")
+        print(f"preparing: model {config.model}, hardware {config.hw}, {config.constraint} budget {config.budget}",
+              file=sys.stderr)
+        search = Search(config, on_episode=on_episode)
+    cfg = search.config
+    print(f"run directory: {search.run_dir}", file=sys.stderr)
+    print(f"float top-1 {search.parts.env.fp_accuracy:.2f}%, {len(search.parts.layers)} layers, budget "
+          f"{search.parts.env.budget:.5g} {cfg.metric} ({search.parts.env.budget / search.parts.env.reference_cost:.3f}"
+          f" of w8a8)", file=sys.stderr)
+    bar = tqdm(total=cfg.episodes, initial=search.episodes_done, desc="search", unit="ep", file=sys.stderr)
+    try:
+        summary = search.run()
+    finally:
+        bar.close()
+    best = summary["best"]
+    print(f"\nbest policy (episode {best['episode']}): top-1 {best['accuracy']:.2f}% "
+          f"(float {summary['fp_accuracy']:.2f}%), {cfg.constraint} {best['cost']:.5g} {summary['units']} "
+          f"= {best['cost_ratio']:.3f} x w8a8 (budget {summary['budget_ratio']:.3f})")
+    print(f"  w_bits: {best['w_bits']}\n  a_bits: {best['a_bits']}")
+    if summary["uniform_baselines"]:
+        print("uniform policies within the budget (same finetune):")
+        _print_table(summary["uniform_baselines"], ["policy", "accuracy", "cost_ratio"])
+    print(f"results in {search.run_dir}/ (episodes.csv, best_policy.json, summary.json, policy.png, progress.png)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import hw_models
+    from haq.config import CONSTRAINTS
+    from haq.data import load_dataset
+    from haq.evaluator import QuantEvaluator
+    from haq.models import create_model, model_entry
+    from haq.qmodel import QuantConfig
+    from haq.train import FinetuneConfig
+
+    if args.finetune_epochs < 0:
+        raise UsageError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    entry = model_entry(args.model)
+    data = load_dataset(args.dataset or entry.dataset, args.data_root)
+    kwargs = {} if args.model == "digits-mbv2" and not args.weights else {"num_classes": data.num_classes}
+    model = create_model(args.model, weights=args.weights, **kwargs)
+    ev = QuantEvaluator(model, data, QuantConfig(), FinetuneConfig(epochs=args.finetune_epochs), args.device, args.seed)
+    policy = _load_policy(args, ev.layers)
+    metrics = ev.evaluate(policy)
+    cost_model = hw_models.create_hw_model(args.hw, **_parse_params(args.hw_param))
+    costs = {}
+    for constraint, metric in CONSTRAINTS.items():
+        if metric in cost_model.metrics:
+            table = cost_model.table(ev.layers, metric)
+            total = hw_models.policy_cost(table, policy.bits)
+            costs[metric] = {"cost": total, "ratio_to_w8a8": total / hw_models.policy_cost(table, [(8, 8)] * len(policy))}
+    result = {"model": args.model, "policy": args.policy or args.uniform or "w8a8", "finetune_epochs": args.finetune_epochs,
+              "fp_top1": ev.fp_metrics["top1"], "fp_top5": ev.fp_metrics["top5"], "top1": metrics["top1"],
+              "top5": metrics["top5"], "hw": args.hw, "costs": costs}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.model}: float top-1 {result['fp_top1']:.2f}%  top-5 {result['fp_top5']:.2f}%")
+    print(f"quantized ({result['policy']}, {args.finetune_epochs} finetune epoch(s)): top-1 {metrics['top1']:.2f}%  "
+          f"top-5 {metrics['top5']:.2f}%")
+    for metric, c in costs.items():
+        print(f"{args.hw} {metric}: {c['cost']:.5g} ({c['ratio_to_w8a8']:.3f} x w8a8)")
+    return 0
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    import hw_models
+
+    layers = _model_layers(args.model, _input_shape(args.input_shape))
+    policy = _load_policy(args, layers)
+    model = hw_models.create_hw_model(args.hw, **_parse_params(args.hw_param))
+    tables = model.tables(layers)
+    rows = []
+    for i, (layer, (w, a)) in enumerate(zip(layers, policy.bits)):
+        row: dict[str, Any] = {"layer": layer.name, "kind": layer.kind, "w_bits": w, "a_bits": a}
+        for m, t in tables.items():
+            row[m] = float(t[i, w - 1, a - 1])
+            row[f"{m}_w8a8"] = float(t[i, 7, 7])
+        rows.append(row)
+    totals = {m: sum(r[m] for r in rows) for m in tables}
+    totals_8 = {m: sum(r[f"{m}_w8a8"] for r in rows) for m in tables}
+    if args.csv:
+        pd.DataFrame(rows).to_csv(args.csv, index=False)
+    if args.json:
+        print(json.dumps({"model": args.model, "hw": args.hw, "units": model.units, "layers": rows,
+                          "total": totals, "total_w8a8": totals_8}))
+        return 0
+    columns = ["layer", "kind", "w_bits", "a_bits", *tables]
+    _print_table(rows, columns)
+    for m in tables:
+        print(f"total {m}: {totals[m]:.5g} {hw_models.METRIC_UNITS[m]} ({totals[m] / totals_8[m]:.3f} x w8a8 = "
+              f"{totals_8[m]:.5g})")
+    if args.csv:
+        print(f"per-layer costs written to {args.csv}")
+    return 0
+
+
+def cmd_hw_list(args: argparse.Namespace) -> int:
+    import hw_models
+
+    rows = []
+    for name in hw_models.list_hw_models():
+        if name == "lookup":
+            rows.append({"name": name, "metrics": "from the file", "doc": "costs read from a per-layer table file (path=...)"})
+            continue
+        d = hw_models.create_hw_model(name).describe()
+        rows.append({"name": name, "metrics": ", ".join(f"{m} ({u})" for m, u in d["metrics"].items()),
+                     "doc": d["doc"], "params": d["params"]})
+    if args.json:
+        print(json.dumps({"hw_models": rows}))
+        return 0
+    _print_table(rows, ["name", "metrics", "doc"])
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from haq.models import list_models, model_entry
+
+    rows = [{"name": n, "input": "x".join(map(str, model_entry(n).input_shape)), "dataset": model_entry(n).dataset,
+             "doc": model_entry(n).doc} for n in list_models()]
+    if args.json:
+        print(json.dumps({"models": rows}))
+        return 0
+    _print_table(rows, ["name", "input", "dataset", "doc"])
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="haq", description="Hardware-aware automated mixed-precision quantization (HAQ).")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="search a mixed-precision policy (defaults: the embedded digits model)")
+    s.add_argument("--config", help="YAML file with SearchConfig keys; flags override it")
+    s.add_argument("--model", help="model name (haq models list) or package.module:factory")
+    s.add_argument("--weights", help="local state-dict file for the model")
+    s.add_argument("--dataset", help="digits | cifar10 | imagenet | imagenet100 (default: the model's)")
+    s.add_argument("--data-root", dest="data_root", help="local folder of the dataset (never downloaded)")
+    s.add_argument("--hw", help="hardware cost model (haq hw list) or package.module:Class")
+    s.add_argument("--hw-param", dest="hw_param", action="append", metavar="KEY=VALUE",
+                   help="override a hardware model parameter (repeatable), e.g. batch=4")
+    s.add_argument("--constraint", choices=["latency", "energy", "size"])
+    s.add_argument("--budget", help="ratio of the w8a8 cost (0.5) or a uniform policy to match (w4a4)")
+    s.add_argument("--episodes", type=int, help="episodes in total, warm-up included (default 100)")
+    s.add_argument("--warmup", type=int, help="random warm-up episodes (default 20)")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--device", help="cpu, cuda, cuda:1, ...")
+    s.add_argument("--out", help="run directory (default runs/<time>-<model>-<hw>)")
+    s.add_argument("--min-bits", dest="min_bits", type=int)
+    s.add_argument("--max-bits", dest="max_bits", type=int)
+    s.add_argument("--pin-first-last", dest="pin_first_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="hold the first and last layer at max bits")
+    s.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, help="finetune epochs per evaluation")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted search from its last complete episode")
+    s.set_defaults(func=cmd_search)
+
+    def model_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--model", default="digits-mbv2")
+        q.add_argument("--hw", default="bismo-edge")
+        q.add_argument("--hw-param", dest="hw_param", action="append", metavar="KEY=VALUE")
+        q.add_argument("--policy", help="policy file (JSON or CSV) from a search")
+        q.add_argument("--uniform", help="a uniform policy such as w4a4 (default w8a8)")
+        q.add_argument("--json", action="store_true", help="print one JSON object")
+
+    e = sub.add_parser("eval", help="quantize with a policy, finetune, report accuracy and cost")
+    model_args(e)
+    e.add_argument("--weights")
+    e.add_argument("--dataset")
+    e.add_argument("--data-root", dest="data_root")
+    e.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, default=1)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("cost", help="per-layer and total hardware cost of a policy")
+    model_args(c)
+    c.add_argument("--input-shape", dest="input_shape", help="C,H,W for a model given as module:factory")
+    c.add_argument("--csv", help="also write the per-layer costs to this CSV file")
+    c.set_defaults(func=cmd_cost)
+
+    hw = sub.add_parser("hw", help="hardware cost models")
+    hw_sub = hw.add_subparsers(dest="hw_command", required=True)
+    hl = hw_sub.add_parser("list", help="list the hardware cost models")
+    hl.add_argument("--json", action="store_true")
+    hl.set_defaults(func=cmd_hw_list)
+
+    m = sub.add_parser("models", help="networks")
+    m_sub = m.add_subparsers(dest="models_command", required=True)
+    ml = m_sub.add_parser("list", help="list the registered networks")
+    ml.add_argument("--json", action="store_true")
+    ml.set_defaults(func=cmd_models_list)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except (UsageError, ValueError, FileNotFoundError, TypeError) as exc:
+        print(f"haq {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ninterrupted; continue with: haq search --resume <run directory>", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The search configuration: one dataclass tree that validates itself and round-trips
+through YAML (the CLI's flags and ``--config`` file are views of it)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from haq.policy import parse_uniform
+from haq.qmodel import QuantConfig
+from haq.train import FinetuneConfig
+
+CONSTRAINTS = {"latency": "latency_ms", "energy": "energy_mj", "size": "size_mb"}
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    """DDPG settings; defaults are HAQ's (Section 3.4; DESIGN.md item 6).
+
+    Attributes:
+        actor_lr: actor learning rate.
+        critic_lr: critic learning rate.
+        tau: soft target-update rate.
+        gamma: discount.
+        batch_size: replay minibatch size.
+        hidden: hidden layer sizes of actor and critic.
+        noise_sigma: initial exploration sigma (in action units, actions are in [0, 1]).
+        noise_decay: per-episode sigma decay after warm-up.
+        baseline_decay: decay of the moving-average reward baseline (not given by the paper).
+        buffer_size: replay capacity in transitions.
+    """
+
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-3
+    tau: float = 0.01
+    gamma: float = 1.0
+    batch_size: int = 64
+    hidden: tuple[int, ...] = (300, 300)
+    noise_sigma: float = 0.5
+    noise_decay: float = 0.99
+    baseline_decay: float = 0.95
+    buffer_size: int = 20_000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if min(self.actor_lr, self.critic_lr, self.tau, self.noise_sigma) <= 0 or self.batch_size < 1:
+            raise ValueError("agent: learning rates, tau, noise_sigma must be > 0 and batch_size >= 1")
+        if not 0 <= self.gamma <= 1 or not 0 <= self.baseline_decay < 1 or not 0 < self.noise_decay <= 1:
+            raise ValueError("agent: gamma in [0, 1], baseline_decay in [0, 1), noise_decay in (0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Everything a search needs. Defaults: the embedded default (digits, bismo-edge,
+    latency no more than uniform w4a4).
+
+    Attributes:
+        model: registered model name or ``"package.module:factory"``.
+        weights: local state-dict file for the model (None: the model's own pretraining).
+        dataset: ``digits``, ``cifar10``, ``imagenet``, ``imagenet100`` (None: the model's).
+        data_root: local folder of a data set that is not shipped.
+        data: extra keyword arguments of the data loader (split sizes, image size).
+        hw: hardware cost model name (see ``haq hw list``) or ``"package.module:Class"``.
+        hw_params: overrides of the hardware model's parameters.
+        constraint: ``latency``, ``energy`` or ``size``.
+        budget: a ratio of the w8a8 cost (``"0.5"``) or a uniform policy (``"w4a4"``:
+            no more than that policy costs).
+        episodes: episodes in total, warm-up included (the paper uses 600).
+        warmup: episodes of random actions before the agent learns (paper: 20).
+        seed: seeds the agent, the exploration and the finetune.
+        device: ``cpu``, ``cuda``, ``cuda:1``, ...
+        out: run directory (None: ``runs/<timestamp>-<model>-<hw>``).
+        min_bits, max_bits: bit range of the search (paper: 2..8).
+        pin_first_last: keep the first and last layer at max_bits (the reference code does;
+            the paper does not say so; off by default).
+        reward_scale: lambda of the reward (paper: 0.1).
+        quant: quantizer settings.
+        finetune: finetune settings.
+        agent: DDPG settings.
+    """
+
+    model: str = "digits-mbv2"
+    weights: str | None = None
+    dataset: str | None = None
+    data_root: str | None = None
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)
+    hw: str = "bismo-edge"
+    hw_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    constraint: str = "latency"
+    budget: str = "w4a4"
+    episodes: int = 100
+    warmup: int = 20
+    seed: int = 0
+    device: str = "cpu"
+    out: str | None = None
+    min_bits: int = 2
+    max_bits: int = 8
+    pin_first_last: bool = False
+    reward_scale: float = 0.1
+    quant: QuantConfig = dataclasses.field(default_factory=QuantConfig)
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+    agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
+
+    def __post_init__(self) -> None:
+        if self.constraint not in CONSTRAINTS:
+            raise ValueError(f"constraint must be one of {list(CONSTRAINTS)}, got {self.constraint!r}")
+        budget_kind(self.budget)
+        if self.episodes < 1 or self.warmup < 0:
+            raise ValueError(f"episodes must be >= 1 and warmup >= 0, got {self.episodes}, {self.warmup}")
+        if not 1 <= self.min_bits <= self.max_bits <= 8:
+            raise ValueError(f"bit range must satisfy 1 <= min_bits <= max_bits <= 8, got {self.min_bits}..{self.max_bits}")
+
+    @property
+    def metric(self) -> str:
+        return CONSTRAINTS[self.constraint]
+
+    # ------------------------------------------------------------------ round trip
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["agent"]["hidden"] = list(self.agent.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> SearchConfig:
+        nested = {"quant": QuantConfig, "finetune": FinetuneConfig, "agent": AgentConfig}
+        _check_keys(cls, data, source)
+        kwargs = dict(data)
+        for key, sub in nested.items():
+            if key in kwargs:
+                value = kwargs[key]
+                if isinstance(value, sub):
+                    continue
+                if not isinstance(value, dict):
+                    raise ValueError(f"{source}: '{key}' must be a mapping of {sub.__name__} fields")
+                _check_keys(sub, value, f"{source}: {key}")
+                kwargs[key] = sub(**value)
+        return cls(**kwargs)
+
+    def to_yaml(self, path: str | os.PathLike[str]) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> SearchConfig:
+        return cls.from_dict(load_yaml(path), str(path))
+
+
+def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A YAML mapping from a file, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def _check_keys(cls: type, data: dict[str, Any], source: str) -> None:
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {unknown}; valid keys: {valid}")
+
+
+def budget_kind(budget: str) -> tuple[str, Any]:
+    """``("ratio", 0.5)`` or ``("uniform", (4, 4))``; ValueError for anything else."""
+    text = str(budget).strip()
+    try:
+        ratio = float(text)
+    except ValueError:
+        try:
+            return "uniform", parse_uniform(text)
+        except ValueError:
+            raise ValueError(f"budget must be a ratio of the w8a8 cost (e.g. 0.5) or a uniform policy "
+                             f"(e.g. w4a4), got {budget!r}") from None
+    if not 0 < ratio:
+        raise ValueError(f"budget ratio must be > 0, got {ratio}")
+    return "ratio", ratio

@@ -1,0 +1,92 @@
+"""The accuracy side of the reward: quantize with a policy, finetune briefly, validate."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from haq.data import SearchData, batches
+from haq.policy import Policy
+from haq.qmodel import QuantConfig, QuantizedModel
+from haq.train import FinetuneConfig, evaluate, train_epochs
+from hw_models import LayerSpec
+
+log = logging.getLogger(__name__)
+
+
+def policy_seed(seed: int, bits: Sequence[tuple[int, int]]) -> int:
+    """A seed derived from the base seed and the policy itself, so the same policy always
+    gets the same finetune (and a resumed search needs no evaluator state)."""
+    text = f"{seed}|" + ",".join(f"{w}{a}" for w, a in bits)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+class QuantEvaluator:
+    """Callable ``policy -> top-1 accuracy (percent)`` on the search-val split.
+
+    Holds one quantization-wrapped copy of the model on `device` (copied once), the
+    search data on the same device, and the calibration cache for the whole search.
+    Each call restores the float weights, applies the policy, finetunes for
+    ``finetune.epochs`` on search-train and evaluates on search-val.
+
+    Args:
+        model: the trained float model (left untouched).
+        data: the search splits.
+        quant: quantization settings.
+        finetune: finetune settings.
+        device: where to train.
+        seed: base seed of the finetune's shuffling (combined with the policy).
+    """
+
+    def __init__(self, model: nn.Module, data: SearchData, quant: QuantConfig | None = None,
+                 finetune: FinetuneConfig | None = None, device: str | torch.device = "cpu", seed: int = 0) -> None:
+        self.device = torch.device(device)
+        self.data = data.to(self.device)
+        self.finetune = finetune or FinetuneConfig()
+        self.seed = seed
+        float_model = copy.deepcopy(model).to(self.device)
+        self.fp_metrics = evaluate(float_model, self.data, self.data.val, self.finetune.eval_batch_size)
+        self.qmodel = QuantizedModel(float_model, self.data.input_shape, quant)
+        n_calib = min(self.qmodel.config.calib_images, len(self.data.train))
+        calib = [x for x, _ in batches(self.data.train.subset(range(n_calib)), self.data, 256)]
+        self.qmodel.calibrate(calib)
+        self.calls = 0
+
+    @property
+    def layers(self) -> list[LayerSpec]:
+        return self.qmodel.layers
+
+    @property
+    def fp_accuracy(self) -> float:
+        """Top-1 of the float model on search-val, in percent."""
+        return self.fp_metrics["top1"]
+
+    def as_policy(self, policy: Policy | Sequence[tuple[int, int]]) -> Policy:
+        if isinstance(policy, Policy):
+            return policy
+        return Policy.from_bits(self.layers, policy)
+
+    def evaluate(self, policy: Policy | Sequence[tuple[int, int]], epochs: int | None = None,
+                 split: str = "val") -> dict[str, float]:
+        """Top-1 / top-5 (percent) and final training loss after quantizing and finetuning."""
+        policy = self.as_policy(policy)
+        self.calls += 1
+        self.qmodel.apply(policy)
+        cfg = self.finetune if epochs is None else FinetuneConfig(**{**self.finetune.__dict__, "epochs": epochs})
+        seed = policy_seed(self.seed, policy.bits)
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            gen = torch.Generator(device=self.device).manual_seed(seed)
+            loss = train_epochs(self.qmodel.model, self.qmodel.parameters(), self.data, self.data.train, cfg, gen)
+        metrics = evaluate(self.qmodel.model, self.data, getattr(self.data, split), cfg.eval_batch_size)
+        metrics["train_loss"] = float(loss)
+        return metrics
+
+    def __call__(self, policy: Policy | Sequence[tuple[int, int]]) -> float:
+        return self.evaluate(policy)["top1"]

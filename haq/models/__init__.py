@@ -1,0 +1,190 @@
+"""Model registry: `create_model(name, **kw)`, `list_models()`, `register_model`.
+
+A name may also be ``"package.module:factory"`` for a user's own network. Weights come
+from a local file only (``weights=PATH``, loaded with ``torch.load(weights_only=True)``);
+nothing is downloaded. The embedded default, ``digits-mbv2``, trains itself on first use
+(about 20 s on 2 CPU cores) and is cached under ``$HAQ_CACHE_DIR`` (default
+``~/.cache/haq``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import importlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from haq.models.nets import (
+    Bottleneck, BasicBlock, CifarResNet, MobileNetV1, MobileNetV2, ResNet, digits_mbv2,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """A registered network: its factory, input shape and the data set it is meant for."""
+
+    factory: Callable[..., nn.Module]
+    input_shape: tuple[int, int, int]
+    dataset: str
+    doc: str = ""
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, factory: Callable[..., nn.Module], input_shape: tuple[int, int, int],
+                   dataset: str, doc: str = "") -> None:
+    """Register a network factory under `name`."""
+    if name in _MODELS:
+        raise ValueError(f"model {name!r} is already registered")
+    _MODELS[name] = ModelEntry(factory, input_shape, dataset, doc or (factory.__doc__ or "").strip().split("\n")[0])
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style wildcard."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The registry entry of `name`, or an entry for a ``"module:factory"`` name."""
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"model {name!r}: cannot import {attr!r} from {module_name!r} ({exc})") from exc
+        shape = tuple(getattr(factory, "input_shape", (3, 224, 224)))
+        return ModelEntry(factory, shape, getattr(factory, "dataset", "imagenet"))  # type: ignore[arg-type]
+    if name not in _MODELS:
+        close = difflib.get_close_matches(name, list(_MODELS), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"unknown model {name!r}.{hint} Known: {', '.join(list_models())}; "
+                         "or 'package.module:factory' for your own")
+    return _MODELS[name]
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load a state dict (or a checkpoint dict with ``state_dict``/``model`` inside) from a local file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a corrupt or foreign file
+        raise ValueError(f"weights file {path} cannot be read as a PyTorch state dict: {exc}") from exc
+    if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"weights file {path} does not fit this model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HAQ_CACHE_DIR", Path.home() / ".cache" / "haq"))
+
+
+def create_model(name: str, *, weights: str | os.PathLike[str] | None = None, pretrained: bool = True,
+                 **kwargs: Any) -> nn.Module:
+    """Build a registered (or ``"module:factory"``) network.
+
+    Args:
+        name: model name, see `list_models`.
+        weights: a local state-dict file to load.
+        pretrained: for ``digits-mbv2`` only: train on first use and cache (default True).
+        **kwargs: passed to the factory (e.g. ``num_classes``).
+    """
+    entry = model_entry(name)
+    if name == "digits-mbv2" and pretrained and weights is None and not kwargs:
+        return pretrained_digits()
+    model = entry.factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model {name!r}: factory returned {type(model).__name__}, not an nn.Module")
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+DIGITS_RECIPE = {"version": 1, "epochs": 30, "lr": 0.05, "batch_size": 64, "seed": 0}
+
+
+def pretrained_digits() -> nn.Module:
+    """The embedded default, trained on the digits search-train split on first use and cached."""
+    from haq.data import load_digits_data
+    from haq.train import fit
+
+    tag = "-".join(f"{k}{v}" for k, v in DIGITS_RECIPE.items())
+    path = cache_dir() / f"digits-mbv2-{tag}.pt"
+    model = digits_mbv2()
+    if path.is_file():
+        try:
+            load_weights(model, path)
+            return model
+        except ValueError as exc:
+            log.warning("cached digits model is unusable (%s); training it again", exc)
+    log.info("training the embedded digits model (first use; cached at %s)", path)
+    torch.manual_seed(DIGITS_RECIPE["seed"])
+    model = digits_mbv2()
+    acc = fit(model, load_digits_data(), epochs=DIGITS_RECIPE["epochs"], lr=DIGITS_RECIPE["lr"],
+              batch_size=DIGITS_RECIPE["batch_size"], seed=DIGITS_RECIPE["seed"])
+    log.info("digits model: %.1f%% top-1 on search-val", acc["top1"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
+    return model
+
+
+def _resnet18(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+    """ResNet-18 for ImageNet."""
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels)
+
+
+def _resnet50(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+    """ResNet-50 for ImageNet."""
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels)
+
+
+def _resnet20(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
+    """ResNet-20 for CIFAR-10 (32x32)."""
+    return CifarResNet(20, num_classes, in_channels)
+
+
+def _mbv2_cifar(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> MobileNetV2:
+    """MobileNet-V2 for 32x32 inputs (stride-1 stem and first stage)."""
+    return MobileNetV2(num_classes, width, in_channels, small_input=True)
+
+
+def _mbv1_cifar(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> MobileNetV1:
+    """MobileNet-V1 for 32x32 inputs (stride-1 stem)."""
+    return MobileNetV1(num_classes, width, in_channels, small_input=True)
+
+
+register_model("digits-mbv2", digits_mbv2, (1, 16, 16), "digits",
+               "Small MobileNetV2-style network for the embedded digits data (trained and cached on first use)")
+register_model("mobilenet_v1", MobileNetV1, (3, 224, 224), "imagenet", "MobileNet-V1 (ImageNet, 224 px)")
+register_model("mobilenet_v2", MobileNetV2, (3, 224, 224), "imagenet", "MobileNet-V2 (ImageNet, 224 px)")
+register_model("mobilenet_v1_cifar", _mbv1_cifar, (3, 32, 32), "cifar10")
+register_model("mobilenet_v2_cifar", _mbv2_cifar, (3, 32, 32), "cifar10")
+register_model("resnet20", _resnet20, (3, 32, 32), "cifar10")
+register_model("resnet18", _resnet18, (3, 224, 224), "imagenet")
+register_model("resnet50", _resnet50, (3, 224, 224), "imagenet")
+
+__all__ = ["ModelEntry", "cache_dir", "create_model", "list_models", "load_weights", "model_entry",
+           "pretrained_digits", "register_model"]

@@ -1,0 +1,280 @@
+"""Apply a mixed-precision policy to a model: fake-quant wrappers and a calibration cache.
+
+`QuantizedModel` wraps each quantizable layer of a model *in place* (the layer module
+stays, a thin `QuantLayer` holds it), keeps the float weights as an in-memory state
+dict, and applies a `Policy` by setting bits and clip values on the wrappers: no model
+rewrite and no copy per episode. Clip values depend only on the float model, the layer
+and the bitwidth, so `Calibration` computes each once and caches it for the whole
+search (the reference recomputes them every episode; DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from haq import quant
+from haq.layers import extract_layers, quantizable_modules
+from haq.policy import Policy
+from hw_models import LayerSpec
+
+log = logging.getLogger(__name__)
+
+CLIP_METHODS = ("kl", "mse", "minmax")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    """How tensors are quantized.
+
+    The defaults (per-channel min-max weights, MSE-optimal activation clips) gave the best
+    accuracy at 2-4 bits on the embedded default (docs/quantization.md); the paper's
+    choice, KL-optimal clips per tensor for both, is
+    ``QuantConfig(weight_clip="kl", per_channel=False, act_clip="kl")``.
+
+    Attributes:
+        weight_clip: ``"kl"`` (the paper's choice: minimise KL divergence), ``"mse"``
+            (minimise the quantization error) or ``"minmax"``.
+        per_channel: one weight clip per output channel (min-max only) instead of per tensor.
+        act_clip: ``"kl"``, ``"mse"`` or ``"minmax"`` for activations. The network's
+            input (an image, 8-bit data already) is always clipped min-max: its few
+            discrete values defeat histogram criteria.
+        mode: ``"linear"`` (HAQ's linear quantization) or ``"kmeans"`` (weights only,
+            2^b centroids per layer, for the model-size experiments; activations stay float).
+        calib_images: images of the search-train split used to calibrate activations.
+        kl_bins: histogram bins for KL calibration.
+        kl_stride: candidate thresholds are every `kl_stride` bins.
+    """
+
+    weight_clip: str = "minmax"
+    per_channel: bool = True
+    act_clip: str = "mse"
+    mode: str = "linear"
+    calib_images: int = 512
+    kl_bins: int = 2048
+    kl_stride: int = 8
+
+    def __post_init__(self) -> None:
+        for field in ("weight_clip", "act_clip"):
+            if getattr(self, field) not in CLIP_METHODS:
+                raise ValueError(f"QuantConfig.{field} must be one of {CLIP_METHODS}, got {getattr(self, field)!r}")
+        if self.per_channel and self.weight_clip != "minmax":
+            raise ValueError("per-channel weight clipping supports weight_clip='minmax' only")
+        if self.mode not in ("linear", "kmeans"):
+            raise ValueError(f"QuantConfig.mode must be 'linear' or 'kmeans', got {self.mode!r}")
+        if self.calib_images < 1 or self.kl_bins < 16 or self.kl_stride < 1:
+            raise ValueError("QuantConfig: calib_images >= 1, kl_bins >= 16 and kl_stride >= 1 are required")
+
+
+class QuantLayer(nn.Module):
+    """Fake-quantizes the input activation and the weight of one Conv2d / Linear.
+
+    Bits of 32 mean "float". Clip values are buffers set by `QuantizedModel.apply`.
+    In k-means mode the weight is ``codebook[index]`` with a trainable codebook, so the
+    finetune updates centroids by the summed gradients of their weights (Deep Compression).
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+        self.w_bits = quant.FLOAT_BITS
+        self.a_bits = quant.FLOAT_BITS
+        self.a_signed = True
+        self.register_buffer("w_clip", torch.zeros(()), persistent=False)
+        self.register_buffer("a_clip", torch.zeros(()), persistent=False)
+        self.codebook: nn.Parameter | None = None  # registered as a parameter once set
+        self.register_buffer("code_index", None, persistent=False)
+
+    def quantized_weight(self) -> torch.Tensor:
+        w = self.layer.weight
+        if self.codebook is not None:
+            return self.codebook[self.code_index]
+        if self.w_bits >= quant.FLOAT_BITS:
+            return w
+        return quant.quantize_ste(w, self.w_clip, self.w_bits, signed=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.a_bits < quant.FLOAT_BITS:
+            x = quant.quantize_ste(x, self.a_clip, self.a_bits, self.a_signed)
+        w = self.quantized_weight()
+        if isinstance(self.layer, nn.Conv2d):
+            return self.layer._conv_forward(x, w, self.layer.bias)
+        return F.linear(x, w, self.layer.bias)
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+class Calibration:
+    """Clip values per (layer, kind, bits), computed once from the float model.
+
+    Activation histograms come from one pass over calibration images (after a pass that
+    finds each input's range); weight statistics from the float weights.
+    """
+
+    def __init__(self, config: QuantConfig) -> None:
+        self.config = config
+        self._act_hist: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._act_max: dict[str, torch.Tensor] = {}
+        self.act_signed: dict[str, bool] = {}
+        self.network_inputs: set[str] = set()
+        """Layers that read the network's input directly (clipped min-max)."""
+        self._cache: dict[tuple[str, str, int], torch.Tensor] = {}
+        self._kmeans: dict[tuple[str, str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.computed = 0
+        """How many clip values were computed (cache misses); for tests and benchmarks."""
+
+    def observe_activations(self, model: nn.Module, names: Sequence[str], images: Iterable[torch.Tensor]) -> None:
+        """Record each named layer's input range and histogram on `images` (float model)."""
+        modules = {n: model.get_submodule(n) for n in names}
+        batches = list(images)
+        state: dict[str, str] = {"phase": "range"}
+        mins: dict[str, torch.Tensor] = {}
+
+        current: dict[str, torch.Tensor] = {}
+
+        def hook(name: str):
+            def _obs(_m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+                if inputs[0] is current["input"]:
+                    self.network_inputs.add(name)
+                x = inputs[0].detach()
+                if state["phase"] == "range":
+                    mx, mn = x.abs().max(), x.min()
+                    self._act_max[name] = torch.maximum(self._act_max.get(name, mx), mx)
+                    mins[name] = torch.minimum(mins.get(name, mn), mn)
+                else:
+                    signed = self.act_signed[name]
+                    counts, width = quant.histogram(x, signed, self.config.kl_bins, self._act_max[name])
+                    prev = self._act_hist.get(name)
+                    self._act_hist[name] = (counts if prev is None else prev[0] + counts, width)
+            return _obs
+
+        handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for xb in batches:
+                    current["input"] = xb
+                    model(xb)
+                self.act_signed.update({n: bool(mins[n] < 0) for n in names})
+                state["phase"] = "hist"
+                for xb in batches:
+                    current["input"] = xb
+                    model(xb)
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+
+    def act_clip(self, name: str, bits: int) -> torch.Tensor:
+        key = (name, "a", bits)
+        if key not in self._cache:
+            self.computed += 1
+            if self.config.act_clip == "minmax" or name in self.network_inputs:
+                self._cache[key] = self._act_max[name].float()
+            else:
+                counts, width = self._act_hist[name]
+                fn = quant.kl_clip_from_histogram if self.config.act_clip == "kl" else quant.mse_clip_from_histogram
+                self._cache[key] = fn(counts, width, bits, self.act_signed[name], self.config.kl_stride)
+        return self._cache[key]
+
+    def weight_clip(self, name: str, weight: torch.Tensor, bits: int) -> torch.Tensor:
+        key = (name, "w", bits)
+        if key not in self._cache:
+            self.computed += 1
+            w = weight.detach()
+            if self.config.per_channel:
+                clip = quant.minmax_clip(w, signed=True, dim=0).view(-1, *([1] * (w.ndim - 1)))
+            elif self.config.weight_clip == "minmax":
+                clip = quant.minmax_clip(w, signed=True)
+            else:
+                counts, width = quant.histogram(w, True, self.config.kl_bins)
+                fn = quant.kl_clip_from_histogram if self.config.weight_clip == "kl" else quant.mse_clip_from_histogram
+                clip = fn(counts, width, bits, True, self.config.kl_stride)
+            self._cache[key] = clip
+        return self._cache[key]
+
+    def kmeans(self, name: str, weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(centroids, index) of the layer's float weights with 2^bits clusters, cached."""
+        key = (name, "k", bits)
+        if key not in self._kmeans:
+            self.computed += 1
+            self._kmeans[key] = quant.kmeans_1d(weight, bits)
+        return self._kmeans[key]
+
+
+class QuantizedModel:
+    """A model whose quantizable layers are wrapped for fake quantization.
+
+    Args:
+        model: the float model; it is wrapped in place (pass a copy to keep the original).
+        input_shape: ``(C, H, W)`` of one sample, for layer discovery.
+        config: quantization settings.
+    """
+
+    def __init__(self, model: nn.Module, input_shape: Sequence[int], config: QuantConfig | None = None) -> None:
+        self.config = config or QuantConfig()
+        self.layers: list[LayerSpec] = extract_layers(model, input_shape)
+        names = [layer.name for layer in self.layers]
+        modules = quantizable_modules(model)
+        self.wrappers: dict[str, QuantLayer] = {}
+        for name in names:
+            wrapper = QuantLayer(modules[name])
+            _set_submodule(model, name, wrapper)
+            self.wrappers[name] = wrapper
+        self.model = model
+        self.float_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.calibration = Calibration(self.config)
+
+    @property
+    def names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    def calibrate(self, images: Iterable[torch.Tensor]) -> None:
+        """Record activation statistics of the float model (call once, before `apply`)."""
+        self.restore()
+        self.calibration.observe_activations(self.model, self.names, images)
+
+    def restore(self) -> None:
+        """Float weights, BN statistics and no quantization: the model as it was given."""
+        for w in self.wrappers.values():
+            w.w_bits = w.a_bits = quant.FLOAT_BITS
+            w.codebook = None
+            w.code_index = None
+        state = self.model.state_dict()
+        with torch.no_grad():
+            for k, v in self.float_state.items():
+                state[k].copy_(v)
+
+    def apply(self, policy: Policy) -> None:
+        """Restore float weights, then quantize every layer with its (w_bits, a_bits)."""
+        policy.check(self.layers)
+        if self.config.mode == "linear" and not self.calibration.act_signed:
+            raise RuntimeError("call calibrate() before apply(): activation clip values need statistics")
+        self.restore()
+        for name, (w_bits, a_bits) in zip(policy.layers, policy.bits):
+            wrapper = self.wrappers[name]
+            weight = self.float_state[f"{name}.layer.weight"]
+            if self.config.mode == "kmeans":
+                centroids, index = self.calibration.kmeans(name, weight, w_bits)
+                wrapper.codebook = nn.Parameter(centroids.clone())
+                wrapper.code_index = index
+                continue
+            wrapper.w_bits, wrapper.a_bits = w_bits, a_bits
+            wrapper.w_clip = self.calibration.weight_clip(name, weight, w_bits)
+            wrapper.a_signed = self.calibration.act_signed[name]
+            wrapper.a_clip = self.calibration.act_clip(name, a_bits)
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters; in k-means mode the codebooks replace the layers' weights."""
+        replaced = {id(w.layer.weight) for w in self.wrappers.values() if w.codebook is not None}
+        return [p for p in self.model.parameters() if p.requires_grad and id(p) not in replaced]

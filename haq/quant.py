@@ -1,0 +1,187 @@
+"""Quantization numerics as pure tensor functions.
+
+HAQ (Wang et al., CVPR 2019, Section 3.3) quantizes linearly: a weight or activation
+x is clipped to [-c, c] (or [0, c] for activations after a ReLU) and rounded to one of
+the levels of a b-bit grid, ``q(x) = round(clamp(x, -c, c) / s) * s`` with
+``s = c / (2^(b-1) - 1)``; the clip value c is chosen per tensor by minimising the KL
+divergence between the float and the quantized distributions. For the model-size
+experiments (Section 4.3) weights are instead quantized by k-means with 2^b centroids.
+
+Conventions used throughout:
+
+* signed, b >= 2 bits: symmetric grid with levels -(2^(b-1)-1) .. 2^(b-1)-1 times s;
+* signed, b == 1: binary {-c, +c} (the sign, scaled);
+* unsigned, b bits: levels 0 .. 2^b - 1 times ``s = c / (2^b - 1)``.
+
+Training uses the straight-through estimator: the gradient passes the rounding as the
+identity inside the clip range and is zero outside it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT_BITS = 32
+"""Bitwidth that means "not quantized"."""
+
+
+def qrange(bits: int, signed: bool) -> tuple[int, int]:
+    """Integer range (qmin, qmax) of a b-bit grid; for signed 1-bit this is (-1, 1) with no zero."""
+    if bits < 1:
+        raise ValueError(f"bits must be >= 1, got {bits}")
+    if not signed:
+        return 0, 2**bits - 1
+    if bits == 1:
+        return -1, 1
+    q = 2 ** (bits - 1) - 1
+    return -q, q
+
+
+def scale_for(clip: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
+    """Step size s of the grid that spans [-clip, clip] (signed) or [0, clip] (unsigned)."""
+    _, qmax = qrange(bits, signed)
+    return clip / qmax
+
+
+def quantize(x: torch.Tensor, clip: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
+    """Fake-quantize `x` (quantize then dequantize) with clip value `clip` (broadcastable).
+
+    No gradient trick: use `quantize_ste` in training.
+    """
+    clip = clip.to(x.dtype)
+    if signed and bits == 1:
+        return torch.where(x >= 0, clip, -clip).expand_as(x)
+    lo = -clip if signed else torch.zeros_like(clip)
+    s = scale_for(clip, bits, signed).clamp_min(torch.finfo(x.dtype).tiny)
+    return torch.round(torch.clamp(x, lo, clip) / s) * s
+
+
+def quantize_ste(x: torch.Tensor, clip: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
+    """`quantize` with a straight-through gradient: identity inside the clip range, 0 outside."""
+    clip = clip.to(x.dtype)
+    lo = -clip if signed else torch.zeros_like(clip)
+    y = torch.clamp(x, lo, clip)
+    return y + (quantize(y, clip, bits, signed) - y).detach()
+
+
+def minmax_clip(x: torch.Tensor, signed: bool, dim: int | None = None) -> torch.Tensor:
+    """Clip value from the range of `x`: max |x| (signed) or max x (unsigned), optionally per `dim`."""
+    v = x.abs() if signed else x.clamp_min(0)
+    if dim is None:
+        return v.max()
+    reduce = [d for d in range(x.ndim) if d != dim]
+    return v.amax(dim=reduce)
+
+
+def histogram(x: torch.Tensor, signed: bool, bins: int = 2048, max_value: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Histogram of |x| (signed) or max(x, 0) (unsigned) on [0, max]; returns (counts, bin width).
+
+    Exact zeros are left out: every grid with a zero level represents them exactly, and
+    after a ReLU they form a spike (often half the mass) that would otherwise drive the
+    KL criterion to clip at the first candidate threshold.
+    """
+    v = (x.abs() if signed else x.clamp_min(0)).detach().flatten().float()
+    top = v.max() if max_value is None else max_value.float()
+    top = torch.clamp(top, min=torch.finfo(torch.float32).tiny)
+    counts = torch.histc(v, bins=bins, min=0.0, max=float(top))
+    counts[0] -= (v == 0).sum()
+    return counts.double(), (top / bins).double()
+
+
+def kl_candidates(n_bins: int, n_levels: int, stride: int) -> torch.Tensor:
+    """Candidate clip thresholds, in bins: n_levels, n_levels + stride, ..., and n_bins."""
+    if n_levels >= n_bins:
+        return torch.tensor([n_bins])
+    cand = list(range(n_levels, n_bins + 1, stride))
+    if cand[-1] != n_bins:
+        cand.append(n_bins)
+    return torch.tensor(cand)
+
+
+def kl_levels(bits: int, signed: bool) -> int:
+    """Number of quantized bins of the one-sided histogram: 2^(b-1) (signed) or 2^b (unsigned)."""
+    return 2 ** (bits - 1) if signed else 2**bits
+
+
+def kl_divergences(counts: torch.Tensor, n_levels: int, candidates: torch.Tensor) -> torch.Tensor:
+    """KL(P || Q) for each candidate threshold, vectorised over candidates.
+
+    For threshold t (in bins), P is the histogram's first t bins with the mass beyond t
+    folded into bin t-1; Q merges those t bins into `n_levels` equal groups (bin j goes to
+    group floor(j * n_levels / t)), spreads each group's mass (without the folded tail)
+    evenly over the group's non-empty bins, and is zero where P is. As in TensorRT's
+    entropy calibration, which HAQ's reference follows.
+    """
+    counts = counts.double()
+    n = counts.numel()
+    dev = counts.device
+    t = candidates.to(dev).view(-1, 1)
+    j = torch.arange(n, device=dev).view(1, -1)
+    inside = j < t
+    hist = counts.view(1, -1) * inside
+    tail = counts.sum() - hist.sum(dim=1, keepdim=True)
+    p = hist.clone()
+    p.scatter_add_(1, t - 1, tail)
+    nonzero = p > 0
+    group = torch.where(inside, torch.div(j * n_levels, t, rounding_mode="floor"), n_levels)
+    group_sum = torch.zeros(t.shape[0], n_levels + 1, dtype=torch.float64, device=dev).scatter_add_(1, group, hist)
+    group_cnt = torch.zeros_like(group_sum).scatter_add_(1, group, nonzero.double())
+    q = torch.where(nonzero, group_sum.gather(1, group) / group_cnt.gather(1, group).clamp_min(1), 0.0)
+    p = p / p.sum(dim=1, keepdim=True)
+    q = q / q.sum(dim=1, keepdim=True).clamp_min(1e-300)
+    eps = 1e-12
+    terms = torch.where(nonzero, p * torch.log(p / q.clamp_min(eps)), 0.0)
+    return terms.sum(dim=1)
+
+
+def kl_clip(x: torch.Tensor, bits: int, signed: bool, bins: int = 2048, stride: int = 8) -> torch.Tensor:
+    """Clip value minimising KL divergence between the float and quantized histograms of `x`."""
+    counts, width = histogram(x, signed, bins)
+    return kl_clip_from_histogram(counts, width, bits, signed, stride)
+
+
+def kl_clip_from_histogram(counts: torch.Tensor, width: torch.Tensor, bits: int, signed: bool, stride: int = 8) -> torch.Tensor:
+    """`kl_clip` on a precomputed one-sided histogram (`histogram`) with bin width `width`."""
+    n_levels = kl_levels(bits, signed)
+    cand = kl_candidates(counts.numel(), n_levels, stride)
+    kl = kl_divergences(counts, n_levels, cand)
+    best = cand.to(kl.device)[torch.argmin(kl)]
+    return (best.double() * width).float()
+
+
+def mse_clip_from_histogram(counts: torch.Tensor, width: torch.Tensor, bits: int, signed: bool, stride: int = 8) -> torch.Tensor:
+    """Clip value minimising the histogram-estimated mean squared quantization error
+    (each bin's mass placed at its centre), over the same candidates as `kl_clip`."""
+    counts = counts.double()
+    n = counts.numel()
+    cand = kl_candidates(n, 1, stride).to(counts.device).double()
+    centres = (torch.arange(n, device=counts.device, dtype=torch.float64) + 0.5) * width
+    clips = (cand * width).view(-1, 1)
+    q = quantize(centres.view(1, -1).expand(clips.shape[0], -1), clips, bits, signed)
+    err = ((centres.view(1, -1) - q) ** 2 * counts.view(1, -1)).sum(dim=1)
+    return (cand[torch.argmin(err)] * width).float()
+
+
+# --------------------------------------------------------------------------- k-means
+def kmeans_1d(x: torch.Tensor, bits: int, iters: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means on the values of `x` with 2^bits centroids, linearly initialised
+    over [min, max] as in Deep Compression (Han et al., ICLR 2016). Returns (sorted
+    centroids of shape (2^bits,), index tensor shaped like x) with every value assigned
+    to its nearest centroid. Deterministic."""
+    k = 2**bits
+    flat = x.detach().flatten().float()
+    lo, hi = flat.min(), flat.max()
+    centroids = torch.linspace(0, 1, k, device=flat.device) * (hi - lo) + lo
+
+    def assign(c: torch.Tensor) -> torch.Tensor:  # nearest centroid in 1-D: bucketize on midpoints
+        return torch.bucketize(flat, (c[1:] + c[:-1]) / 2)
+
+    for _ in range(iters):
+        idx = assign(centroids)
+        sums = torch.zeros(k, device=flat.device).scatter_add_(0, idx, flat)
+        cnt = torch.zeros(k, device=flat.device).scatter_add_(0, idx, torch.ones_like(flat))
+        new, _ = torch.sort(torch.where(cnt > 0, sums / cnt.clamp_min(1), centroids))
+        if torch.equal(new, centroids):
+            break
+        centroids = new
+    return centroids, assign(centroids).view_as(x)

@@ -1,0 +1,84 @@
+"""Plots of a search: the per-layer policy and the progress over episodes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from hw_models import LayerSpec  # noqa: E402
+
+
+def plot_policy(layers: Sequence[LayerSpec], policy: Sequence[tuple[int, int]], path: str | os.PathLike[str],
+                title: str = "", cost_at_8: np.ndarray | None = None, cost_label: str = "cost at w8a8") -> None:
+    """Bars of weight and activation bits per layer (depthwise layers hatched), with the
+    layer's hardware cost at 8 bits beneath when given."""
+    n = len(layers)
+    rows = 2 if cost_at_8 is not None else 1
+    fig, axes = plt.subplots(rows, 1, figsize=(max(8, n * 0.35), 3.2 * rows), sharex=True, squeeze=False)
+    ax = axes[0, 0]
+    x = np.arange(n)
+    w = [p[0] for p in policy]
+    a = [p[1] for p in policy]
+    dw = [l.kind == "dwconv" for l in layers]
+    bw = ax.bar(x - 0.2, w, 0.4, label="weight bits", color="#3b6fb6")
+    ba = ax.bar(x + 0.2, a, 0.4, label="activation bits", color="#e08a2c")
+    for i, is_dw in enumerate(dw):
+        if is_dw:
+            bw[i].set_hatch("//")
+            ba[i].set_hatch("//")
+    ax.set_ylabel("bits")
+    ax.set_ylim(0, 8.8)
+    ax.set_yticks(range(0, 9))
+    ax.bar([0], [0], color="white", edgecolor="black", hatch="//", label="depthwise layer")
+    ax.legend(loc="upper right", ncol=3, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    if cost_at_8 is not None:
+        cax = axes[1, 0]
+        cax.bar(x, cost_at_8, color=["#8c5ab4" if d else "#7a7a7a" for d in dw])
+        cax.set_ylabel(cost_label, fontsize=8)
+        cax.grid(axis="y", alpha=0.3)
+    bottom = axes[-1, 0]
+    bottom.set_xticks(x)
+    bottom.set_xticklabels([l.name for l in layers], rotation=90, fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_progress(records: Sequence[dict[str, Any]], path: str | os.PathLike[str], budget_ratio: float | None = None,
+                  warmup: int = 0) -> None:
+    """Reward (with a running best) and cost ratio over episodes."""
+    ep = np.array([r["episode"] for r in records], dtype=float)
+    reward = np.array([float(r["reward"]) for r in records])
+    ratio = np.array([float(r["cost_ratio"]) for r in records])
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
+    ax1.plot(ep, reward, ".", ms=3, alpha=0.6, label="reward")
+    ax1.plot(ep, np.maximum.accumulate(reward), "-", label="best so far")
+    if len(reward) >= 10:
+        k = max(5, len(reward) // 20)
+        smooth = np.convolve(reward, np.ones(k) / k, mode="valid")
+        ax1.plot(ep[k - 1:], smooth, "-", alpha=0.8, label=f"mean of {k}")
+    ax1.set_ylabel("reward")
+    ax1.legend(fontsize=8)
+    ax1.grid(alpha=0.3)
+    ax2.plot(ep, ratio, ".", ms=3, alpha=0.6, label="cost / cost(w8a8)")
+    if budget_ratio is not None:
+        ax2.axhline(budget_ratio, color="red", ls="--", lw=1, label="budget")
+    ax2.set_ylabel("cost ratio")
+    ax2.set_xlabel("episode")
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3)
+    for ax in (ax1, ax2):
+        if warmup:
+            ax.axvspan(0.5, warmup + 0.5, color="grey", alpha=0.12, lw=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

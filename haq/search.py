@@ -1,0 +1,334 @@
+"""Run a HAQ search: build the parts, train the agent, write the run directory, resume.
+
+Run directory layout::
+
+    config.yaml         the resolved SearchConfig
+    episodes.csv        one row per episode (append-only)
+    best_policy.json    the best policy by reward, with its accuracy and cost
+    summary.json        float accuracy, best policy, budget, uniform baselines that fit
+    policy.png          per-layer bits of the best policy (depthwise layers marked)
+    progress.png        reward and cost over episodes
+    checkpoint.json     points at the latest complete checkpoint directory
+    checkpoint-NNNNN/   agent (SB3 zip), replay buffer, RNG states, search state
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import pickle
+import random
+import shutil
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.monitor import Monitor
+
+import hw_models
+from envs import MixedPrecisionEnv
+from haq.agent import EpisodeRewardReplayBuffer, HAQDDPG, TruncatedNormalNoise
+from haq.config import SearchConfig, budget_kind
+from haq.data import SearchData, load_dataset
+from haq.evaluator import QuantEvaluator
+from haq.models import create_model, model_entry
+from haq.policy import Policy
+
+log = logging.getLogger(__name__)
+
+EPISODE_FIELDS = ["episode", "reward", "accuracy", "cost", "cost_ratio", "wall_s", "w_bits", "a_bits", "phase"]
+EpisodeCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclasses.dataclass
+class SearchParts:
+    """Everything built from a config before the agent starts."""
+
+    config: SearchConfig
+    data: SearchData
+    evaluator: QuantEvaluator
+    cost_model: hw_models.CostModel
+    env: MixedPrecisionEnv
+
+    @property
+    def layers(self) -> list[hw_models.LayerSpec]:
+        return self.evaluator.layers
+
+
+def resolve_budget(config: SearchConfig, cost_model: hw_models.CostModel,
+                   layers: list[hw_models.LayerSpec]) -> float:
+    """The budget in the metric's units."""
+    table = cost_model.table(layers, config.metric)
+    kind, value = budget_kind(config.budget)
+    if kind == "uniform":
+        return hw_models.policy_cost(table, [value] * len(layers))
+    return float(value) * hw_models.policy_cost(table, [(8, 8)] * len(layers))
+
+
+def build_parts(config: SearchConfig) -> SearchParts:
+    """Load the model and data, calibrate, price the layers and create the environment."""
+    entry = model_entry(config.model)
+    dataset = config.dataset or entry.dataset
+    data = load_dataset(dataset, config.data_root, **config.data)
+    cost_model = hw_models.create_hw_model(config.hw, **config.hw_params)
+    cost_model.check_metric(config.metric)
+    kwargs = {"num_classes": data.num_classes} if config.model != "digits-mbv2" or config.weights else {}
+    model = create_model(config.model, weights=config.weights, **kwargs)
+    evaluator = QuantEvaluator(model, data, config.quant, config.finetune, config.device, config.seed)
+    layers = evaluator.layers
+    budget = resolve_budget(config, cost_model, layers)
+    env = MixedPrecisionEnv(layers, cost_model, budget, evaluator, metric=config.metric,
+                            min_bits=config.min_bits, max_bits=config.max_bits,
+                            pin_first_last=config.pin_first_last, reward_scale=config.reward_scale)
+    return SearchParts(config, data, evaluator, cost_model, env)
+
+
+def make_agent(config: SearchConfig, env: Any) -> HAQDDPG:
+    """SB3 DDPG with HAQ's settings (DESIGN.md item 6)."""
+    a = config.agent
+    steps = 2 * len(env.unwrapped.layers) if hasattr(env, "unwrapped") else env.n_steps
+    noise = TruncatedNormalNoise(a.noise_sigma, a.noise_decay, config.warmup, seed=config.seed)
+    return HAQDDPG(
+        "MlpPolicy", env,
+        learning_rate=a.actor_lr, critic_learning_rate=a.critic_lr, warmup_episodes=config.warmup,
+        buffer_size=a.buffer_size, learning_starts=max(0, config.warmup * steps - 1), batch_size=a.batch_size,
+        tau=a.tau, gamma=a.gamma, train_freq=(1, "episode"), gradient_steps=-1, action_noise=noise,
+        replay_buffer_class=EpisodeRewardReplayBuffer,
+        replay_buffer_kwargs={"baseline_decay": a.baseline_decay},
+        policy_kwargs={"net_arch": {"pi": list(a.hidden), "qf": list(a.hidden)}},
+        seed=config.seed, device="cpu", verbose=0,
+    )
+
+
+# ---------------------------------------------------------------------------- run dir
+def default_run_dir(config: SearchConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    safe = lambda s: "".join(c if c.isalnum() or c in "-_" else "_" for c in s)  # noqa: E731
+    return Path("runs") / f"{stamp}-{safe(config.model)}-{safe(config.hw)}"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_episodes(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "episodes.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+class _Recorder(BaseCallback):
+    """Writes one CSV row per finished episode and a checkpoint before each new one."""
+
+    def __init__(self, search: Search) -> None:
+        super().__init__()
+        self.search = search
+
+    def _on_rollout_start(self) -> None:
+        self.search.checkpoint()
+
+    def _on_step(self) -> bool:
+        dones = self.locals["dones"]
+        if dones[0]:
+            self.search.record_episode(self.locals["infos"][0])
+        return True
+
+
+class Search:
+    """A search in a run directory; `run` it, or `Search.resume(run_dir)` to continue one."""
+
+    def __init__(self, config: SearchConfig, run_dir: str | os.PathLike[str] | None = None,
+                 on_episode: EpisodeCallback | None = None, parts: SearchParts | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir or config.out or default_run_dir(config))
+        self.on_episode = on_episode
+        self.parts = parts or build_parts(config)
+        self.env = Monitor(self.parts.env)
+        self.agent = make_agent(config, self.env)
+        self.records: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self._last_time = time.perf_counter()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def episodes_done(self) -> int:
+        return len(self.records)
+
+    def record_episode(self, info: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        policy = Policy.from_bits(self.parts.layers, info["policy"])
+        w, a = policy.as_strings()
+        row = {"episode": self.episodes_done + 1, "reward": info["reward"], "accuracy": info["accuracy"],
+               "cost": info["cost"], "cost_ratio": info["cost_ratio"], "wall_s": round(now - self._last_time, 4),
+               "w_bits": w, "a_bits": a, "phase": "warmup" if self.episodes_done < self.config.warmup else "agent"}
+        self._last_time = now
+        path = self.run_dir / "episodes.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, EPISODE_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.records.append(row)
+        if self.best is None or row["reward"] > self.best["reward"]:
+            self.best = {**row, "policy": info["policy"]}
+            policy.to_json(self.run_dir / "best_policy.json", episode=row["episode"], accuracy=row["accuracy"],
+                           cost=row["cost"], cost_ratio=row["cost_ratio"], reward=row["reward"],
+                           metric=self.config.metric, hw=self.config.hw, model=self.config.model)
+        if self.on_episode is not None:
+            self.on_episode({**row, "best_reward": self.best["reward"], "best_accuracy": self.best["accuracy"]})
+
+    def checkpoint(self) -> None:
+        """Save agent, replay buffer, RNG states and progress; then point checkpoint.json at it."""
+        n = self.episodes_done
+        if n == 0:
+            return
+        pointer = self.run_dir / "checkpoint.json"
+        if pointer.is_file() and json.loads(pointer.read_text())["episodes"] == n:
+            return
+        ckpt = self.run_dir / f"checkpoint-{n:05d}"
+        if ckpt.exists():
+            shutil.rmtree(ckpt)
+        ckpt.mkdir(parents=True)
+        self.agent.save(ckpt / "agent.zip")
+        self.agent.save_replay_buffer(ckpt / "replay.pkl")
+        state = {"episodes": n, "best": self.best, "rng": {
+            "torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
+        with open(ckpt / "state.pkl", "wb") as fh:
+            pickle.dump(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _atomic_write(pointer, json.dumps({"episodes": n, "dir": ckpt.name}) + "\n")
+        for old in self.run_dir.glob("checkpoint-*"):
+            if old.name != ckpt.name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> dict[str, Any]:
+        """Run the remaining episodes, then write the summary and plots."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config.to_yaml(self.run_dir / "config.yaml")
+        remaining = self.config.episodes - self.episodes_done
+        steps = self.parts.env.n_steps
+        if remaining > 0:
+            self._last_time = time.perf_counter()
+            self.agent.learn(total_timesteps=remaining * steps, callback=_Recorder(self),
+                             reset_num_timesteps=self.episodes_done == 0)
+            self.checkpoint()
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """Evaluate the uniform baselines that fit the budget; write summary.json and plots."""
+        from haq.report import plot_policy, plot_progress
+
+        env, ev = self.parts.env, self.parts.evaluator
+        baselines = []
+        for b in range(self.config.min_bits, 9):
+            pol = [(b, b)] * len(env.layers)
+            cost = env.cost(pol)
+            if cost <= env.budget * (1 + 1e-12):
+                baselines.append({"policy": f"w{b}a{b}", "cost": cost, "cost_ratio": cost / env.reference_cost,
+                                  "accuracy": ev(pol)})
+        assert self.best is not None
+        summary = {
+            "model": self.config.model, "hw": self.config.hw, "metric": self.config.metric,
+            "units": hw_models.METRIC_UNITS[self.config.metric], "fp_accuracy": env.fp_accuracy,
+            "budget": env.budget, "budget_ratio": env.budget / env.reference_cost, "budget_spec": self.config.budget,
+            "w8a8_cost": env.reference_cost, "episodes": self.episodes_done,
+            "best": {k: self.best[k] for k in ("episode", "reward", "accuracy", "cost", "cost_ratio", "w_bits", "a_bits")},
+            "uniform_baselines": baselines,
+            "mean_reward_warmup": _mean([r["reward"] for r in self.records[: self.config.warmup]]),
+            "mean_reward_last_fifth": _mean([r["reward"] for r in self.records[-max(1, len(self.records) // 5):]]),
+            "seconds_per_episode": _mean([r["wall_s"] for r in self.records]),
+        }
+        _atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        plot_policy(env.layers, self.best["policy"], self.run_dir / "policy.png",
+                    title=f"{self.config.model} on {self.config.hw}: best policy "
+                          f"({self.best['accuracy']:.1f}% top-1, {self.best['cost_ratio']:.2f}x w8a8 {self.config.constraint})",
+                    cost_at_8=env.table[:, 7, 7], cost_label=f"{self.config.constraint} at w8a8")
+        plot_progress(self.records, self.run_dir / "progress.png", budget_ratio=summary["budget_ratio"],
+                      warmup=self.config.warmup)
+        return summary
+
+    # ------------------------------------------------------------------ resume
+    @classmethod
+    def resume(cls, run_dir: str | os.PathLike[str], on_episode: EpisodeCallback | None = None,
+               episodes: int | None = None) -> Search:
+        """Continue a search from its last complete checkpoint (no episode lost or repeated)."""
+        run_dir = Path(run_dir)
+        cfg_path = run_dir / "config.yaml"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+        config = SearchConfig.from_yaml(cfg_path)
+        if episodes is not None:
+            config = dataclasses.replace(config, episodes=episodes)
+        search = cls(config, run_dir, on_episode)
+        pointer = run_dir / "checkpoint.json"
+        rows = read_episodes(run_dir)
+        if not pointer.is_file():
+            log.info("no checkpoint in %s yet: starting from the first episode", run_dir)
+            (run_dir / "episodes.csv").unlink(missing_ok=True)
+            (run_dir / "best_policy.json").unlink(missing_ok=True)
+            return search
+        info = json.loads(pointer.read_text())
+        ckpt = run_dir / info["dir"]
+        n = int(info["episodes"])
+        search.agent = HAQDDPG.load(ckpt / "agent.zip", env=search.env, device="cpu")
+        search.agent.load_replay_buffer(ckpt / "replay.pkl")
+        search.agent._last_obs = None  # the fresh env must be reset before its first step
+        with open(ckpt / "state.pkl", "rb") as fh:
+            state = pickle.load(fh)
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        if len(rows) < n:
+            raise RuntimeError(f"{run_dir}/episodes.csv has {len(rows)} rows but the checkpoint has {n} episodes")
+        # rows past the checkpoint belong to an episode that will be run again: drop them
+        with open(run_dir / "episodes.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, EPISODE_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows[:n])
+        search.records = [_typed_row(r) for r in rows[:n]]
+        search.best = state["best"]
+        if search.best is not None:
+            Policy.from_bits(search.parts.layers, search.best["policy"]).to_json(
+                run_dir / "best_policy.json", episode=search.best["episode"], accuracy=search.best["accuracy"],
+                cost=search.best["cost"], cost_ratio=search.best["cost_ratio"], reward=search.best["reward"],
+                metric=config.metric, hw=config.hw, model=config.model)
+        log.info("resuming %s after episode %d of %d", run_dir, n, config.episodes)
+        return search
+
+
+def _typed_row(row: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = dict(row)
+    out["episode"] = int(row["episode"])
+    for k in ("reward", "accuracy", "cost", "cost_ratio", "wall_s"):
+        out[k] = float(row[k])
+    return out
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def run_search(config: SearchConfig, on_episode: EpisodeCallback | None = None) -> tuple[Path, dict[str, Any]]:
+    """Run a search from scratch; returns (run directory, summary)."""
+    search = Search(config, on_episode=on_episode)
+    return search.run_dir, search.run()

@@ -1,0 +1,155 @@
+"""The environment: Gymnasium's checker, the paper's action mapping, budget enforcement, reward."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs
+import hw_models as H
+from envs import MixedPrecisionEnv, action_to_bits
+
+LAYERS = [
+    H.LayerSpec("c0", "conv", 3, 16, kernel=3, in_h=16, in_w=16, out_h=16, out_w=16),
+    H.LayerSpec("dw1", "dwconv", 16, 16, kernel=3, groups=16, in_h=16, in_w=16, out_h=16, out_w=16),
+    H.LayerSpec("pw1", "conv", 16, 32, in_h=16, in_w=16, out_h=16, out_w=16),
+    H.LayerSpec("dw2", "dwconv", 32, 32, kernel=3, stride=2, groups=32, in_h=16, in_w=16, out_h=8, out_w=8),
+    H.LayerSpec("pw2", "conv", 32, 64, in_h=8, in_w=8, out_h=8, out_w=8),
+    H.LayerSpec("fc", "fc", 64, 10),
+]
+
+
+def fake_evaluator(policy):
+    """Accuracy that grows with the mean bitwidth (a stand-in for finetuning in env tests)."""
+    return 50.0 + 5.0 * float(np.mean([w + a for w, a in policy])) / 2
+
+
+def make_env(budget_policy=(4, 4), **kw):
+    model = kw.pop("cost_model", H.create_hw_model("bismo-edge"))
+    budget = model.policy_cost(LAYERS, [budget_policy] * len(LAYERS), "latency_ms")
+    return MixedPrecisionEnv(LAYERS, model, budget, fake_evaluator, fp_accuracy=90.0, **kw)
+
+
+def run_episode(env, actions):
+    obs, _ = env.reset(seed=0)
+    observations = [obs]
+    for i, a in enumerate(actions):
+        obs, reward, terminated, truncated, info = env.step(np.array([a], dtype=np.float32))
+        observations.append(obs)
+        assert terminated == (i == len(actions) - 1) and not truncated
+    return observations, reward, info
+
+
+def test_passes_gymnasium_env_checker_and_is_registered():
+    check_env(make_env())
+    env = gym.make(envs.ENV_ID, layers=LAYERS, cost_model=H.create_hw_model("bitfusion"), budget=1.0,
+                   evaluator=fake_evaluator, fp_accuracy=90.0, metric="energy_mj")
+    assert isinstance(env.unwrapped, MixedPrecisionEnv)
+
+
+def test_action_mapping_is_the_papers_equal_width_bins():
+    choices = tuple(range(2, 9))
+    for a in np.linspace(0, 1, 101):
+        expected = int(np.clip(np.round(2 - 0.5 + a * (8 - 2 + 1)), 2, 8))
+        assert action_to_bits(a, choices) == expected
+    assert action_to_bits(0.0, choices) == 2 and action_to_bits(1.0, choices) == 8
+    # each bitwidth gets an equal share of [0, 1]
+    counts = np.bincount([action_to_bits(a, choices) for a in np.linspace(0, 0.9999, 7000)], minlength=9)[2:]
+    assert counts.min() >= 999 and counts.max() <= 1001
+
+
+def test_observation_is_the_10_dim_state_set_cleanly_each_step():
+    env = make_env(budget_policy=(8, 8))
+    actions = [0.1, 0.9, 0.3, 0.6, 1.0, 0.0, 0.5, 0.5, 0.2, 0.8, 0.7, 0.4]
+    obs, _, _ = run_episode(env, actions)
+    obs = np.array(obs[:-1])
+    assert obs.shape == (12, 10) and obs.min() >= 0 and obs.max() <= 1
+    np.testing.assert_allclose(obs[::2, 0], np.linspace(0, 1, 6), atol=1e-6)  # layer index, min-max normalised
+    np.testing.assert_array_equal(obs[::2, 0], obs[1::2, 0])  # weight and activation step of one layer
+    assert list(obs[:, 8]) == [1, 0] * 6  # weight / activation flag
+    np.testing.assert_allclose(obs[1:, 9], actions[:-1], atol=1e-6)  # previous action
+    assert obs[0, 9] == 0
+    assert list(obs[::2, 7]) == [0, 1, 0, 1, 0, 0]  # depthwise flag
+    assert obs[::2, 6].argmax() == 4 and obs[::2, 6].min() == 0  # #params normalised: pw2 largest
+
+
+def test_reward_is_a_tenth_of_the_accuracy_change_at_the_last_step_only():
+    env = make_env(budget_policy=(8, 8))
+    env.reset(seed=0)
+    rewards = []
+    for _ in range(env.n_steps):
+        _, r, _, _, info = env.step(np.array([1.0], dtype=np.float32))
+        rewards.append(r)
+    assert rewards[:-1] == [0.0] * (env.n_steps - 1)
+    assert info["policy"] == [(8, 8)] * 6
+    assert rewards[-1] == pytest.approx(0.1 * (fake_evaluator([(8, 8)] * 6) - 90.0))
+    assert info["cost_ratio"] == pytest.approx(1.0)
+
+
+def test_budget_is_enforced_from_the_last_layer_backwards():
+    model = H.create_hw_model("bismo-edge")
+    budget = 0.85 * model.policy_cost(LAYERS, [(8, 8)] * 6, "latency_ms")
+    env = MixedPrecisionEnv(LAYERS, model, budget, fake_evaluator, fp_accuracy=90.0)
+    _, _, info = run_episode(env, [1.0] * 12)  # ask for w8a8 everywhere
+    policy = info["policy"]
+    assert info["cost"] <= env.budget * (1 + 1e-9)
+    # the first layers keep 8 bits while the last ones were lowered
+    assert policy[0] == (8, 8)
+    assert policy[-1][0] < 8 and policy[-1][1] < 8
+    # reproduce the paper's sequential decrease by hand
+    bits = [[8, 8] for _ in LAYERS]
+    table = env.table
+
+    def total():
+        return sum(table[i, w - 1, a - 1] for i, (w, a) in enumerate(bits))
+
+    while total() > env.budget:
+        for i in reversed(range(len(bits))):
+            for j in (1, 0):
+                if total() > env.budget and bits[i][j] > 2:
+                    bits[i][j] -= 1
+    assert policy == [tuple(b) for b in bits]
+    assert info["requested_policy"] == [(8, 8)] * 6
+
+
+def test_policy_within_budget_is_left_alone():
+    env = make_env(budget_policy=(8, 8))
+    _, _, info = run_episode(env, [0.0, 1.0] * 6)
+    assert info["policy"] == info["requested_policy"] == [(2, 8)] * 6
+
+
+def test_unreachable_budget_names_the_minimum_cost():
+    model = H.create_hw_model("bismo-edge")
+    w2a2 = model.policy_cost(LAYERS, [(2, 2)] * 6, "latency_ms")
+    with pytest.raises(ValueError, match=r"cannot be met: the cheapest allowed policy costs"):
+        MixedPrecisionEnv(LAYERS, model, 0.5 * w2a2, fake_evaluator, fp_accuracy=90.0)
+    with pytest.raises(ValueError, match="first/last layer pinned"):
+        MixedPrecisionEnv(LAYERS, model, 1.01 * w2a2, fake_evaluator, fp_accuracy=90.0, pin_first_last=True)
+    MixedPrecisionEnv(LAYERS, model, 1.01 * w2a2, fake_evaluator, fp_accuracy=90.0)
+
+
+def test_pinned_first_and_last_layers_stay_at_8_bits():
+    env = make_env(budget_policy=(5, 5), pin_first_last=True)
+    _, _, info = run_episode(env, [0.0] * 12)
+    assert info["policy"][0] == (8, 8) and info["policy"][-1] == (8, 8)
+    assert all(w == 2 and a == 2 for w, a in info["policy"][1:-1])
+
+
+def test_supported_bits_of_bitfusion_restrict_the_choices():
+    env = make_env(budget_policy=(8, 8), cost_model=H.create_hw_model("bitfusion"))
+    assert env.choices == (2, 4, 8)
+    _, _, info = run_episode(env, [0.0, 0.5, 0.5, 1.0, 0.3, 0.7] * 2)
+    assert {b for p in info["policy"] for b in p} <= {2, 4, 8}
+    assert info["policy"][0] == (2, 4) and info["policy"][1] == (4, 8)
+
+
+def test_same_actions_give_the_same_episode():
+    env = make_env()
+    rng = np.random.default_rng(0)
+    actions = rng.random(12).tolist()
+    a = run_episode(env, actions)
+    b = run_episode(env, actions)
+    np.testing.assert_array_equal(np.array(a[0]), np.array(b[0]))
+    assert a[1] == b[1] and a[2]["policy"] == b[2]["policy"]

@@ -1,0 +1,247 @@
+"""Layer discovery, model registry, data loaders, policies and their errors."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from haq import Policy, extract_layers
+from haq.data import augment_batch, batches, load_cifar10, load_dataset, load_imagenet
+from haq.models import create_model, list_models, load_weights, model_entry
+from haq.qmodel import QuantConfig, QuantizedModel
+
+
+class TorchvisionStyleNet(nn.Module):
+    """A model built here: stem, grouped conv, depthwise conv, an unused branch and a Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.grouped = nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=2)
+        self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.unused = nn.Conv2d(16, 16, 1)  # never called in forward: must be skipped
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.depthwise(torch.relu(self.grouped(self.stem(x)))))
+        return self.head(self.pool(x).flatten(1))
+
+
+def test_extract_layers_on_any_model(caplog):
+    layers = extract_layers(TorchvisionStyleNet(), (3, 12, 12))
+    assert [l.name for l in layers] == ["stem.0", "grouped", "depthwise", "head"]
+    stem, grouped, dw, head = layers
+    assert (stem.kind, stem.c_in, stem.c_out, stem.kernel, stem.in_h, stem.out_h) == ("conv", 3, 8, 3, 12, 12)
+    assert (grouped.kind, grouped.groups, grouped.stride, grouped.out_h) == ("conv", 2, 2, 6)
+    assert (dw.kind, dw.groups, dw.in_h) == ("dwconv", 16, 6)
+    assert (head.kind, head.c_in, head.c_out) == ("fc", 16, 5)
+    assert "unused" in caplog.text
+
+
+def test_reused_layer_is_an_error():
+    class Reuse(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(self.conv(x))
+
+    with pytest.raises(ValueError, match=r"\['conv'\] are called more than once"):
+        extract_layers(Reuse(), (4, 8, 8))
+
+
+def test_quantized_wrapper_works_on_a_model_built_here():
+    torch.manual_seed(0)
+    model = TorchvisionStyleNet()
+    qm = QuantizedModel(model, (3, 12, 12), QuantConfig())
+    x = torch.randn(16, 3, 12, 12)
+    qm.calibrate([x])
+    qm.restore()
+    model.eval()
+    ref = model(x).detach()
+    qm.apply(Policy.uniform(qm.layers, 8, 8))
+    close = model(x).detach()
+    qm.apply(Policy.uniform(qm.layers, 2, 2))
+    coarse = model(x).detach()
+    assert (close - ref).abs().max() < (coarse - ref).abs().max()
+    # finetuning changes weights; restore brings back the float model exactly
+    opt = torch.optim.SGD(qm.parameters(), lr=0.1)
+    model.train()
+    model(x).sum().backward()
+    opt.step()
+    qm.restore()
+    model.eval()
+    torch.testing.assert_close(model(x), ref, rtol=0, atol=0)
+
+
+def test_calibration_is_computed_once_per_layer_and_bits():
+    torch.manual_seed(0)
+    qm = QuantizedModel(TorchvisionStyleNet(), (3, 12, 12), QuantConfig(weight_clip="kl", per_channel=False, act_clip="kl"))
+    qm.calibrate([torch.randn(8, 3, 12, 12)])
+    qm.apply(Policy.uniform(qm.layers, 4, 4))
+    first = qm.calibration.computed
+    assert first == 2 * len(qm.layers)
+    for _ in range(3):
+        qm.apply(Policy.uniform(qm.layers, 4, 4))
+    assert qm.calibration.computed == first
+    qm.apply(Policy.uniform(qm.layers, 3, 4))
+    assert qm.calibration.computed == first + len(qm.layers)  # only the new weight bitwidth
+
+
+def test_kmeans_mode_trains_shared_centroids():
+    torch.manual_seed(0)
+    model = TorchvisionStyleNet()
+    qm = QuantizedModel(model, (3, 12, 12), QuantConfig(mode="kmeans"))
+    qm.apply(Policy.uniform(qm.layers, 2, 8))
+    w = qm.wrappers["grouped"].quantized_weight()
+    assert torch.unique(w).numel() <= 4
+    params = qm.parameters()
+    assert not any(p is qm.wrappers["grouped"].layer.weight for p in params)
+    opt = torch.optim.SGD(params, lr=0.5)
+    model(torch.randn(4, 3, 12, 12)).sum().backward()
+    opt.step()
+    assert torch.unique(qm.wrappers["grouped"].quantized_weight()).numel() <= 4
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_builds_and_has_layers(name):
+    entry = model_entry(name)
+    model = create_model(name, pretrained=False)
+    layers = extract_layers(model, entry.input_shape)
+    assert layers and layers[-1].kind == "fc"
+    if "mobilenet" in name or name == "digits-mbv2":
+        assert any(l.kind == "dwconv" for l in layers)
+
+
+def test_user_model_by_module_path():
+    model = create_model("haq.models.nets:digits_mbv2", num_classes=3)
+    assert model.classifier[-1].out_features == 3
+
+
+def test_policy_errors_and_round_trip(tmp_path):
+    layers = extract_layers(TorchvisionStyleNet(), (3, 12, 12))
+    p = Policy.from_bits(layers, [(8, 8), (4, 2), (3, 5), (6, 6)])
+    p.to_json(tmp_path / "p.json")
+    p.to_csv(tmp_path / "p.csv")
+    assert Policy.from_json(tmp_path / "p.json") == p == Policy.load(tmp_path / "p.csv")
+    with pytest.raises(ValueError, match=r"w_bits must be in 1..8, got 9"):
+        Policy.from_bits(layers, [(9, 8), (4, 2), (3, 5), (6, 6)])
+    other = extract_layers(create_model("digits-mbv2", pretrained=False), (1, 16, 16))
+    with pytest.raises(ValueError, match=r"policy does not match this model \(4 vs 17 layers"):
+        p.check(other)
+    with pytest.raises(ValueError, match="must look like 'w4a4'"):
+        Policy.from_string(layers, "w9a4")
+
+
+def test_weights_file_errors(tmp_path):
+    model = TorchvisionStyleNet()
+    good = tmp_path / "good.pt"
+    torch.save({"state_dict": model.state_dict()}, good)
+    fresh = TorchvisionStyleNet()
+    load_weights(fresh, good)
+    torch.testing.assert_close(fresh.head.weight, model.head.weight)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt.pt cannot be read as a PyTorch state dict"):
+        load_weights(fresh, corrupt)
+    with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
+        load_weights(fresh, tmp_path / "missing.pt")
+    wrong = tmp_path / "wrong.pt"
+    torch.save(nn.Linear(3, 3).state_dict(), wrong)
+    with pytest.raises(ValueError, match="does not fit this model"):
+        load_weights(fresh, wrong)
+
+
+def write_cifar(root, n_per_batch=20):
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, n_per_batch)]
+        with open(root / name, "wb") as fh:
+            pickle.dump({b"data": data, b"labels": labels}, fh)
+    return root
+
+
+def test_cifar10_loader_reads_python_batches(tmp_path):
+    root = write_cifar(tmp_path / "cifar-10-batches-py")
+    data = load_cifar10(tmp_path, n_train=60, n_val=30)
+    assert len(data.train) == 60 and len(data.val) == 30 and len(data.test) == 20
+    assert data.train.images.shape[1:] == (3, 32, 32) and data.train.images.dtype == torch.uint8
+    with open(root / "data_batch_1", "rb") as fh:
+        raw = pickle.load(fh, encoding="bytes")
+    first = torch.from_numpy(raw[b"data"][0].reshape(3, 32, 32))
+    assert any(torch.equal(first, img) for img in torch.cat([data.train.images, data.val.images]))
+    (root / "data_batch_3").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="data_batch_3: not a CIFAR-10 python batch"):
+        load_cifar10(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_cifar10(tmp_path / "nowhere")
+
+
+def test_imagenet_folder_loader_and_imagenet100_subset(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for cls in ("n003", "n001", "n002"):
+            d = tmp_path / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    data = load_imagenet(tmp_path, n_train=9, n_val=6, size=32)
+    assert data.num_classes == 3 and data.train.images.shape == (9, 3, 32, 32)
+    assert len(data.test) == 6
+    assert sorted(torch.bincount(data.train.labels).tolist()) == [3, 3, 3]
+    sub = load_imagenet(tmp_path, num_classes=2, n_train=6, n_val=4, size=32, cache_dir=tmp_path / "cache")
+    assert sub.num_classes == 2 and set(sub.train.labels.tolist()) == {0, 1}
+    again = load_imagenet(tmp_path, num_classes=2, n_train=6, n_val=4, size=32, cache_dir=tmp_path / "cache")
+    assert torch.equal(again.train.images, sub.train.images)
+    with pytest.raises(ValueError, match="asked for 40 images"):
+        load_imagenet(tmp_path, n_train=30, n_val=10, size=32)
+    with pytest.raises(ValueError, match="pass --data-root PATH"):
+        load_dataset("imagenet100")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_dataset("imagenet", tmp_path / "missing")
+
+
+def test_device_augmentation_is_a_per_sample_crop_and_flip():
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.arange(4 * 1 * 6 * 6, dtype=torch.uint8).view(4, 1, 6, 6)
+    out = augment_batch(imgs, "crop-flip", g, pad=2)
+    assert out.shape == imgs.shape and out.dtype == torch.uint8
+    # each output is a shifted (possibly mirrored) window of its own padded input
+    for i in range(4):
+        padded = torch.nn.functional.pad(imgs[i], (2, 2, 2, 2))
+        windows = [padded[:, r:r + 6, c:c + 6] for r in range(5) for c in range(5)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
+
+
+@pytest.mark.slow
+def test_embedded_default_accuracy(digits_evaluator):
+    """Float >= 95%; w8a8 within 1 point without finetune; w2a2 clearly worse; one
+    finetune epoch recovers part of the loss (loose bounds; numbers in docs/quantization.md)."""
+    ev = digits_evaluator
+    assert ev.fp_accuracy >= 95.0
+    layers = ev.layers
+    w8 = ev.evaluate(Policy.uniform(layers, 8, 8), epochs=0)["top1"]
+    assert w8 >= ev.fp_accuracy - 1.0
+    w2_raw = ev.evaluate(Policy.uniform(layers, 2, 2), epochs=0)["top1"]
+    w2_ft = ev.evaluate(Policy.uniform(layers, 2, 2), epochs=1)["top1"]
+    assert w2_raw < ev.fp_accuracy - 30
+    assert w2_ft > w2_raw
+    w3_raw = ev.evaluate(Policy.uniform(layers, 3, 3), epochs=0)["top1"]
+    w3_ft = ev.evaluate(Policy.uniform(layers, 3, 3), epochs=1)["top1"]
+    assert w3_ft > w3_raw + 3
+
+
+def test_batches_cover_the_split_once():
+    data = load_dataset("digits")
+    seen = torch.cat([y for _, y in batches(data.val, data, 64)])
+    assert torch.equal(seen, data.val.labels)

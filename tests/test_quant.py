@@ -1,0 +1,130 @@
+"""Quantizers against reference formulas; KL calibration against a loop implementation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from haq import quant
+
+
+def ref_quantize(x: np.ndarray, c: float, bits: int, signed: bool) -> np.ndarray:
+    """The paper's linear quantizer written out with numpy (float64)."""
+    if signed and bits == 1:
+        return np.where(x >= 0, c, -c)
+    if signed:
+        n = 2 ** (bits - 1) - 1
+        s = c / n
+        return np.round(np.clip(x, -c, c) / s) * s
+    n = 2**bits - 1
+    s = c / n
+    return np.round(np.clip(x, 0, c) / s) * s
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("signed", [True, False])
+def test_linear_quantizer_matches_reference_formula(bits, signed):
+    rng = np.random.default_rng(bits)
+    x = rng.normal(0, 1.5, 4096)
+    c = 2.0
+    got = quant.quantize(torch.tensor(x), torch.tensor(c, dtype=torch.float64), bits, signed).numpy()
+    np.testing.assert_array_equal(got, ref_quantize(x, c, bits, signed))
+    levels = np.unique(got)
+    qmin, qmax = quant.qrange(bits, signed)
+    assert len(levels) <= qmax - qmin + 1 - (1 if signed and bits == 1 else 0)
+
+
+def test_per_channel_clip_broadcasts_per_output_channel():
+    w = torch.randn(8, 4, 3, 3, dtype=torch.float64)
+    clip = quant.minmax_clip(w, signed=True, dim=0).view(-1, 1, 1, 1)
+    q = quant.quantize(w, clip, 4, True)
+    for ch in range(8):
+        c = float(w[ch].abs().max())
+        np.testing.assert_array_equal(q[ch].numpy(), ref_quantize(w[ch].numpy(), c, 4, True))
+
+
+def test_straight_through_gradient_is_identity_inside_clip_and_zero_outside():
+    x = torch.tensor([-3.0, -0.7, 0.0, 0.4, 0.9, 2.5], requires_grad=True)
+    y = quant.quantize_ste(x, torch.tensor(1.0), 3, signed=True)
+    y.sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    np.testing.assert_allclose(y.detach().numpy(), ref_quantize(x.detach().numpy(), 1.0, 3, True), rtol=0, atol=1e-7)
+    x2 = torch.tensor([-1.0, 0.5, 7.0], requires_grad=True)
+    quant.quantize_ste(x2, torch.tensor(4.0), 2, signed=False).sum().backward()
+    assert x2.grad.tolist() == [0.0, 1.0, 0.0]
+
+
+def ref_kl_threshold(counts: np.ndarray, n_levels: int, candidates: list[int]) -> int:
+    """Straightforward loop version of the KL threshold search (TensorRT-style)."""
+    best_t, best_kl = None, np.inf
+    total = counts.sum()
+    for t in candidates:
+        p = counts[:t].astype(np.float64).copy()
+        p[t - 1] += total - counts[:t].sum()
+        nonzero = p > 0
+        q = np.zeros(t)
+        groups = np.array([j * n_levels // t for j in range(t)])
+        for g in range(n_levels):
+            members = groups == g
+            mass = counts[:t][members].sum()
+            nz = nonzero & members
+            if nz.sum():
+                q[nz] = mass / nz.sum()
+        p = p / p.sum()
+        q = q / q.sum() if q.sum() > 0 else q
+        kl = 0.0
+        for pi, qi in zip(p, q):
+            if pi > 0:
+                kl += pi * np.log(pi / max(qi, 1e-12))
+        if kl < best_kl:
+            best_kl, best_t = kl, t
+    return best_t
+
+
+@pytest.mark.parametrize("bits,signed", [(2, True), (3, False), (4, True), (6, False), (8, True)])
+def test_kl_threshold_matches_loop_reference(bits, signed):
+    rng = np.random.default_rng(bits)
+    x = torch.tensor(rng.standard_t(3, 50_000), dtype=torch.float32)
+    if not signed:
+        x = x.clamp_min(0)
+    bins, stride = 256, 4
+    counts, width = quant.histogram(x, signed, bins)
+    n_levels = quant.kl_levels(bits, signed)
+    cand = quant.kl_candidates(bins, n_levels, stride).tolist()
+    expected_t = ref_kl_threshold(counts.numpy(), n_levels, cand)
+    got = quant.kl_clip_from_histogram(counts, width, bits, signed, stride)
+    assert float(got) == pytest.approx(expected_t * float(width), rel=1e-6)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_kl_clipping_beats_minmax_on_heavy_tailed_tensor(bits):
+    torch.manual_seed(0)
+    x = torch.distributions.StudentT(3.0).sample((200_000,))  # heavy tails, finite variance
+    def mse(c):
+        return float(((quant.quantize(x, c, bits, True) - x) ** 2).mean())
+    kl = quant.kl_clip(x, bits, signed=True)
+    mm = quant.minmax_clip(x, signed=True)
+    assert kl < mm
+    assert mse(kl) < mse(mm)
+    assert mse(quant.mse_clip_from_histogram(*quant.histogram(x, True), bits, True)) <= mse(mm)
+
+
+def test_histogram_leaves_out_exact_zeros():
+    x = torch.cat([torch.zeros(1000), torch.rand(100) + 0.5])
+    counts, width = quant.histogram(x, signed=False, bins=64)
+    assert counts.sum() == 100
+
+
+def test_kmeans_is_a_fixed_point_of_lloyd():
+    torch.manual_seed(0)
+    w = torch.randn(64, 32)
+    centroids, index = quant.kmeans_1d(w, 3)
+    assert centroids.numel() == 8 and index.shape == w.shape
+    for k in range(8):
+        members = w[index == k]
+        if members.numel():
+            assert float(centroids[k]) == pytest.approx(float(members.mean()), abs=1e-5)
+    # every weight sits at its nearest centroid
+    nearest = (w.view(-1, 1) - centroids.view(1, -1)).abs().argmin(dim=1).view_as(w)
+    assert torch.equal(centroids[nearest], centroids[index])
