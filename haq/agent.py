@@ -29,12 +29,15 @@ from stable_baselines3.common.utils import update_learning_rate
 
 class TruncatedNormalNoise(ActionNoise):
     """Exploration noise of HAQ: a normal around the actor's action, truncated to the
-    action bounds, with sigma decayed by `decay` at each episode end after `warmup`
-    episodes.
+    action bounds, with sigma decayed by `decay` per episode after `warmup` episodes:
+    ``sigma = initial_sigma * decay ** max(0, episodes - warmup)``.
 
+    The decay follows the episode count (`episodes`, which `HAQDDPG` keeps equal to its
+    finished episodes) rather than calls to `reset`, because SB3 also resets the noise
+    when `learn` starts, which would decay it once more on every resume.
     `__call__` returns an untruncated normal sample (the plain `ActionNoise` contract);
-    `perturb` draws the truncated sample around a given action, which `HAQDDPG` uses.
-    Sigma is in units of the environment's action space.
+    `perturb` draws the truncated sample around a given action. Sigma is in units of the
+    environment's action space.
     """
 
     def __init__(self, sigma: float = 0.5, decay: float = 0.99, warmup: int = 20, seed: int | None = None,
@@ -43,27 +46,29 @@ class TruncatedNormalNoise(ActionNoise):
         if sigma <= 0 or not 0 < decay <= 1:
             raise ValueError(f"noise needs sigma > 0 and 0 < decay <= 1, got sigma={sigma}, decay={decay}")
         self.initial_sigma = float(sigma)
-        self.sigma = float(sigma)
         self.decay = float(decay)
         self.warmup = int(warmup)
         self.episodes = 0
         self.dim = dim
         self.rng = np.random.default_rng(seed)
 
+    @property
+    def sigma(self) -> float:
+        return self.initial_sigma * self.decay ** max(0, self.episodes - self.warmup)
+
     def __call__(self) -> np.ndarray:
         return self.rng.normal(0.0, self.sigma, self.dim).astype(np.float32)
 
     def perturb(self, action: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
         """Sample from N(action, sigma) truncated to [low, high]."""
+        sigma = self.sigma
         mu = np.clip(np.asarray(action, dtype=np.float64), low, high)
-        a, b = (low - mu) / self.sigma, (high - mu) / self.sigma
-        sample = truncnorm.rvs(a, b, loc=mu, scale=self.sigma, random_state=self.rng)
+        a, b = (low - mu) / sigma, (high - mu) / sigma
+        sample = truncnorm.rvs(a, b, loc=mu, scale=sigma, random_state=self.rng)
         return np.clip(sample, low, high).astype(np.float32)
 
     def reset(self) -> None:
-        self.episodes += 1
-        if self.episodes > self.warmup:
-            self.sigma *= self.decay
+        """Nothing to reset: the decay follows `episodes`."""
 
     def __repr__(self) -> str:
         return f"TruncatedNormalNoise(sigma={self.sigma:.4g}, decay={self.decay}, warmup={self.warmup})"
@@ -76,14 +81,20 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
     Transitions are held back until the episode ends; then each is written with reward
     ``R - b`` where R is the final reward and b the moving average of earlier episodes'
     final rewards (0 before the first), updated as ``b += (1 - baseline_decay) * (R - b)``.
-    Episode boundaries (``done``) are stored as the environment gave them.
+    With ``episode_targets=False`` episode boundaries (``done``) are stored as the
+    environment gave them, so with gamma = 1 the critic bootstraps through the episode
+    (the reference code's choice). With ``episode_targets=True`` every transition is
+    stored as terminal, so the critic regresses each (state, action) straight onto the
+    episode's baselined reward.
     """
 
-    def __init__(self, *args: Any, baseline_decay: float = 0.95, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, baseline_decay: float = 0.95, episode_targets: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.n_envs != 1:
             raise ValueError("EpisodeRewardReplayBuffer supports a single environment")
         self.baseline_decay = float(baseline_decay)
+        self.episode_targets = bool(episode_targets)
         self.baseline: float | None = None
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]] = []
 
@@ -96,7 +107,7 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
         base = 0.0 if self.baseline is None else self.baseline
         advantage = np.array([final - base], dtype=np.float32)
         for o, no, a, d, inf in self._pending:
-            super().add(o, no, a, advantage, d, inf)
+            super().add(o, no, a, advantage, np.ones_like(d) if self.episode_targets else d, inf)
         self._pending = []
         self.baseline = final if self.baseline is None else base + (1 - self.baseline_decay) * (final - base)
 
@@ -137,6 +148,7 @@ class HAQDDPG(DDPG):
             assert self._last_obs is not None
             action, _ = self.predict(self._last_obs, deterministic=True)
             if isinstance(action_noise, TruncatedNormalNoise):
+                action_noise.episodes = self._episode_num
                 action = action_noise.perturb(action, low, high)
             elif action_noise is not None:
                 action = np.clip(action + action_noise(), low, high)

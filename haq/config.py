@@ -32,6 +32,8 @@ class AgentConfig:
         noise_decay: per-episode sigma decay after warm-up.
         baseline_decay: decay of the moving-average reward baseline (not given by the paper).
         buffer_size: replay capacity in transitions.
+        episode_targets: store every transition as terminal so the critic learns the
+            episode's reward directly instead of bootstrapping through 2L steps.
     """
 
     actor_lr: float = 1e-4
@@ -44,6 +46,7 @@ class AgentConfig:
     noise_decay: float = 0.99
     baseline_decay: float = 0.95
     buffer_size: int = 20_000
+    episode_targets: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))

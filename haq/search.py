@@ -102,7 +102,7 @@ def make_agent(config: SearchConfig, env: Any) -> HAQDDPG:
         buffer_size=a.buffer_size, learning_starts=max(0, config.warmup * steps - 1), batch_size=a.batch_size,
         tau=a.tau, gamma=a.gamma, train_freq=(1, "episode"), gradient_steps=-1, action_noise=noise,
         replay_buffer_class=EpisodeRewardReplayBuffer,
-        replay_buffer_kwargs={"baseline_decay": a.baseline_decay},
+        replay_buffer_kwargs={"baseline_decay": a.baseline_decay, "episode_targets": a.episode_targets},
         policy_kwargs={"net_arch": {"pi": list(a.hidden), "qf": list(a.hidden)}},
         seed=config.seed, device="cpu", verbose=0,
     )

@@ -1,0 +1,183 @@
+"""The search end to end: determinism, kill-and-resume, run directory, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from haq.agent import EpisodeRewardReplayBuffer, TruncatedNormalNoise
+from haq.cli import main
+from haq.config import AgentConfig, SearchConfig
+from haq.qmodel import QuantConfig
+from haq.search import Search, build_parts, read_episodes
+from haq.train import FinetuneConfig
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_config(tmp_path, name="run", **kw) -> SearchConfig:
+    base = dict(episodes=6, warmup=3, seed=0, out=str(tmp_path / name),
+                finetune=FinetuneConfig(max_train_images=128), quant=QuantConfig(calib_images=128),
+                agent=AgentConfig(batch_size=16))
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def shared_parts(tmp_path_factory):
+    """Model, data and calibration built once for the module (the same for every tiny config)."""
+    return build_parts(tiny_config(tmp_path_factory.mktemp("parts")))
+
+
+def rows(run_dir):
+    return [(r["episode"], r["reward"], r["w_bits"], r["a_bits"]) for r in read_episodes(run_dir)]
+
+
+def test_search_writes_the_run_directory(tmp_path, shared_parts):
+    config = tiny_config(tmp_path)
+    summary = Search(config, parts=shared_parts).run()
+    run = tmp_path / "run"
+    for name in ("config.yaml", "episodes.csv", "best_policy.json", "summary.json", "policy.png", "progress.png",
+                 "checkpoint.json"):
+        assert (run / name).is_file(), name
+    episodes = read_episodes(run)
+    assert [int(r["episode"]) for r in episodes] == list(range(1, 7))
+    assert [r["phase"] for r in episodes] == ["warmup"] * 3 + ["agent"] * 3
+    for r in episodes:
+        assert float(r["cost"]) <= summary["budget"] * (1 + 1e-9)
+        assert len(r["w_bits"].split()) == len(shared_parts.layers)
+    best = json.loads((run / "best_policy.json").read_text())
+    assert best["reward"] == max(float(r["reward"]) for r in episodes)
+    assert summary["best"]["reward"] == best["reward"]
+    assert {b["policy"] for b in summary["uniform_baselines"]} == {"w2a2", "w3a3", "w4a4"}
+    assert SearchConfig.from_yaml(run / "config.yaml") == config
+
+
+def test_same_seed_same_policies_and_rewards(tmp_path, shared_parts):
+    a = Search(tiny_config(tmp_path, "a"), parts=shared_parts)
+    a.run()
+    b = Search(tiny_config(tmp_path, "b"), parts=shared_parts)
+    b.run()
+    assert rows(tmp_path / "a") == rows(tmp_path / "b")
+    c = Search(tiny_config(tmp_path, "c", seed=1), parts=shared_parts)
+    c.run()
+    assert rows(tmp_path / "c") != rows(tmp_path / "a")
+
+
+class Crash(Exception):
+    pass
+
+
+def test_killed_search_resumes_without_losing_or_repeating_episodes(tmp_path, shared_parts):
+    reference = Search(tiny_config(tmp_path, "ref", episodes=8), parts=shared_parts)
+    reference.run()
+
+    config = tiny_config(tmp_path, "killed", episodes=8)
+    search = Search(config, parts=shared_parts)
+    evaluator = shared_parts.env.evaluator
+    calls = {"n": 0}
+
+    def dying(policy):
+        calls["n"] += 1
+        if calls["n"] == 6:  # dies in the middle of episode 6, after 5 complete episodes
+            raise Crash
+        return evaluator(policy)
+
+    shared_parts.env.evaluator = dying
+    try:
+        with pytest.raises(Crash):
+            search.run()
+    finally:
+        shared_parts.env.evaluator = evaluator
+    assert len(read_episodes(tmp_path / "killed")) == 5
+    # a row written after the last checkpoint (killed between the CSV write and the checkpoint)
+    with open(tmp_path / "killed" / "episodes.csv", "a", newline="") as fh:
+        csv.writer(fh).writerow([6, -9, 0, 0, 0, 0, "x", "x", "agent"])
+
+    resumed = Search.resume(tmp_path / "killed")
+    assert resumed.episodes_done == 5
+    resumed.run()
+    got = rows(tmp_path / "killed")
+    assert [int(r[0]) for r in got] == list(range(1, 9))
+    assert got == rows(tmp_path / "ref")  # the same episodes as a run that was never interrupted
+
+
+def test_noise_and_replay_buffer_follow_haq():
+    noise = TruncatedNormalNoise(sigma=0.5, decay=0.99, warmup=2, seed=0)
+    samples = np.array([noise.perturb(np.array([0.9]), np.array([0.0]), np.array([1.0]))[0] for _ in range(2000)])
+    assert samples.min() >= 0 and samples.max() <= 1 and abs(np.median(samples) - 0.75) < 0.1
+    noise.episodes = 2
+    noise.reset()  # SB3 resets at every learn(); that must not decay sigma
+    assert noise.sigma == 0.5
+    noise.episodes = 4
+    assert noise.sigma == pytest.approx(0.5 * 0.99**2)
+
+    from gymnasium import spaces
+
+    buf = EpisodeRewardReplayBuffer(100, spaces.Box(0, 1, (2,)), spaces.Box(-1, 1, (1,)), baseline_decay=0.5)
+    obs = np.zeros((1, 2), np.float32)
+    act = np.zeros((1, 1), np.float32)
+    for episode_reward in (-2.0, -1.0):
+        for t in range(3):
+            done = np.array([t == 2])
+            buf.add(obs, obs, act, np.array([episode_reward if t == 2 else 0.0]), done, [{}])
+    # first episode: baseline 0 -> -2; second: baseline -2 -> -1 - (-2) = 1
+    np.testing.assert_allclose(buf.rewards[:6, 0], [-2, -2, -2, 1, 1, 1])
+    np.testing.assert_array_equal(buf.dones[:6, 0], [0, 0, 1, 0, 0, 1])
+    assert buf.baseline == pytest.approx(-1.5)
+
+
+def test_cli_lists_and_costs(capsys):
+    assert main(["hw", "list", "--json"]) == 0
+    names = {m["name"] for m in json.loads(capsys.readouterr().out)["hw_models"]}
+    assert {"bismo-edge", "bismo-cloud", "bitfusion", "model-size", "roofline", "lookup"} <= names
+    assert main(["models", "list"]) == 0
+    assert "digits-mbv2" in capsys.readouterr().out
+    assert main(["cost", "--model", "mobilenet_v2", "--hw", "bismo-cloud", "--uniform", "w4a4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["layers"]) == 53
+    assert out["total"]["latency_ms"] < out["total_w8a8"]["latency_ms"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["search", "--budget", "w9a9"], "budget must be a ratio"),
+    (["search", "--budget", "0.001", "--episodes", "1"], "cannot be met: the cheapest allowed policy costs"),
+    (["search", "--hw", "bismo-egde"], "Did you mean 'bismo-edge'"),
+    (["search", "--model", "mobilenet_v2", "--dataset", "imagenet"], "pass --data-root PATH"),
+    (["cost", "--model", "digits-mbv2", "--policy", "missing.json"], "missing.json does not exist"),
+    (["cost", "--model", "digits-mbv2", "--hw-param", "batch"], "--hw-param expects KEY=VALUE"),
+    (["cost", "--model", "digits-mbv2", "--hw-param", "bach=2"], "unknown parameter(s) ['bach']"),
+])
+def test_cli_errors_are_one_line_with_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_cli_search_and_resume_as_a_user_runs_them(tmp_path):
+    run = tmp_path / "cli-run"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("episodes: 3\nwarmup: 2\nfinetune: {max_train_images: 96}\nquant: {calib_images: 96}\n")
+    cmd = [sys.executable, "-m", "haq.cli", "search", "--config", str(cfg), "--out", str(run), "--seed", "3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "best policy" in done.stdout and "search" in done.stderr  # summary and progress bar
+    assert len(read_episodes(run)) == 3
+    more = subprocess.run([sys.executable, "-m", "haq.cli", "search", "--resume", str(run), "--episodes", "4"],
+                          capture_output=True, text=True, timeout=600)
+    assert more.returncode == 0, more.stderr
+    assert [int(r["episode"]) for r in read_episodes(run)] == [1, 2, 3, 4]
+    bad = subprocess.run([sys.executable, "-m", "haq.cli", "search", "--resume", str(run), "--hw", "bitfusion"],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--resume continues a run" in bad.stderr
+    ev = subprocess.run([sys.executable, "-m", "haq.cli", "eval", "--policy", str(run / "best_policy.json"),
+                         "--finetune-epochs", "0", "--json"], capture_output=True, text=True, timeout=600)
+    assert ev.returncode == 0, ev.stderr
+    result = json.loads(ev.stdout)
+    assert 0 <= result["top1"] <= 100 and result["costs"]["latency_ms"]["ratio_to_w8a8"] < 1
