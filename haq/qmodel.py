@@ -96,11 +96,12 @@ class QuantLayer(nn.Module):
             return self.codebook[self.code_index]
         if self.w_bits >= quant.FLOAT_BITS:
             return w
-        return quant.quantize_ste(w, self.w_clip, self.w_bits, signed=True)
+        axis = 0 if self.w_clip.numel() > 1 else None
+        return quant.fake_quant(w, self.w_clip, self.w_bits, True, axis)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.a_bits < quant.FLOAT_BITS:
-            x = quant.quantize_ste(x, self.a_clip, self.a_bits, self.a_signed)
+            x = quant.fake_quant(x, self.a_clip, self.a_bits, self.a_signed)
         w = self.quantized_weight()
         if isinstance(self.layer, nn.Conv2d):
             return self.layer._conv_forward(x, w, self.layer.bias)
@@ -193,7 +194,7 @@ class Calibration:
             self.computed += 1
             w = weight.detach()
             if self.config.per_channel:
-                clip = quant.minmax_clip(w, signed=True, dim=0).view(-1, *([1] * (w.ndim - 1)))
+                clip = quant.minmax_clip(w, signed=True, dim=0)
             elif self.config.weight_clip == "minmax":
                 clip = quant.minmax_clip(w, signed=True)
             else:

@@ -35,6 +35,27 @@ def test_linear_quantizer_matches_reference_formula(bits, signed):
     assert len(levels) <= qmax - qmin + 1 - (1 if signed and bits == 1 else 0)
 
 
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("signed", [True, False])
+def test_fused_fake_quant_matches_the_reference_quantizer_and_its_gradient(bits, signed):
+    torch.manual_seed(bits)
+    x = (torch.randn(2, 3, 8, 8) * 1.7).requires_grad_(True)
+    clip = torch.tensor(1.5)
+    fused = quant.fake_quant(x, clip, bits, signed)
+    ref = quant.quantize(x.detach(), clip, bits, signed)
+    torch.testing.assert_close(fused, ref, rtol=0, atol=1e-6)
+    g_fused, = torch.autograd.grad(fused.sum(), x)
+    if not (signed and bits == 1):
+        # straight-through where the rounded value lies on the grid, zero where it is clipped
+        qmin, qmax = quant.qrange(bits, signed)
+        q = torch.round(x.detach() / (clip / qmax))
+        assert torch.equal(g_fused, ((q >= qmin) & (q <= qmax)).float())
+    w = torch.randn(6, 3, 3, 3)
+    c = quant.minmax_clip(w, signed=True, dim=0)
+    torch.testing.assert_close(quant.fake_quant(w, c, bits, True, axis=0),
+                               quant.quantize(w, c.view(-1, 1, 1, 1), bits, True), rtol=0, atol=1e-6)
+
+
 def test_per_channel_clip_broadcasts_per_output_channel():
     w = torch.randn(8, 4, 3, 3, dtype=torch.float64)
     clip = quant.minmax_clip(w, signed=True, dim=0).view(-1, 1, 1, 1)
