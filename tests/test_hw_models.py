@@ -238,3 +238,21 @@ def test_hw_models_never_imports_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
+
+
+def test_installed_plugin_is_found_through_its_entry_point(tmp_path, monkeypatch):
+    """A distribution that declares `haq.hw_models` entry points adds models by name."""
+    pkg = tmp_path / "npu_plugin"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "import hw_models\n\n"
+        "def tiny_npu(**kw):\n"
+        "    return hw_models.create_hw_model('roofline', peak_gmacs=10.0, **kw)\n")
+    dist = tmp_path / "npu_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: npu-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[haq.hw_models]\ntiny-npu = npu_plugin:tiny_npu\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "tiny-npu" in H.list_hw_models()
+    model = H.create_hw_model("tiny-npu", batch=2)
+    assert model.config.peak_gmacs == 10.0 and model.config.batch == 2
