@@ -1,0 +1,161 @@
+"""Time the parts of one search episode against the plain float training epoch.
+
+Prints a table of seconds and ratios and writes it as JSON:
+
+* float epoch: plain fp32 training of the same model on the same data (the floor);
+* quantized finetune epoch: our fake-quantized finetune (w4a4);
+* calibration per episode: applying a policy whose clips are already cached;
+* validation: top-1 on the search-val split;
+* the rest: env steps, cost lookups, agent updates (one DDPG gradient step per transition).
+
+Presets:
+  cpu-digits   the embedded default on the CPU (real digits data)
+  gpu-mbv2     MobileNetV2 at 224 px, a synthetic ImageNet-100-sized split (20k / 10k) held on
+               the GPU as uint8 (the DESIGN.md setup; random labels, timings only)
+
+    python benchmarks/episode.py --preset cpu-digits [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from haq.data import ImageSplit, SearchData, load_digits_data
+from haq.evaluator import QuantEvaluator
+from haq.models import create_model
+from haq.policy import Policy
+from haq.train import FinetuneConfig, evaluate, train_epochs
+
+
+def synthetic(n_train: int, n_val: int, size: int, classes: int, device: str) -> SearchData:
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def split(n: int) -> ImageSplit:
+        imgs = torch.randint(0, 256, (n, 3, size, size), generator=g, device=device, dtype=torch.uint8)
+        return ImageSplit(imgs, torch.randint(0, classes, (n,), generator=g, device=device))
+
+    train, val = split(n_train), split(n_val)
+    return SearchData("synthetic", train, val, val, classes, (0.5,) * 3, (0.25,) * 3, augment="crop-flip")
+
+
+PRESETS = {
+    "cpu-digits": dict(model="digits-mbv2", device="cpu", batch=64),
+    "gpu-mbv2": dict(model="mobilenet_v2", device="cuda", batch=128, n_train=20000, n_val=10000, size=224, classes=100),
+    "cpu-mbv2-tiny": dict(model="mobilenet_v2", device="cpu", batch=32, n_train=256, n_val=128, size=224, classes=100),
+}
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def agent_overhead(n_layers: int) -> float:
+    """Seconds for 2L env-sized DDPG gradient steps (300-300 MLPs, batch 64) plus 2L cost lookups."""
+    from gymnasium import spaces
+    from stable_baselines3 import DDPG
+    from stable_baselines3.common.env_util import make_vec_env  # noqa: F401  (import cost excluded)
+
+    import gymnasium as gym
+
+    class Box(gym.Env):
+        observation_space = spaces.Box(0, 1, (10,), np.float32)
+        action_space = spaces.Box(0, 1, (1,), np.float32)
+
+        def reset(self, *, seed=None, options=None):
+            return np.zeros(10, np.float32), {}
+
+        def step(self, action):
+            return np.zeros(10, np.float32), 0.0, False, False, {}
+
+    agent = DDPG("MlpPolicy", Box(), batch_size=64, policy_kwargs={"net_arch": [300, 300]}, learning_starts=0,
+                 device="cpu")
+    agent.learn(200)
+    t = time.perf_counter()
+    agent.train(gradient_steps=2 * n_layers, batch_size=64)
+    table = np.random.rand(n_layers, 8, 8)
+    for _ in range(2 * n_layers):
+        table[np.arange(n_layers), np.random.randint(0, 8, n_layers), np.random.randint(0, 8, n_layers)].sum()
+    return time.perf_counter() - t
+
+
+def _has_sb3() -> bool:
+    try:
+        import stable_baselines3  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-digits")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    p = PRESETS[args.preset]
+    device = torch.device(p["device"])
+    if p["model"] == "digits-mbv2":
+        data, model = load_digits_data(), create_model("digits-mbv2")
+    else:
+        data = synthetic(p["n_train"], p["n_val"], p["size"], p["classes"], p["device"])
+        model = create_model(p["model"], num_classes=p["classes"])
+    ft = FinetuneConfig(batch_size=p["batch"], eval_batch_size=max(256, p["batch"]))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    ev = QuantEvaluator(model, data, finetune=ft, device=device)
+    setup = time.perf_counter() - t0
+    layers = ev.layers
+    policy = Policy.uniform(layers, 4, 4)
+    ev.qmodel.apply(policy)  # fills the clip cache for these bits
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    fmodel = create_model(p["model"], **({} if p["model"] == "digits-mbv2" else {"num_classes": p["classes"]}))
+    fmodel = fmodel.to(device)
+    res = {
+        "float_epoch_s": timed(lambda: train_epochs(fmodel, fmodel.parameters(), ev.data, ev.data.train, ft, gen), device),
+        "calibration_s": timed(lambda: ev.qmodel.apply(policy), device),
+        "quant_epoch_s": timed(lambda: train_epochs(ev.qmodel.model, ev.qmodel.parameters(), ev.data, ev.data.train,
+                                                    ft, gen), device),
+        "validation_s": timed(lambda: evaluate(ev.qmodel.model, ev.data, ev.data.val, ft.eval_batch_size), device),
+        "agent_and_env_s": agent_overhead(len(layers)) if _has_sb3() else float("nan"),
+        "setup_s": setup,
+    }
+    rest = 0.0 if np.isnan(res["agent_and_env_s"]) else res["agent_and_env_s"]
+    episode = res["calibration_s"] + res["quant_epoch_s"] + res["validation_s"] + rest
+    res.update({
+        "episode_s": episode,
+        "quant_over_float_epoch": res["quant_epoch_s"] / res["float_epoch_s"],
+        "calibration_share": res["calibration_s"] / episode,
+        "rest_share": rest / episode,
+        "peak_gpu_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+        "preset": args.preset, "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
+        "threads": torch.get_num_threads(), "train_images": len(data.train), "val_images": len(data.val),
+        "torch": torch.__version__,
+    })
+    try:
+        import resource
+        res["peak_host_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    except ImportError:
+        pass
+    for k, v in res.items():
+        print(f"{k:24s} {v:.4g}" if isinstance(v, float) else f"{k:24s} {v}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
