@@ -159,7 +159,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics = ev.evaluate(policy)
     cost_model = hw_models.create_hw_model(args.hw, **_parse_params(args.hw_param))
     costs = {}
-    for constraint, metric in CONSTRAINTS.items():
+    for metric in CONSTRAINTS.values():
         if metric in cost_model.metrics:
             table = cost_model.table(ev.layers, metric)
             total = hw_models.policy_cost(table, policy.bits)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -77,7 +78,7 @@ class QuantEvaluator:
         policy = self.as_policy(policy)
         self.calls += 1
         self.qmodel.apply(policy)
-        cfg = self.finetune if epochs is None else FinetuneConfig(**{**self.finetune.__dict__, "epochs": epochs})
+        cfg = self.finetune if epochs is None else dataclasses.replace(self.finetune, epochs=epochs)
         seed = policy_seed(self.seed, policy.bits)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
