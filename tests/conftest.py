@@ -1,5 +1,5 @@
-"""Shared fixtures. The embedded digits model is trained once per machine and cached; tests
-point the cache at a per-session folder only when HAQ_CACHE_DIR is not set."""
+"""Shared fixtures. The embedded digits model is trained on first use and cached under
+$HAQ_CACHE_DIR (default ~/.cache/haq; .ci/run points it inside the checkout)."""
 
 from __future__ import annotations
 
