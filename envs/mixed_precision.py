@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from hw_models import CostModel, LayerSpec, check_layers
+from hw_models import CostModel, LayerSpec, check_layers, policy_cost
 
 Evaluator = Callable[[list[tuple[int, int]]], float]
 """policy ``[(w_bits, a_bits), ...]`` -> accuracy in percent."""
@@ -141,9 +141,7 @@ class MixedPrecisionEnv(gym.Env):
 
     def cost(self, policy: Sequence[tuple[int, int]]) -> float:
         """Total cost of a policy: one table lookup per layer."""
-        w = np.fromiter((p[0] for p in policy), np.int64, len(policy)) - 1
-        a = np.fromiter((p[1] for p in policy), np.int64, len(policy)) - 1
-        return float(self.table[np.arange(len(policy)), w, a].sum())
+        return policy_cost(self.table, policy)
 
     def _floor_policy(self) -> list[tuple[int, int]]:
         lo, hi = self.choices[0], self.max_bits

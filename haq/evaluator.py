@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import logging
 from collections.abc import Sequence
 
 import torch
@@ -17,7 +16,6 @@ from haq.qmodel import QuantConfig, QuantizedModel
 from haq.train import FinetuneConfig, evaluate, train_epochs
 from hw_models import LayerSpec
 
-log = logging.getLogger(__name__)
 
 
 def policy_seed(seed: int, bits: Sequence[tuple[int, int]]) -> int:

@@ -11,7 +11,6 @@ search (the reference recomputes them every episode; DESIGN.md).
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -23,7 +22,6 @@ from haq.layers import extract_layers, quantizable_modules
 from haq.policy import Policy
 from hw_models import LayerSpec
 
-log = logging.getLogger(__name__)
 
 CLIP_METHODS = ("kl", "mse", "minmax")
 

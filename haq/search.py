@@ -94,7 +94,7 @@ def build_parts(config: SearchConfig) -> SearchParts:
 def make_agent(config: SearchConfig, env: Any) -> HAQDDPG:
     """SB3 DDPG with HAQ's settings (DESIGN.md item 6)."""
     a = config.agent
-    steps = 2 * len(env.unwrapped.layers) if hasattr(env, "unwrapped") else env.n_steps
+    steps = env.unwrapped.n_steps
     noise = TruncatedNormalNoise(a.noise_sigma, a.noise_decay, config.warmup, seed=config.seed)
     return HAQDDPG(
         "MlpPolicy", env,
@@ -189,11 +189,17 @@ class Search:
         self.records.append(row)
         if self.best is None or row["reward"] > self.best["reward"]:
             self.best = {**row, "policy": info["policy"]}
-            policy.to_json(self.run_dir / "best_policy.json", episode=row["episode"], accuracy=row["accuracy"],
-                           cost=row["cost"], cost_ratio=row["cost_ratio"], reward=row["reward"],
-                           metric=self.config.metric, hw=self.config.hw, model=self.config.model)
+            self._write_best()
         if self.on_episode is not None:
             self.on_episode({**row, "best_reward": self.best["reward"], "best_accuracy": self.best["accuracy"]})
+
+    def _write_best(self) -> None:
+        b = self.best
+        assert b is not None
+        Policy.from_bits(self.parts.layers, b["policy"]).to_json(
+            self.run_dir / "best_policy.json", episode=b["episode"], accuracy=b["accuracy"], cost=b["cost"],
+            cost_ratio=b["cost_ratio"], reward=b["reward"], metric=self.config.metric, hw=self.config.hw,
+            model=self.config.model)
 
     def checkpoint(self) -> None:
         """Save agent, replay buffer, RNG states and progress; then point checkpoint.json at it."""
@@ -308,10 +314,7 @@ class Search:
         search.records = [_typed_row(r) for r in rows[:n]]
         search.best = state["best"]
         if search.best is not None:
-            Policy.from_bits(search.parts.layers, search.best["policy"]).to_json(
-                run_dir / "best_policy.json", episode=search.best["episode"], accuracy=search.best["accuracy"],
-                cost=search.best["cost"], cost_ratio=search.best["cost_ratio"], reward=search.best["reward"],
-                metric=config.metric, hw=config.hw, model=config.model)
+            search._write_best()
         log.info("resuming %s after episode %d of %d", run_dir, n, config.episodes)
         return search
 

@@ -66,9 +66,8 @@ class BitFusionConfig:
         positive(self, "rows", "cols", "freq_mhz", "batch", "wbuf_kb", "ibuf_kb", "obuf_kb",
                  "dram_bits_per_cycle", "result_bits")
         for f in dataclasses.fields(self):
-            if f.name.endswith("_pj") or f.name.endswith("_pj_per_cycle") or f.name.endswith("_pj_per_bit"):
-                if getattr(self, f.name) < 0:
-                    raise ValueError(f"BitFusionConfig.{f.name} must be >= 0, got {getattr(self, f.name)!r}")
+            if "_pj" in f.name and getattr(self, f.name) < 0:
+                raise ValueError(f"BitFusionConfig.{f.name} must be >= 0, got {getattr(self, f.name)!r}")
         if self.depthwise not in DEPTHWISE_MAPPINGS:
             raise ValueError(f"BitFusionConfig.depthwise must be one of {DEPTHWISE_MAPPINGS}, got {self.depthwise!r}")
 
