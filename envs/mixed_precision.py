@@ -29,6 +29,12 @@ def action_to_bits(action: float, choices: Sequence[int]) -> int:
     return int(choices[min(max(idx, 0), k - 1)])
 
 
+def bits_to_action(bits: int, choices: Sequence[int]) -> float:
+    """The centre of the action bin that `action_to_bits` maps to `bits` (its inverse)."""
+    k = list(choices).index(int(bits))
+    return (k + 0.5) / len(choices)
+
+
 def layer_features(layers: Sequence[LayerSpec]) -> np.ndarray:
     """The 7 static features of each layer, min-max normalised over the model's layers, (L, 7)."""
     raw = np.array([[i, l.c_in, l.c_out, l.kernel, l.stride, l.in_h * l.in_w, l.n_weights]
@@ -42,7 +48,7 @@ class MixedPrecisionEnv(gym.Env):
     """Pick a weight and an activation bitwidth for each layer of a network.
 
     One episode walks the L quantizable layers; each layer takes two steps, first its
-    weight bits, then its activation bits (2L steps). After the last step the policy is
+    weight bits, then its activation bits (2L steps; L steps with ``weights_only``). After the last step the policy is
     made to fit the budget, the evaluator measures its accuracy, and the reward is given.
 
     ## Observation
@@ -71,7 +77,9 @@ class MixedPrecisionEnv(gym.Env):
     ## Info
     Every step: ``bits``, the bitwidth the action mapped to. Last step also: ``policy``
     (the enforced ``[(w, a), ...]``), ``requested_policy`` (before enforcement),
-    ``accuracy``, ``cost``, ``cost_ratio`` (cost / cost of w8a8), ``budget``, ``reward``.
+    ``accuracy``, ``cost``, ``cost_ratio`` (cost / cost of w8a8), ``budget``, ``reward``,
+    ``taken_actions`` (the 2L actions consistent with the enforced policy: the agent's own
+    where its bits survived, the centre of the lowered bitwidth's bin where they did not).
 
     ## Arguments
     * ``layers``: the model's `LayerSpec` list.
@@ -84,6 +92,8 @@ class MixedPrecisionEnv(gym.Env):
       does; default off).
     * ``supported_bits``: bitwidths the hardware runs natively (default: the cost model's).
     * ``reward_scale``: lambda of the reward.
+    * ``weights_only``: search weight bits only (one step per layer; activation bits held
+      at ``max_bits``), as HAQ does under a model-size budget (Section 4.3).
 
     ## Version history
     * v0: initial version.
@@ -95,8 +105,10 @@ class MixedPrecisionEnv(gym.Env):
         self, layers: Sequence[LayerSpec], cost_model: CostModel, budget: float, evaluator: Evaluator,
         *, metric: str = "latency_ms", fp_accuracy: float | None = None, min_bits: int = 2, max_bits: int = 8,
         pin_first_last: bool = False, supported_bits: Sequence[int] | None = None, reward_scale: float = 0.1,
+        weights_only: bool = False,
     ) -> None:
         super().__init__()
+        self.weights_only = bool(weights_only)
         self.layers = check_layers(layers)
         if not 1 <= min_bits <= max_bits <= 8:
             raise ValueError(f"bit range must satisfy 1 <= min_bits <= max_bits <= 8, got {min_bits}..{max_bits}")
@@ -132,12 +144,17 @@ class MixedPrecisionEnv(gym.Env):
         self.action_space = spaces.Box(0.0, 1.0, (1,), np.float32)
         self._t = 0
         self._bits: list[list[int]] = []
+        self._actions: list[float] = []
         self._prev_action = 0.0
 
     # ------------------------------------------------------------------ helpers
     @property
     def n_steps(self) -> int:
-        return 2 * len(self.layers)
+        return len(self.layers) if self.weights_only else 2 * len(self.layers)
+
+    def _slot(self, t: int) -> tuple[int, int]:
+        """(layer, 0 for weight bits / 1 for activation bits) decided at step t."""
+        return (t, 0) if self.weights_only else divmod(t, 2)
 
     def cost(self, policy: Sequence[tuple[int, int]]) -> float:
         """Total cost of a policy: one table lookup per layer."""
@@ -145,10 +162,10 @@ class MixedPrecisionEnv(gym.Env):
 
     def _floor_policy(self) -> list[tuple[int, int]]:
         lo, hi = self.choices[0], self.max_bits
-        return [(hi, hi) if p else (lo, lo) for p in self.pinned]
+        return [(hi, hi) if p else (lo, hi if self.weights_only else lo) for p in self.pinned]
 
     def _obs(self) -> np.ndarray:
-        layer, is_act = divmod(self._t, 2)
+        layer, is_act = self._slot(self._t)
         layer = min(layer, len(self.layers) - 1)
         obs = np.empty(len(OBS_FEATURES), dtype=np.float32)
         obs[:7] = self._static[layer]
@@ -171,7 +188,7 @@ class MixedPrecisionEnv(gym.Env):
             for i in reversed(range(len(bits))):
                 if self.pinned[i]:
                     continue
-                for j in (1, 0):  # activation bits first, then weight bits
+                for j in ((0,) if self.weights_only else (1, 0)):  # activation bits first, then weight bits
                     if total <= self.budget + tol:
                         break
                     if bits[i][j] in lower:
@@ -184,11 +201,41 @@ class MixedPrecisionEnv(gym.Env):
                 raise RuntimeError("budget enforcement made no progress")
         return [(b[0], b[1]) for b in bits]
 
+    def peek_policy(self, action: np.ndarray | float) -> list[tuple[int, int]]:
+        """The enforced policy that `step(action)` would evaluate, without stepping.
+
+        Only valid before the episode's last step; lets a caller evaluate the policies of
+        several environments at once (parallel evaluation) before stepping them.
+        """
+        if self._t != self.n_steps - 1:
+            raise RuntimeError(f"peek_policy is for the last step ({self.n_steps - 1}); this is step {self._t}")
+        a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
+        layer, is_act = self._slot(self._t)
+        bits = self.max_bits if self.pinned[layer] else action_to_bits(a, self.choices)
+        last = [*self._bits[layer], bits] if is_act else [bits, self.max_bits]
+        return self.enforce_budget([(w, a_) for w, a_ in self._bits[:layer]] + [(last[0], last[1])])
+
+    @property
+    def last_step(self) -> bool:
+        """True when the next `step` ends the episode."""
+        return self._t == self.n_steps - 1
+
+    def taken_actions(self, requested: Sequence[tuple[int, int]], policy: Sequence[tuple[int, int]]) -> list[float]:
+        """The episode's 2L actions as the budget left them: the agent's own action where
+        its bits survived, the centre of the enforced bitwidth's bin where they were lowered."""
+        taken = []
+        for t, a in enumerate(self._actions):
+            layer, j = self._slot(t)
+            same = requested[layer][j] == policy[layer][j] or self.pinned[layer]
+            taken.append(a if same else bits_to_action(policy[layer][j], self.choices))
+        return taken
+
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self._t = 0
         self._bits = []
+        self._actions = []
         self._prev_action = 0.0
         return self._obs(), {}
 
@@ -196,13 +243,14 @@ class MixedPrecisionEnv(gym.Env):
         if self._t >= self.n_steps:
             raise RuntimeError("episode is over: call reset()")
         a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
-        layer, is_act = divmod(self._t, 2)
+        layer, is_act = self._slot(self._t)
         bits = self.max_bits if self.pinned[layer] else action_to_bits(a, self.choices)
         if is_act:
             self._bits[layer].append(bits)
         else:
-            self._bits.append([bits])
+            self._bits.append([bits, self.max_bits] if self.weights_only else [bits])
         self._prev_action = a
+        self._actions.append(a)
         self._t += 1
         info: dict[str, Any] = {"bits": bits}
         if self._t < self.n_steps:
@@ -213,5 +261,6 @@ class MixedPrecisionEnv(gym.Env):
         cost = self.cost(policy)
         reward = self.reward_scale * (accuracy - self.fp_accuracy)
         info.update(policy=policy, requested_policy=requested, accuracy=accuracy, cost=cost,
-                    cost_ratio=cost / self.reference_cost, budget=self.budget, reward=reward)
+                    cost_ratio=cost / self.reference_cost, budget=self.budget, reward=reward,
+                    taken_actions=self.taken_actions(requested, policy))
         return self._obs(), reward, True, False, info

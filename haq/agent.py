@@ -23,7 +23,7 @@ from gymnasium import spaces
 from scipy.stats import truncnorm
 from stable_baselines3 import DDPG
 from stable_baselines3.common.buffers import ReplayBuffer
-from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
 from stable_baselines3.common.utils import update_learning_rate
 
 
@@ -50,6 +50,8 @@ class TruncatedNormalNoise(ActionNoise):
         self.warmup = int(warmup)
         self.episodes = 0
         self.dim = dim
+        self.seed = seed
+        self.stream = 0
         self.rng = np.random.default_rng(seed)
 
     @property
@@ -66,6 +68,13 @@ class TruncatedNormalNoise(ActionNoise):
         a, b = (low - mu) / sigma, (high - mu) / sigma
         sample = truncnorm.rvs(a, b, loc=mu, scale=sigma, random_state=self.rng)
         return np.clip(sample, low, high).astype(np.float32)
+
+    def use_stream(self, stream: int) -> None:
+        """Draw from the `stream`-th random stream of this seed (one per parallel
+        environment; SB3 hands each environment a deep copy of the same noise)."""
+        if stream != self.stream:
+            self.stream = stream
+            self.rng = np.random.default_rng(None if self.seed is None else [self.seed, stream])
 
     def reset(self) -> None:
         """Nothing to reset: the decay follows `episodes`."""
@@ -86,30 +95,72 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
     (the reference code's choice). With ``episode_targets=True`` every transition is
     stored as terminal, so the critic regresses each (state, action) straight onto the
     episode's baselined reward.
+    With ``store_taken_actions=True`` and a final ``info`` carrying ``taken_actions`` (as
+    `MixedPrecisionEnv` gives), the stored actions, and the previous-action feature of the
+    observations at ``prev_action_index``, are those of the policy that was actually
+    evaluated after budget enforcement, so the critic is not taught that bits the budget
+    took away earned the episode's reward.
     """
 
     def __init__(self, *args: Any, baseline_decay: float = 0.95, episode_targets: bool = False,
+                 store_taken_actions: bool = False, prev_action_index: int | None = None,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.n_envs != 1:
-            raise ValueError("EpisodeRewardReplayBuffer supports a single environment")
+        if store_taken_actions and prev_action_index is None:
+            raise ValueError("store_taken_actions needs prev_action_index (the observation's previous-action feature)")
         self.baseline_decay = float(baseline_decay)
         self.episode_targets = bool(episode_targets)
+        self.store_taken_actions = bool(store_taken_actions)
+        self.prev_action_index = prev_action_index
         self.baseline: float | None = None
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]] = []
 
     def add(self, obs: np.ndarray, next_obs: np.ndarray, action: np.ndarray, reward: np.ndarray,
             done: np.ndarray, infos: list[dict[str, Any]]) -> None:
+        """Hold the transition; when the episodes end, store them with baselined rewards.
+
+        With several environments (parallel evaluation) their episodes must end on the
+        same step (they have the same length); each environment's transitions get its own
+        episode's reward minus the baseline of before this round, and the baseline then
+        takes the rewards in environment order.
+        """
         self._pending.append((np.array(obs), np.array(next_obs), np.array(action), np.array(done), infos))
-        if not bool(np.asarray(done).reshape(-1)[0]):
+        dones = np.asarray(done, dtype=bool).reshape(-1)
+        if not dones.any():
             return
-        final = float(np.asarray(reward).reshape(-1)[0])
+        if not dones.all():
+            raise ValueError("EpisodeRewardReplayBuffer needs every environment's episode to end on the same step")
+        finals = np.asarray(reward, dtype=np.float64).reshape(-1)
         base = 0.0 if self.baseline is None else self.baseline
-        advantage = np.array([final - base], dtype=np.float32)
+        advantage = (finals - base).astype(np.float32)
+        if self.store_taken_actions:
+            for env_i, info in enumerate(infos):
+                taken = (info or {}).get("taken_actions")
+                if taken is not None:
+                    self._rewrite_taken(env_i, np.asarray(taken, dtype=np.float32))
         for o, no, a, d, inf in self._pending:
             super().add(o, no, a, advantage, np.ones_like(d) if self.episode_targets else d, inf)
         self._pending = []
-        self.baseline = final if self.baseline is None else base + (1 - self.baseline_decay) * (final - base)
+        for final in finals:
+            self.baseline = float(final) if self.baseline is None else self.baseline + (1 - self.baseline_decay) * (
+                float(final) - self.baseline)
+
+    def _rewrite_taken(self, env_i: int, taken: np.ndarray) -> None:
+        """Replace environment `env_i`'s pending actions (SB3 stores them rescaled to
+        [-1, 1]) and previous-action features by the taken actions (env action units)."""
+        if len(taken) != len(self._pending):
+            raise ValueError(f"taken_actions has {len(taken)} entries for {len(self._pending)} transitions")
+        low, high = self.action_space.low, self.action_space.high
+        scaled = (2.0 * (taken[:, None] - low) / (high - low) - 1.0).astype(np.float32)
+        k = self.prev_action_index
+        for t, (o, no, a, d, inf) in enumerate(self._pending):
+            n = self.n_envs
+            o, no, a = o.reshape(n, -1).copy(), no.reshape(n, -1).copy(), a.reshape(n, -1).copy()
+            if t > 0:
+                o[env_i, k] = taken[t - 1]
+            no[env_i, k] = taken[t]
+            a[env_i] = scaled[t]
+            self._pending[t] = (o, no, a, d, inf)
 
 
 class HAQDDPG(DDPG):
@@ -147,9 +198,12 @@ class HAQDDPG(DDPG):
         else:
             assert self._last_obs is not None
             action, _ = self.predict(self._last_obs, deterministic=True)
-            if isinstance(action_noise, TruncatedNormalNoise):
-                action_noise.episodes = self._episode_num
-                action = action_noise.perturb(action, low, high)
+            noises = action_noise.noises if isinstance(action_noise, VectorizedActionNoise) else [action_noise]
+            if all(isinstance(n, TruncatedNormalNoise) for n in noises):
+                for i, n in enumerate(noises):
+                    n.use_stream(i)
+                    n.episodes = self._episode_num
+                action = np.concatenate([n.perturb(action[i:i + 1], low, high) for i, n in enumerate(noises)])
             elif action_noise is not None:
                 action = np.clip(action + action_noise(), low, high)
         return action, self.policy.scale_action(action)

@@ -35,6 +35,7 @@ from stable_baselines3.common.monitor import Monitor
 
 import hw_models
 from envs import MixedPrecisionEnv
+from envs.mixed_precision import OBS_FEATURES
 from haq.agent import EpisodeRewardReplayBuffer, HAQDDPG, TruncatedNormalNoise
 from haq.config import SearchConfig, budget_kind
 from haq.data import SearchData, load_dataset
@@ -73,36 +74,52 @@ def resolve_budget(config: SearchConfig, cost_model: hw_models.CostModel,
     return float(value) * hw_models.policy_cost(table, [(8, 8)] * len(layers))
 
 
-def build_parts(config: SearchConfig) -> SearchParts:
-    """Load the model and data, calibrate, price the layers and create the environment."""
+def build_evaluator(config: SearchConfig) -> QuantEvaluator:
+    """Load the model and the data and calibrate: the policy -> accuracy callable."""
     entry = model_entry(config.model)
     dataset = config.dataset or entry.dataset
     data = load_dataset(dataset, config.data_root, **config.data)
-    cost_model = hw_models.create_hw_model(config.hw, **config.hw_params)
-    cost_model.check_metric(config.metric)
     kwargs = {"num_classes": data.num_classes} if config.model != "digits-mbv2" or config.weights else {}
     model = create_model(config.model, weights=config.weights, **kwargs)
-    evaluator = QuantEvaluator(model, data, config.quant, config.finetune, config.device, config.seed)
+    return QuantEvaluator(model, data, config.quant, config.finetune, config.device, config.seed)
+
+
+def build_parts(config: SearchConfig) -> SearchParts:
+    """Load the model and data, calibrate, price the layers and create the environment."""
+    cost_model = hw_models.create_hw_model(config.hw, **config.hw_params)
+    cost_model.check_metric(config.metric)
+    evaluator = build_evaluator(config)
+    data = evaluator.data
     layers = evaluator.layers
     budget = resolve_budget(config, cost_model, layers)
     env = MixedPrecisionEnv(layers, cost_model, budget, evaluator, metric=config.metric,
                             min_bits=config.min_bits, max_bits=config.max_bits,
-                            pin_first_last=config.pin_first_last, reward_scale=config.reward_scale)
+                            pin_first_last=config.pin_first_last, reward_scale=config.reward_scale,
+                            weights_only=config.weights_only)
     return SearchParts(config, data, evaluator, cost_model, env)
 
 
-def make_agent(config: SearchConfig, env: Any) -> HAQDDPG:
-    """SB3 DDPG with HAQ's settings (DESIGN.md item 6)."""
+def make_agent(config: SearchConfig, env: Any, steps: int) -> HAQDDPG:
+    """SB3 DDPG with HAQ's settings (DESIGN.md item 6). `steps` is the episode length.
+
+    One gradient step per stored transition, once per episode; with N parallel
+    environments (``config.workers``) once per round of N episodes, N * steps of them
+    (SB3 counts episodic training frequencies only for a single environment).
+    """
     a = config.agent
-    steps = env.unwrapped.n_steps
+    n = config.workers
     noise = TruncatedNormalNoise(a.noise_sigma, a.noise_decay, config.warmup, seed=config.seed)
     return HAQDDPG(
         "MlpPolicy", env,
         learning_rate=a.actor_lr, critic_learning_rate=a.critic_lr, warmup_episodes=config.warmup,
         buffer_size=a.buffer_size, learning_starts=max(0, config.warmup * steps - 1), batch_size=a.batch_size,
-        tau=a.tau, gamma=a.gamma, train_freq=(1, "episode"), gradient_steps=-1, action_noise=noise,
+        tau=a.tau, gamma=a.gamma, train_freq=(1, "episode") if n == 1 else (steps, "step"),
+        gradient_steps=-1 if n == 1 and a.updates_per_transition == 1 else n * steps * a.updates_per_transition,
+        action_noise=noise,
         replay_buffer_class=EpisodeRewardReplayBuffer,
-        replay_buffer_kwargs={"baseline_decay": a.baseline_decay, "episode_targets": a.episode_targets},
+        replay_buffer_kwargs={"baseline_decay": a.baseline_decay, "episode_targets": a.episode_targets,
+                              "store_taken_actions": a.store_taken_actions,
+                              "prev_action_index": OBS_FEATURES.index("prev_action")},
         policy_kwargs={"net_arch": {"pi": list(a.hidden), "qf": list(a.hidden)}},
         seed=config.seed, device="cpu", verbose=0,
     )
@@ -143,9 +160,11 @@ class _Recorder(BaseCallback):
         self.search.checkpoint()
 
     def _on_step(self) -> bool:
-        dones = self.locals["dones"]
-        if dones[0]:
-            self.search.record_episode(self.locals["infos"][0])
+        infos = self.locals["infos"]
+        for i in np.flatnonzero(self.locals["dones"]):
+            # a last round of parallel episodes may overshoot the requested count: not recorded
+            if self.search.episodes_done < self.search.config.episodes:
+                self.search.record_episode(infos[i])
         return True
 
 
@@ -158,8 +177,15 @@ class Search:
         self.run_dir = Path(run_dir or config.out or default_run_dir(config))
         self.on_episode = on_episode
         self.parts = parts or build_parts(config)
-        self.env = Monitor(self.parts.env)
-        self.agent = make_agent(config, self.env)
+        self.pool: Any = None
+        if config.workers > 1:
+            from haq.parallel import BatchEvalVecEnv, RayEvaluatorPool
+
+            self.pool = RayEvaluatorPool(config, config.workers, config.ray_address)
+            self.env: Any = BatchEvalVecEnv(self.parts.env, config.workers, self.pool.map)
+        else:
+            self.env = Monitor(self.parts.env)
+        self.agent = make_agent(config, self.env, self.parts.env.n_steps)
         self.records: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
         self._last_time = time.perf_counter()
@@ -228,17 +254,35 @@ class Search:
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
-        """Run the remaining episodes, then write the summary and plots."""
+        """Run the remaining episodes, then write the summary and plots.
+
+        Raises:
+            FileExistsError: a fresh search was pointed at a run directory that already
+                holds one (its episodes would be mixed into the new ``episodes.csv``).
+        """
+        if self.episodes_done == 0 and any((self.run_dir / f).exists() for f in ("episodes.csv", "checkpoint.json")):
+            raise FileExistsError(f"{self.run_dir} already holds a search; continue it with "
+                                  f"`haq search --resume {self.run_dir}` or choose another --out")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config.to_yaml(self.run_dir / "config.yaml")
         remaining = self.config.episodes - self.episodes_done
-        steps = self.parts.env.n_steps
-        if remaining > 0:
-            self._last_time = time.perf_counter()
-            self.agent.learn(total_timesteps=remaining * steps, callback=_Recorder(self),
-                             reset_num_timesteps=self.episodes_done == 0)
-            self.checkpoint()
+        steps, n = self.parts.env.n_steps, self.config.workers
+        try:
+            if remaining > 0:
+                self._last_time = time.perf_counter()
+                rounds = -(-remaining // n)
+                self.agent.learn(total_timesteps=rounds * n * steps, callback=_Recorder(self),
+                                 reset_num_timesteps=self.episodes_done == 0)
+                self.checkpoint()
+        finally:
+            self.close()
         return self.finish()
+
+    def close(self) -> None:
+        """Stop the parallel workers, if any (the search can still `finish`)."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
     def finish(self) -> dict[str, Any]:
         """Evaluate the uniform baselines that fit the budget; write summary.json and plots."""

@@ -112,6 +112,11 @@ def test_budget_is_enforced_from_the_last_layer_backwards():
                     bits[i][j] -= 1
     assert policy == [tuple(b) for b in bits]
     assert info["requested_policy"] == [(8, 8)] * 6
+    # the taken actions map back to the enforced policy; untouched ones are the agent's own
+    taken = info["taken_actions"]
+    assert [action_to_bits(a, env.choices) for a in taken] == [b for p in policy for b in p]
+    assert taken[:2] == [1.0, 1.0]
+    assert taken[-1] == pytest.approx((policy[-1][1] - 2 + 0.5) / 7)
 
 
 def test_policy_within_budget_is_left_alone():
@@ -153,3 +158,33 @@ def test_same_actions_give_the_same_episode():
     b = run_episode(env, actions)
     np.testing.assert_array_equal(np.array(a[0]), np.array(b[0]))
     assert a[1] == b[1] and a[2]["policy"] == b[2]["policy"]
+
+
+def test_weights_only_search_takes_one_step_per_layer_and_lowers_only_weights():
+    model = H.create_hw_model("model-size")
+    budget = model.policy_cost(LAYERS, [(4, 8)] * 6, "size_mb")
+    env = MixedPrecisionEnv(LAYERS, model, budget, fake_evaluator, metric="size_mb", fp_accuracy=90.0,
+                            weights_only=True)
+    check_env(env, skip_render_check=True)
+    assert env.n_steps == len(LAYERS)
+    observations, _, info = run_episode(env, [1.0] * len(LAYERS))
+    assert all(obs[8] == 1.0 for obs in observations)  # every step decides weight bits
+    assert all(a == 8 for _, a in info["policy"])
+    assert info["cost"] <= budget * (1 + 1e-9) and info["policy"][-1][0] <= info["policy"][0][0] < 8
+
+
+@pytest.mark.parametrize("weights_only", [False, True])
+def test_peek_policy_is_the_policy_the_last_step_evaluates(weights_only):
+    seen = []
+    env = MixedPrecisionEnv(LAYERS, H.create_hw_model("bismo-edge"),
+                            H.create_hw_model("bismo-edge").policy_cost(LAYERS, [(4, 8)] * 6, "latency_ms"),
+                            lambda p: seen.append(p) or 50.0, fp_accuracy=90.0, weights_only=weights_only)
+    rng = np.random.default_rng(0)
+    env.reset(seed=0)
+    with pytest.raises(RuntimeError, match="last step"):
+        env.peek_policy(0.5)
+    while not env.last_step:
+        env.step(rng.random(1).astype(np.float32))
+    peeked = env.peek_policy(np.array([0.9]))
+    *_, info = env.step(np.array([0.9], dtype=np.float32))
+    assert peeked == info["policy"] == seen[0]

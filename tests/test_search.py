@@ -59,6 +59,29 @@ def test_search_writes_the_run_directory(tmp_path, shared_parts):
     assert SearchConfig.from_yaml(run / "config.yaml") == config
 
 
+def test_a_fresh_search_refuses_a_directory_that_holds_one(tmp_path, shared_parts):
+    Search(tiny_config(tmp_path, episodes=3), parts=shared_parts).run()
+    before = (tmp_path / "run" / "episodes.csv").read_text()
+    with pytest.raises(FileExistsError, match="--resume"):
+        Search(tiny_config(tmp_path, episodes=3), parts=shared_parts).run()
+    assert (tmp_path / "run" / "episodes.csv").read_text() == before
+
+
+def test_replay_buffer_stores_the_actions_budget_enforcement_left(tmp_path):
+    from gymnasium import spaces
+    buf = EpisodeRewardReplayBuffer(10, spaces.Box(0, 1, (2,)), spaces.Box(0, 1, (1,)),
+                                    store_taken_actions=True, prev_action_index=1)
+    obs = [np.array([[0.0, 0.0]]), np.array([[0.5, 0.9]]), np.array([[1.0, 0.8]])]
+    asked = [0.9, 0.8]  # scaled to [-1, 1] by SB3 before they reach the buffer
+    for t in range(2):
+        buf.add(obs[t], obs[t + 1], np.array([[2 * asked[t] - 1]]), np.array([-1.0 if t else 0.0]),
+                np.array([t == 1]), [{"taken_actions": [0.9, 0.25]} if t else {}])
+    np.testing.assert_allclose(buf.actions[:2, 0, 0], [0.8, -0.5])
+    np.testing.assert_allclose(buf.observations[:2, 0, 1], [0.0, 0.9])
+    np.testing.assert_allclose(buf.next_observations[:2, 0, 1], [0.9, 0.25])
+    np.testing.assert_allclose(buf.rewards[:2, 0], [-1.0, -1.0])
+
+
 def test_same_seed_same_policies_and_rewards(tmp_path, shared_parts):
     a = Search(tiny_config(tmp_path, "a"), parts=shared_parts)
     a.run()
@@ -185,3 +208,24 @@ def test_cli_search_and_resume_as_a_user_runs_them(tmp_path):
     assert ev.returncode == 0, ev.stderr
     result = json.loads(ev.stdout)
     assert 0 <= result["top1"] <= 100 and result["costs"]["latency_ms"]["ratio_to_w8a8"] < 1
+
+
+def test_two_ray_workers_give_the_requested_distinct_episodes_deterministically(tmp_path, shared_parts):
+    pytest.importorskip("ray")
+    one = Search(tiny_config(tmp_path, "one", episodes=5), parts=shared_parts)
+    one.run()
+    runs = []
+    for name in ("two-a", "two-b"):
+        cfg = tiny_config(tmp_path, name, episodes=5, workers=2)
+        Search(cfg, parts=shared_parts).run()  # 3 rounds of 2; the 6th episode is not recorded
+        runs.append(read_episodes(tmp_path / name))
+    a, b = runs
+    assert [int(r["episode"]) for r in a] == [1, 2, 3, 4, 5]
+    assert list(a[0]) == list(read_episodes(tmp_path / "one")[0])  # the same columns as one worker
+    assert [(r["reward"], r["w_bits"], r["a_bits"]) for r in a] == [(r["reward"], r["w_bits"], r["a_bits"]) for r in b]
+    assert len({(r["w_bits"], r["a_bits"]) for r in a}) == 5
+    for r in a:  # each worker's accuracy is the one the local evaluator gives the same policy
+        pol = list(zip(map(int, r["w_bits"].split()), map(int, r["a_bits"].split())))
+        assert float(r["accuracy"]) == pytest.approx(shared_parts.evaluator(pol), abs=0.6)
+    summary = json.loads((tmp_path / "two-a" / "summary.json").read_text())
+    assert summary["episodes"] == 5
