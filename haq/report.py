@@ -82,3 +82,47 @@ def plot_progress(records: Sequence[dict[str, Any]], path: str | os.PathLike[str
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_policies_side_by_side(layers: Sequence[LayerSpec], policies: dict[str, tuple[Sequence[tuple[int, int]], str]],
+                               costs_at_8: dict[str, np.ndarray], path: str | os.PathLike[str], title: str = "") -> None:
+    """HAQ Figures 3-4: the policies of one model on two (or more) hardware models, one
+    row each (weight bits up, activation bits down, depthwise layers hatched), and each
+    layer's share of the whole network's cost at w8a8 on each hardware beneath."""
+    n, hws = len(layers), list(policies)
+    fig, axes = plt.subplots(len(hws) + 1, 1, figsize=(max(9, n * 0.4), 2.8 * (len(hws) + 1)), sharex=True)
+    x = np.arange(n)
+    dw = np.array([l.kind == "dwconv" for l in layers])
+    for ax, hw in zip(axes, hws):
+        policy, label = policies[hw]
+        w = np.array([p[0] for p in policy])
+        a = np.array([p[1] for p in policy])
+        bw = ax.bar(x, w, 0.7, color="#3b6fb6", label="weight bits")
+        ba = ax.bar(x, -a, 0.7, color="#e08a2c", label="activation bits")
+        for i in np.flatnonzero(dw):
+            bw[i].set_hatch("//")
+            ba[i].set_hatch("//")
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_ylim(-8.8, 8.8)
+        ax.set_yticks(range(-8, 9, 2))
+        ax.set_yticklabels([str(abs(t)) for t in range(-8, 9, 2)])
+        ax.set_ylabel("bits (w up, a down)", fontsize=8)
+        ax.set_title(label, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].bar([0], [0], color="white", edgecolor="black", hatch="//", label="depthwise layer")
+    axes[0].legend(loc="upper right", ncol=3, fontsize=7)
+    cax = axes[-1]
+    width = 0.8 / len(hws)
+    for k, hw in enumerate(hws):
+        c = np.asarray(costs_at_8[hw], dtype=float)
+        cax.bar(x - 0.4 + width * (k + 0.5), c / c.sum(), width, label=hw)
+    cax.set_ylabel("share of cost at w8a8", fontsize=8)
+    cax.legend(fontsize=7)
+    cax.grid(axis="y", alpha=0.3)
+    cax.set_xticks(x)
+    cax.set_xticklabels([("[dw] " if d else "") + l.name for l, d in zip(layers, dw)], rotation=90, fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

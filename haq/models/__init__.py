@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from hw_models import LayerSpec
+
 from haq.models.nets import (
     Bottleneck, BasicBlock, CifarResNet, MobileNetV1, MobileNetV2, ResNet, digits_mbv2,
 )
@@ -122,6 +124,14 @@ def create_model(name: str, *, weights: str | os.PathLike[str] | None = None, pr
 
 
 DIGITS_RECIPE = {"version": 1, "epochs": 30, "lr": 0.05, "batch_size": 64, "seed": 0}
+
+
+def model_layers(name: str) -> list[LayerSpec]:
+    """The `LayerSpec`s of a registered model at its registered input size (no weights,
+    no data: enough to price it on any hardware model)."""
+    from haq.layers import extract_layers
+
+    return extract_layers(create_model(name, pretrained=False), model_entry(name).input_shape)
 
 
 def pretrained_digits() -> nn.Module:

@@ -1,0 +1,289 @@
+"""The paper's tables, reproduced by one command each (`haq table latency|energy|size`).
+
+A table is a YAML spec in ``experiments/configs/<table>.yaml``: the constraint, the
+hardware models, the search budgets, the fixed-bit baselines and, per scale (``mini``:
+the embedded digits model on 2 CPU cores; ``paper``: ImageNet-100 and the paper's models
+on a GPU), the models, seeds and search overrides. Every search of a table runs in its
+own run directory under ``runs/tables/<table>-<scale>/``, so an interrupted table picks
+up where it stopped (finished searches are read back, unfinished ones resumed). Results:
+``experiments/results/<table>-<scale>.csv`` (one row per seed and method),
+``<table>-<scale>.md`` (mean +- std over seeds, the paper's claim beside it) and, for a
+table with an edge and a cloud model, ``<table>-<scale>-policies.png`` (HAQ Figure 3/4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import hw_models
+from haq.config import SearchConfig, budget_kind, load_yaml
+from haq.search import Search, build_parts
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "experiments" / "configs"
+RESULTS_DIR = ROOT / "experiments" / "results"
+TABLES = ("latency", "energy", "size")
+SCALES = ("mini", "paper")
+METHODS = ("haq", "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class TableSpec:
+    """One table of the paper (see the module docstring for the YAML layout)."""
+
+    name: str
+    title: str
+    constraint: str
+    hardware: tuple[str, ...]
+    budgets: tuple[str, ...]
+    baselines: tuple[str, ...]
+    methods: tuple[str, ...]
+    paper: str
+    scales: dict[str, dict[str, Any]]
+
+    @classmethod
+    def load(cls, name: str, config_dir: str | os.PathLike[str] | None = None) -> TableSpec:
+        """Read and check ``<config_dir>/<name>.yaml``; errors name the file and the key."""
+        path = Path(config_dir or CONFIG_DIR) / f"{name}.yaml"
+        if name not in TABLES and not path.is_file():
+            raise ValueError(f"unknown table {name!r}; valid: {list(TABLES)}")
+        data = load_yaml(path)
+        fields = {f.name for f in dataclasses.fields(cls)} - {"name"}
+        missing, unknown = sorted(fields - set(data)), sorted(set(data) - fields)
+        if missing or unknown:
+            raise ValueError(f"{path}: missing key(s) {missing}, unknown key(s) {unknown}; keys: {sorted(fields)}")
+        for key in ("hardware", "budgets", "baselines", "methods"):
+            if not isinstance(data[key], list) or not data[key]:
+                raise ValueError(f"{path}: {key} must be a non-empty list")
+        for b in [*data["budgets"], *data["baselines"]]:
+            try:
+                budget_kind(str(b))
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
+        bad = [m for m in data["methods"] if m not in METHODS]
+        if bad:
+            raise ValueError(f"{path}: unknown method(s) {bad}; valid: {list(METHODS)}")
+        for scale, sc in (data["scales"] or {}).items():
+            if not isinstance(sc, dict) or not sc.get("models") or not sc.get("seeds"):
+                raise ValueError(f"{path}: scale {scale!r} needs 'models' and 'seeds' lists")
+        for b in data["baselines"]:
+            if budget_kind(str(b))[0] != "uniform":
+                raise ValueError(f"{path}: baseline {b!r} must be a uniform policy like w4a4")
+        return cls(name=name, title=str(data["title"]), constraint=str(data["constraint"]),
+                   hardware=tuple(data["hardware"]), budgets=tuple(str(b) for b in data["budgets"]),
+                   baselines=tuple(str(b) for b in data["baselines"]), methods=tuple(data["methods"]),
+                   paper=str(data["paper"]).strip(), scales=dict(data["scales"]))
+
+    def scale(self, scale: str) -> dict[str, Any]:
+        if scale not in self.scales:
+            raise ValueError(f"table {self.name} has no scale {scale!r}; valid: {sorted(self.scales)}")
+        return self.scales[scale]
+
+    def config(self, scale: str, model: str, hw: str, budget: str, method: str, seed: int, out: Path,
+               overrides: dict[str, Any] | None = None) -> SearchConfig:
+        """The search config of one cell of the table (a random search has only warm-up)."""
+        data: dict[str, Any] = dict(self.scale(scale).get("search") or {})
+        for key, value in (overrides or {}).items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            elif value is not None:
+                data[key] = value
+        data.update(model=model, hw=hw, constraint=self.constraint, budget=budget, seed=seed, out=str(out))
+        cfg = SearchConfig.from_dict(data, f"table {self.name} ({scale})")
+        if method == "random":
+            cfg = dataclasses.replace(cfg, warmup=cfg.episodes)
+        return cfg
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None = None,
+              runs_dir: str | os.PathLike[str] = "runs/tables", results_dir: str | os.PathLike[str] | None = None,
+              overrides: dict[str, Any] | None = None, tag: str = "",
+              on_search: Callable[[str, SearchConfig], None] | None = None,
+              on_episode: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
+    """Run (or finish) every search and baseline of a table; write its CSV, markdown and figure.
+
+    Returns the per-seed rows (also written to ``<results_dir>/<table>-<scale><tag>.csv``).
+    `tag` (e.g. ``"-distill"``) keeps a variant's run directories and results apart.
+    """
+    sc = spec.scale(scale)
+    seeds = list(seeds if seeds is not None else sc["seeds"])
+    base = Path(runs_dir) / f"{spec.name}-{scale}{tag}"
+    rows: list[dict[str, Any]] = []
+    for model in sc["models"]:
+        for hw in spec.hardware:
+            parts = None
+            for budget in spec.budgets:
+                for seed in seeds:
+                    for method in spec.methods:
+                        run_dir = base / _slug(f"{model}-{hw}-{budget}-{method}-seed{seed}")
+                        cfg = spec.config(scale, model, hw, budget, method, seed, run_dir, overrides)
+                        if on_search is not None:
+                            on_search(run_dir.name, cfg)
+                        summary_path = run_dir / "summary.json"
+                        if summary_path.is_file():
+                            summary = json.loads(summary_path.read_text())
+                        else:
+                            if parts is None:
+                                parts = build_parts(cfg)
+                            parts.evaluator.seed = seed
+                            parts = dataclasses.replace(parts, config=cfg)
+                            if (run_dir / "checkpoint.json").is_file():
+                                search = Search.resume(run_dir, on_episode)
+                                search.parts.evaluator.seed = seed
+                            else:
+                                search = Search(cfg, on_episode=on_episode, parts=parts)
+                            summary = search.run()
+                        rows.append(_search_row(spec, scale, model, hw, budget, method, seed, summary))
+            # fixed-bit baselines: accuracy per seed with the same finetune, cost on this hardware
+            for seed in seeds:
+                cfg = spec.config(scale, model, hw, spec.budgets[0], "haq", seed, base / "unused", overrides)
+                cache = base / _slug(f"baselines-{model}-{hw}-seed{seed}.json")
+                done = json.loads(cache.read_text()) if cache.is_file() else {}
+                for b in spec.baselines:
+                    if b not in done:
+                        if parts is None:
+                            parts = build_parts(cfg)
+                        parts.evaluator.seed = seed
+                        pol = [budget_kind(b)[1]] * len(parts.layers)
+                        done[b] = {"accuracy": parts.evaluator(pol), "cost": parts.env.cost(pol),
+                                   "w8a8_cost": parts.env.reference_cost, "fp_accuracy": parts.env.fp_accuracy}
+                        cache.parent.mkdir(parents=True, exist_ok=True)
+                        cache.write_text(json.dumps(done, indent=2) + "\n")
+                    d = done[b]
+                    rows.append({"table": spec.name, "scale": scale, "model": model, "hw": hw, "budget": "",
+                                 "method": "fixed", "policy": b, "seed": seed, "accuracy": d["accuracy"],
+                                 "cost": d["cost"], "cost_ratio": d["cost"] / d["w8a8_cost"],
+                                 "w8a8_over_cost": d["w8a8_cost"] / d["cost"], "fp_accuracy": d["fp_accuracy"],
+                                 "w_bits": "", "a_bits": "", "episodes": 0})
+    df = pd.DataFrame(rows)
+    out = Path(results_dir or RESULTS_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / f"{spec.name}-{scale}{tag}.csv", index=False, float_format="%.5g")
+    render_table(spec, scale, df, out, tag)
+    return df
+
+
+def _search_row(spec: TableSpec, scale: str, model: str, hw: str, budget: str, method: str, seed: int,
+                summary: dict[str, Any]) -> dict[str, Any]:
+    best = summary["best"]
+    return {"table": spec.name, "scale": scale, "model": model, "hw": hw, "budget": budget, "method": method,
+            "policy": "searched", "seed": seed, "accuracy": best["accuracy"], "cost": best["cost"],
+            "cost_ratio": best["cost_ratio"], "w8a8_over_cost": summary["w8a8_cost"] / best["cost"],
+            "fp_accuracy": summary["fp_accuracy"], "w_bits": best["w_bits"], "a_bits": best["a_bits"],
+            "episodes": summary["episodes"]}
+
+
+# ---------------------------------------------------------------------------- rendering
+def _pm(values: pd.Series, fmt: str = ".2f") -> str:
+    if len(values) > 1:
+        return f"{values.mean():{fmt}} +- {values.std():{fmt}}"
+    return f"{values.mean():{fmt}}"
+
+
+def verdicts(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, hw, budget, seed): does the searched policy beat every fixed-bit baseline
+    whose cost is at or above its own (and which ones does it not)?"""
+    out = []
+    fixed = df[df["method"] == "fixed"]
+    for r in df[df["method"] == "haq"].to_dict("records"):
+        f = fixed[(fixed["model"] == r["model"]) & (fixed["hw"] == r["hw"]) & (fixed["seed"] == r["seed"])]
+        above = f[f["cost"] >= r["cost"] * (1 - 1e-9)]
+        lost = above[above["accuracy"] > r["accuracy"]]
+        out.append({"model": r["model"], "hw": r["hw"], "budget": r["budget"], "seed": r["seed"],
+                    "beats_all_costlier": lost.empty, "loses_to": " ".join(lost["policy"])})
+    return pd.DataFrame(out)
+
+
+def depthwise_bits(layers: list[hw_models.LayerSpec], w_bits: str, a_bits: str) -> dict[str, float]:
+    """Mean weight / activation bits of depthwise and of pointwise (1x1 conv) layers."""
+    w = np.array([int(x) for x in w_bits.split()])
+    a = np.array([int(x) for x in a_bits.split()])
+    dw = np.array([l.kind == "dwconv" for l in layers])
+    pw = np.array([l.kind == "conv" and l.kernel == 1 for l in layers])
+    return {"dw_w": float(w[dw].mean()), "dw_a": float(a[dw].mean()),
+            "pw_w": float(w[pw].mean()), "pw_a": float(a[pw].mean())}
+
+
+def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: str = "") -> str:
+    """Write ``<table>-<scale><tag>.md`` (and the edge/cloud policy figure) from the rows."""
+    seeds = sorted(df["seed"].unique())
+    units = hw_models.METRIC_UNITS[SearchConfig(constraint=spec.constraint).metric]
+    flag = " --distill" if tag == "-distill" else ""
+    lines = [f"<!-- generated by `haq table {spec.name} --scale {scale}{flag}`; do not edit by hand -->",
+             f"### {spec.title} ({scale} scale{', distilled finetune' if flag else ''})", "",
+             f"Seeds {', '.join(map(str, seeds))}; accuracy is top-1 (%) on the search-validation split after "
+             f"the same 1-epoch finetune for every policy, mean +- std over seeds. `{spec.constraint} / w8a8` is the "
+             f"cost ratio ({units}); `w8a8 / cost` the saving. Source: "
+             f"`{spec.name}-{scale}{tag}.csv` (beside this file).", "",
+             "| model | hardware | policy | top-1 (%) | float top-1 | " + f"{spec.constraint} / w8a8 | w8a8 / cost |",
+             "|---|---|---|---|---|---|---|"]
+    for (model, hw), g in df.groupby(["model", "hw"], sort=False):
+        for (method, policy, budget), h in g.groupby(["method", "policy", "budget"], sort=False):
+            label = policy if method == "fixed" else f"{method} search, budget {budget}"
+            lines.append(f"| {model} | {hw} | {label} | {_pm(h['accuracy'])} | {h['fp_accuracy'].mean():.2f} | "
+                         f"{_pm(h['cost_ratio'], '.3f')} | {h['w8a8_over_cost'].mean():.2f}x |")
+    v = verdicts(df)
+    lines += ["", f"Paper: {spec.paper}", ""]
+    for (model, hw, budget), g in v.groupby(["model", "hw", "budget"], sort=False):
+        haq = df[(df["method"] == "haq") & (df["model"] == model) & (df["hw"] == hw) & (df["budget"] == budget)]
+        w8 = df[(df["method"] == "fixed") & (df["policy"] == "w8a8") & (df["model"] == model) & (df["hw"] == hw)]
+        lost = sorted({p for s in g["loses_to"] for p in s.split()})
+        line = (f"- {model} on {hw}, budget {budget}: the searched policy is at least as accurate as every fixed-bit "
+                f"baseline that costs as much or more in {int(g['beats_all_costlier'].sum())} of {len(g)} seeds"
+                + (f" (it loses to {', '.join(lost)} in the others)" if lost else "") + "; ")
+        if not w8.empty:
+            line += (f"it costs {1 / haq['cost_ratio'].mean():.2f}x less than w8a8 at "
+                     f"{haq['accuracy'].mean() - w8['accuracy'].mean():+.2f} points of top-1 (paper: "
+                     f"{'1.4-1.95x' if spec.constraint == 'latency' else '1.9x' if spec.constraint == 'energy' else 'n/a'}).")
+        lines.append(line)
+    if len(spec.hardware) == 2 and "haq" in set(df["method"]):
+        lines += ["", *_edge_cloud(spec, f"{scale}{tag}", df, out)]
+    text = "\n".join(lines) + "\n"
+    (out / f"{spec.name}-{scale}{tag}.md").write_text(text)
+    return text
+
+
+def _edge_cloud(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path) -> list[str]:
+    """Depthwise vs pointwise bits on the two hardware models, and the policy figure."""
+    from haq.models import model_layers
+    from haq.report import plot_policies_side_by_side
+
+    lines = ["Depthwise vs pointwise bits of the searched policies (mean over layers, then over seeds; "
+             "HAQ Figures 3-4 report fewer bits for depthwise layers on the edge and more on the cloud):", "",
+             "| model | hardware | depthwise w | depthwise a | pointwise w | pointwise a |", "|---|---|---|---|---|---|"]
+    for model, g in df[df["method"] == "haq"].groupby("model", sort=False):
+        layers = model_layers(model)
+        best = {}
+        for hw in spec.hardware:
+            h = g[g["hw"] == hw]
+            if h.empty:
+                continue
+            stats = pd.DataFrame([depthwise_bits(layers, r["w_bits"], r["a_bits"]) for r in h.to_dict("records")])
+            lines.append(f"| {model} | {hw} | {stats['dw_w'].mean():.2f} | {stats['dw_a'].mean():.2f} | "
+                         f"{stats['pw_w'].mean():.2f} | {stats['pw_a'].mean():.2f} |")
+            first = h.sort_values("seed").iloc[0]
+            best[hw] = ([(int(w), int(a)) for w, a in zip(first["w_bits"].split(), first["a_bits"].split())],
+                        f"{hw}, seed {first['seed']}: {first['accuracy']:.1f}%, {first['cost_ratio']:.3f}x w8a8")
+        if len(best) == 2:
+            costs = {hw: hw_models.create_hw_model(hw).table(layers, SearchConfig(constraint=spec.constraint).metric)
+                     [:, 7, 7] for hw in best}
+            name = f"{spec.name}-{scale}-{model}-policies.png"
+            plot_policies_side_by_side(layers, best, costs, out / name,
+                                       title=f"{model}: searched policies, {spec.constraint} budget")
+            lines += ["", f"![edge and cloud policies of {model}]({name})"]
+    return lines

@@ -1,0 +1,78 @@
+"""`haq table`: table specs, a tiny table end to end, read-back of finished searches."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+
+from haq import tables
+from haq.cli import main
+from haq.tables import TableSpec, run_table
+
+TINY = {
+    "title": "tiny latency table", "constraint": "latency", "hardware": ["bismo-edge", "bismo-cloud"],
+    "budgets": ["w4a4"], "baselines": ["w4a4", "w8a8"], "methods": ["haq", "random"], "paper": "1.4-1.95x",
+    "scales": {"mini": {"models": ["digits-mbv2"], "seeds": [0], "search": {
+        "episodes": 3, "warmup": 1, "finetune": {"max_train_images": 128}, "quant": {"calib_images": 128},
+        "agent": {"batch_size": 16}}}},
+}
+
+
+def write_spec(folder, name="tiny", **changes):
+    data = {**TINY, **changes}
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(data))
+    return folder
+
+
+@pytest.mark.parametrize("name", ["latency", "energy", "size"])
+def test_shipped_table_specs_load_at_both_scales(name):
+    spec = TableSpec.load(name)
+    for scale in ("mini", "paper"):
+        sc = spec.scale(scale)
+        cfg = spec.config(scale, sc["models"][0], spec.hardware[0], spec.budgets[0], "random", 0, "x")
+        assert cfg.warmup == cfg.episodes and cfg.constraint == spec.constraint
+    assert spec.scale("paper")["search"]["episodes"] == 600
+
+
+def test_bad_table_specs_name_the_file_and_key(tmp_path):
+    with pytest.raises(ValueError, match="unknown table 'nope'"):
+        TableSpec.load("nope", tmp_path)
+    write_spec(tmp_path, budgets=["w9a4"])
+    with pytest.raises(ValueError, match="tiny.yaml"):
+        TableSpec.load("tiny", tmp_path)
+    data = dict(TINY)
+    del data["baselines"]
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match=r"missing key\(s\) \['baselines'\]"):
+        TableSpec.load("tiny", tmp_path)
+    with pytest.raises(ValueError, match="no scale 'huge'"):
+        TableSpec.load("latency").scale("huge")
+
+
+@pytest.mark.slow
+def test_tiny_table_end_to_end_and_read_back(tmp_path, monkeypatch):
+    spec = TableSpec.load("tiny", write_spec(tmp_path))
+    df = run_table(spec, "mini", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results")
+    assert len(df) == 2 * 2 + 2 * 2  # (haq, random) and (w4a4, w8a8) on each hardware
+    written = pd.read_csv(tmp_path / "results" / "tiny-mini.csv", keep_default_na=False)
+    assert len(written) == len(df)
+    searched = written[written["method"] != "fixed"]
+    assert (searched["cost_ratio"] <= 0.25 * (1 + 1e-6)).all()  # within the w4a4 budget (0.25 of w8a8)
+    assert (searched["episodes"] == 3).all()
+    fixed = written[written["method"] == "fixed"].set_index(["hw", "policy"])
+    assert fixed.loc[("bismo-edge", "w8a8"), "cost_ratio"] == pytest.approx(1.0)
+    md = (tmp_path / "results" / "tiny-mini.md").read_text()
+    assert "haq search, budget w4a4" in md and "Paper: 1.4-1.95x" in md and "depthwise w" in md
+    assert (tmp_path / "results" / "tiny-mini-digits-mbv2-policies.png").stat().st_size > 0
+
+    # a finished table is read back, not searched again
+    monkeypatch.setattr(tables.Search, "run", lambda self: pytest.fail("re-ran a finished search"))
+    again = run_table(spec, "mini", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results")
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), df.reset_index(drop=True))
+
+
+def test_cli_table_paper_scale_needs_a_data_root(capsys):
+    assert main(["table", "latency", "--scale", "paper"]) == 2
+    assert "--data-root" in capsys.readouterr().err
+    assert main(["table", "nope"]) == 2
