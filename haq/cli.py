@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -80,7 +81,7 @@ def _model_layers(name: str, input_shape: tuple[int, ...] | None) -> list[Any]:
 
 # ---------------------------------------------------------------------------- commands
 SEARCH_FLAGS = ("model", "weights", "dataset", "data_root", "hw", "constraint", "budget", "episodes", "warmup",
-                "seed", "device", "out", "min_bits", "max_bits", "pin_first_last")
+                "seed", "device", "out", "min_bits", "max_bits", "pin_first_last", "workers", "ray_address")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -99,7 +100,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if args.resume:
         given = [f for f in SEARCH_FLAGS if getattr(args, f) is not None and f != "episodes"]
-        if given or args.config or args.hw_param or args.finetune_epochs is not None:
+        if given or args.config or args.hw_param or args.finetune_epochs is not None or args.distill:
             raise UsageError(f"--resume continues a run with its saved config.yaml; drop {given or 'the other flags'} "
                              "(only --episodes may be given, to extend the run)")
         search = Search.resume(args.resume, on_episode, episodes=args.episodes)
@@ -113,6 +114,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             data["hw_params"] = {**data.get("hw_params", {}), **_parse_params(args.hw_param)}
         if args.finetune_epochs is not None:
             data["finetune"] = {**data.get("finetune", {}), "epochs": args.finetune_epochs}
+        if args.distill:
+            data["finetune"] = {**data.get("finetune", {}), "distill": True}
         config = SearchConfig.from_dict(data, args.config or "flags")
         print(f"preparing: model {config.model}, hardware {config.hw}, {config.constraint} budget {config.budget}",
               file=sys.stderr)
@@ -154,7 +157,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = load_dataset(args.dataset or entry.dataset, args.data_root)
     kwargs = {} if args.model == "digits-mbv2" and not args.weights else {"num_classes": data.num_classes}
     model = create_model(args.model, weights=args.weights, **kwargs)
-    ev = QuantEvaluator(model, data, QuantConfig(), FinetuneConfig(epochs=args.finetune_epochs), args.device, args.seed)
+    ev = QuantEvaluator(model, data, QuantConfig(), FinetuneConfig(epochs=args.finetune_epochs, distill=args.distill),
+                        args.device, args.seed)
     policy = _load_policy(args, ev.layers)
     metrics = ev.evaluate(policy)
     cost_model = hw_models.create_hw_model(args.hw, **_parse_params(args.hw_param))
@@ -165,13 +169,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
             total = hw_models.policy_cost(table, policy.bits)
             costs[metric] = {"cost": total, "ratio_to_w8a8": total / hw_models.policy_cost(table, [(8, 8)] * len(policy))}
     result = {"model": args.model, "policy": args.policy or args.uniform or "w8a8", "finetune_epochs": args.finetune_epochs,
+              "distill": args.distill,
               "fp_top1": ev.fp_metrics["top1"], "fp_top5": ev.fp_metrics["top5"], "top1": metrics["top1"],
               "top5": metrics["top5"], "hw": args.hw, "costs": costs}
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"{args.model}: float top-1 {result['fp_top1']:.2f}%  top-5 {result['fp_top5']:.2f}%")
-    print(f"quantized ({result['policy']}, {args.finetune_epochs} finetune epoch(s)): top-1 {metrics['top1']:.2f}%  "
+    print(f"quantized ({result['policy']}, {args.finetune_epochs} finetune epoch(s){', distilled' if args.distill else ''}): top-1 {metrics['top1']:.2f}%  "
           f"top-5 {metrics['top5']:.2f}%")
     for metric, c in costs.items():
         print(f"{args.hw} {metric}: {c['cost']:.5g} ({c['ratio_to_w8a8']:.3f} x w8a8)")
@@ -209,6 +214,59 @@ def cmd_cost(args: argparse.Namespace) -> int:
               f"{totals_8[m]:.5g})")
     if args.csv:
         print(f"per-layer costs written to {args.csv}")
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from haq.tables import RESULTS_DIR, TableSpec, render_table, run_table
+
+    spec = TableSpec.load(args.table, args.config_dir)
+    sc = spec.scale(args.scale)
+    overrides: dict[str, Any] = {"episodes": args.episodes, "data_root": args.data_root, "device": args.device}
+    tag = ""
+    if args.distill:
+        overrides["finetune"] = {"distill": True}
+        tag = "-distill"
+    if args.scale == "paper" and not (args.data_root or (sc.get("search") or {}).get("data_root")):
+        raise UsageError(f"--scale paper searches {sc.get('search', {}).get('dataset', 'ImageNet')} with "
+                         f"{', '.join(sc['models'])}: give --data-root (a local ImageNet folder; nothing is downloaded)")
+    if args.render_only:
+        import pandas as pd
+
+        out = Path(args.results or RESULTS_DIR)
+        csv_path = out / f"{spec.name}-{args.scale}{tag}.csv"
+        if not csv_path.is_file():
+            raise FileNotFoundError(f"{csv_path} does not exist; run `haq table {spec.name} --scale {args.scale}` first")
+        print(render_table(spec, args.scale, pd.read_csv(csv_path, keep_default_na=False), out, tag))
+        return 0
+    seeds = args.seeds or sc["seeds"]
+    n_searches = len(sc["models"]) * len(spec.hardware) * len(spec.budgets) * len(seeds) * len(spec.methods)
+    bar = tqdm(total=n_searches, desc=f"table {spec.name} ({args.scale})", unit="search", file=sys.stderr)
+    episode_bar: list[tqdm] = []
+
+    def on_search(name: str, cfg: Any) -> None:
+        if episode_bar:
+            episode_bar.pop().close()
+            bar.update(1)
+        episode_bar.append(tqdm(total=cfg.episodes, desc=name, unit="ep", leave=False, file=sys.stderr))
+
+    def on_episode(rec: dict[str, Any]) -> None:
+        if episode_bar:
+            episode_bar[0].update(1)
+            episode_bar[0].set_postfix(best_acc=f"{rec['best_accuracy']:.1f}")
+
+    try:
+        df = run_table(spec, args.scale, seeds=seeds, runs_dir=args.runs, results_dir=args.results,
+                       overrides=overrides, tag=tag, on_search=on_search, on_episode=on_episode)
+    finally:
+        for b in episode_bar:
+            b.close()
+        bar.close()
+    out = Path(args.results or RESULTS_DIR)
+    print((out / f"{spec.name}-{args.scale}{tag}.md").read_text())
+    print(f"{len(df)} rows in {out / f'{spec.name}-{args.scale}{tag}.csv'}; runs in {args.runs}/{spec.name}-{args.scale}{tag}/")
     return 0
 
 
@@ -269,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pin-first-last", dest="pin_first_last", action=argparse.BooleanOptionalAction, default=None,
                    help="hold the first and last layer at max bits")
     s.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, help="finetune epochs per evaluation")
+    s.add_argument("--distill", action="store_true",
+                   help="knowledge distillation from the float model in every finetune (finetune.distill)")
+    s.add_argument("--workers", type=int, help="evaluate this many policies at once on Ray workers (default 1)")
+    s.add_argument("--ray-address", dest="ray_address", help="Ray cluster to join (default: a local Ray instance)")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted search from its last complete episode")
     s.set_defaults(func=cmd_search)
 
@@ -286,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset")
     e.add_argument("--data-root", dest="data_root")
     e.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, default=1)
+    e.add_argument("--distill", action="store_true", help="distil from the float model in the finetune")
     e.add_argument("--device", default="cpu")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=cmd_eval)
@@ -295,6 +358,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--input-shape", dest="input_shape", help="C,H,W for a model given as module:factory")
     c.add_argument("--csv", help="also write the per-layer costs to this CSV file")
     c.set_defaults(func=cmd_cost)
+
+    t = sub.add_parser("table", help="reproduce one of the paper's tables (latency, energy, size)")
+    t.add_argument("table", help="latency | energy | size (experiments/configs/<table>.yaml)")
+    t.add_argument("--scale", choices=["mini", "paper"], default="mini",
+                   help="mini: digits on a CPU in minutes; paper: ImageNet-100 and the paper's models on a GPU")
+    t.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the scale's)")
+    t.add_argument("--episodes", type=int, help="override the episodes of every search")
+    t.add_argument("--data-root", dest="data_root", help="local ImageNet folder (paper scale)")
+    t.add_argument("--device", help="cpu, cuda, ... (default: the scale's)")
+    t.add_argument("--runs", default="runs/tables", help="where the searches' run directories go")
+    t.add_argument("--results", help="where the CSV, markdown and figures go (default experiments/results)")
+    t.add_argument("--config-dir", dest="config_dir", help="folder of the table YAMLs (default experiments/configs)")
+    t.add_argument("--distill", action="store_true",
+                   help="distil from the float model in every finetune (results as <table>-<scale>-distill)")
+    t.add_argument("--render-only", action="store_true", help="re-render the markdown from the CSV")
+    t.set_defaults(func=cmd_table)
 
     hw = sub.add_parser("hw", help="hardware cost models")
     hw_sub = hw.add_subparsers(dest="hw_command", required=True)
@@ -316,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
-    except (UsageError, ValueError, FileNotFoundError, TypeError) as exc:
+    except (UsageError, ValueError, FileNotFoundError, FileExistsError, TypeError) as exc:
         print(f"haq {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -107,8 +107,10 @@ def augment_batch(images: torch.Tensor, mode: str, generator: torch.Generator, p
 def batches(
     split: ImageSplit, data: SearchData, batch_size: int, *, shuffle: bool = False,
     generator: torch.Generator | None = None, augment: bool = False, drop_last: bool = False,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Normalised float batches (x, y) on the split's device."""
+    with_index: bool = False,
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Normalised float batches (x, y) on the split's device; (x, y, index into the split)
+    with `with_index`."""
     n = len(split)
     if shuffle:
         if generator is None:
@@ -123,7 +125,10 @@ def batches(
         if augment and data.augment != "none":
             assert generator is not None
             imgs = augment_batch(imgs, data.augment, generator)
-        yield normalize(imgs, data.mean, data.std), split.labels[idx]
+        if with_index:
+            yield normalize(imgs, data.mean, data.std), split.labels[idx], idx
+        else:
+            yield normalize(imgs, data.mean, data.std), split.labels[idx]
 
 
 # ----------------------------------------------------------------------------- split helper

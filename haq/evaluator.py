@@ -46,10 +46,13 @@ class QuantEvaluator:
                  finetune: FinetuneConfig | None = None, device: str | torch.device = "cpu", seed: int = 0) -> None:
         self.device = torch.device(device)
         self.data = data.to(self.device)
-        self.finetune = finetune or FinetuneConfig()
+        self.finetune = (finetune or FinetuneConfig()).resolve(self.device)
         self.seed = seed
         float_model = copy.deepcopy(model).to(self.device)
-        self.fp_metrics = evaluate(float_model, self.data, self.data.val, self.finetune.eval_batch_size)
+        if self.finetune.channels_last:
+            float_model = float_model.to(memory_format=torch.channels_last)
+        self.fp_metrics = self._evaluate(float_model, "val", self.finetune)
+        self.teacher_logits = self._teacher_logits(float_model) if self.finetune.distill else None
         self.qmodel = QuantizedModel(float_model, self.data.input_shape, quant)
         n_calib = min(self.qmodel.config.calib_images, len(self.data.train))
         calib = [x for x, _ in batches(self.data.train.subset(range(n_calib)), self.data, 256)]
@@ -82,10 +85,23 @@ class QuantEvaluator:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             gen = torch.Generator(device=self.device).manual_seed(seed)
-            loss = train_epochs(self.qmodel.model, self.qmodel.parameters(), self.data, self.data.train, cfg, gen)
-        metrics = evaluate(self.qmodel.model, self.data, getattr(self.data, split), cfg.eval_batch_size)
+            loss = train_epochs(self.qmodel.model, self.qmodel.parameters(), self.data, self.data.train, cfg, gen,
+                                teacher_logits=self.teacher_logits if cfg.distill else None)
+        metrics = self._evaluate(self.qmodel.model, split, cfg)
         metrics["train_loss"] = float(loss)
         return metrics
+
+    @torch.no_grad()
+    def _teacher_logits(self, float_model: nn.Module) -> torch.Tensor:
+        """The float model's logits of every search-train image, once per search."""
+        float_model.eval()
+        out = []
+        for x, _ in batches(self.data.train, self.data, self.finetune.eval_batch_size):
+            out.append(float_model(x).float())
+        return torch.cat(out)
+
+    def _evaluate(self, model: nn.Module, split: str, cfg: FinetuneConfig) -> dict[str, float]:
+        return evaluate(model, self.data, getattr(self.data, split), cfg.eval_batch_size, cfg.bf16, cfg.channels_last)
 
     def __call__(self, policy: Policy | Sequence[tuple[int, int]]) -> float:
         return self.evaluate(policy)["top1"]

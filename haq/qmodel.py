@@ -98,8 +98,8 @@ class QuantLayer(nn.Module):
         return quant.fake_quant(w, self.w_clip, self.w_bits, True, axis)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.a_bits < quant.FLOAT_BITS:
-            x = quant.fake_quant(x, self.a_clip, self.a_bits, self.a_signed)
+        if self.a_bits < quant.FLOAT_BITS:  # in float32 also under bf16 autocast
+            x = quant.fake_quant(x.float(), self.a_clip, self.a_bits, self.a_signed)
         w = self.quantized_weight()
         if isinstance(self.layer, nn.Conv2d):
             return self.layer._conv_forward(x, w, self.layer.bias)

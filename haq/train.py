@@ -29,6 +29,16 @@ class FinetuneConfig:
         batch_size: training batch size.
         eval_batch_size: validation batch size.
         max_train_images: use only the first N shuffled search-train images per epoch (None: all).
+        bf16: run convolutions and matmuls under bfloat16 autocast (fake quantization and
+            the loss stay float32: the 8-bit integer grids are exact in bf16's 8-bit
+            significand, and accumulation is float32). None: on for CUDA, off for CPU.
+        channels_last: NHWC memory layout for model and inputs (faster convs on tensor
+            cores). None: on for CUDA, off for CPU.
+        distill: knowledge distillation from the float model (Hinton, Vinyals, Dean 2015):
+            loss = alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)) + (1 - alpha) * CE.
+            The teacher's logits of the (unaugmented) search-train images are computed once.
+        distill_temperature: T.
+        distill_alpha: alpha, the weight of the soft targets.
     """
 
     epochs: int = 1
@@ -38,19 +48,46 @@ class FinetuneConfig:
     batch_size: int = 64
     eval_batch_size: int = 512
     max_train_images: int | None = None
+    bf16: bool | None = None
+    channels_last: bool | None = None
+    distill: bool = False
+    distill_temperature: float = 4.0
+    distill_alpha: float = 0.9
+
+    def resolve(self, device: torch.device | str) -> FinetuneConfig:
+        """The config with ``None`` (auto) settings decided for `device`."""
+        cuda = torch.device(device).type == "cuda"
+        return dataclasses.replace(self, bf16=cuda if self.bf16 is None else self.bf16,
+                                   channels_last=cuda if self.channels_last is None else self.channels_last)
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
             raise ValueError(f"finetune epochs must be >= 0, got {self.epochs}")
         if self.lr <= 0 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("finetune lr must be > 0 and batch sizes >= 1")
+        if self.distill_temperature <= 0 or not 0 <= self.distill_alpha <= 1:
+            raise ValueError(f"distillation needs temperature > 0 and 0 <= alpha <= 1, got "
+                             f"{self.distill_temperature}, {self.distill_alpha}")
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float,
+                      alpha: float) -> torch.Tensor:
+    """Hinton et al. (2015): ``alpha * T^2 * KL(p_t || p_s) + (1 - alpha) * CE(student, labels)``
+    with ``p = softmax(z / T)``; the T^2 keeps the soft-target gradients' scale independent of T."""
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True,
+                  reduction="batchmean")
+    return alpha * t * t * kl + (1 - alpha) * F.cross_entropy(student, labels)
 
 
 def train_epochs(
     model: nn.Module, params: Iterable[nn.Parameter], data: SearchData, split: ImageSplit, config: FinetuneConfig,
-    generator: torch.Generator, *, augment: bool = True,
+    generator: torch.Generator, *, augment: bool = True, teacher_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """SGD for `config.epochs` epochs; returns the mean training loss as a device tensor."""
+    """SGD for `config.epochs` epochs; returns the mean training loss as a device tensor.
+
+    With `teacher_logits` (one row per image of `split`) the loss is `distillation_loss`.
+    """
     params = list(params)
     if config.epochs == 0 or not params:
         return torch.zeros((), device=split.images.device)
@@ -60,16 +97,23 @@ def train_epochs(
     total = steps_per_epoch * config.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     model.train()
-    loss_sum = torch.zeros((), device=split.images.device)
+    device = split.images.device
+    loss_sum = torch.zeros((), device=device)
     steps = 0
     for _ in range(config.epochs):
-        part = split
+        part, rows = split, None
         if n < len(split):
-            perm = torch.randperm(len(split), generator=generator, device=generator.device)[:n]
-            part = split.subset(perm.to(split.images.device))
-        for x, y in batches(part, data, config.batch_size, shuffle=True, generator=generator,
-                            augment=augment, drop_last=len(part) >= config.batch_size):
-            loss = F.cross_entropy(model(x), y)
+            rows = torch.randperm(len(split), generator=generator, device=generator.device)[:n].to(device)
+            part = split.subset(rows)
+        for x, y, idx in batches(part, data, config.batch_size, shuffle=True, generator=generator,
+                                 augment=augment, drop_last=len(part) >= config.batch_size, with_index=True):
+            with _autocast(device, config.bf16):
+                logits = model(_layout(x, config.channels_last)).float()
+            if teacher_logits is None:
+                loss = F.cross_entropy(logits, y)
+            else:
+                soft = teacher_logits[idx if rows is None else rows[idx]]
+                loss = distillation_loss(logits, soft, y, config.distill_temperature, config.distill_alpha)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -79,15 +123,25 @@ def train_epochs(
     return loss_sum / max(steps, 1)
 
 
+def _autocast(device: torch.device, bf16: bool | None) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(bf16))
+
+
+def _layout(x: torch.Tensor, channels_last: bool | None) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, data: SearchData, split: ImageSplit, batch_size: int = 512) -> dict[str, float]:
-    """Top-1 and top-5 accuracy in percent."""
+def evaluate(model: nn.Module, data: SearchData, split: ImageSplit, batch_size: int = 512,
+             bf16: bool | None = False, channels_last: bool | None = False) -> dict[str, float]:
+    """Top-1 and top-5 accuracy in percent (optionally under bf16 autocast / NHWC)."""
     model.eval()
     top1 = torch.zeros((), device=split.images.device)
     top5 = torch.zeros((), device=split.images.device)
     k = min(5, data.num_classes)
     for x, y in batches(split, data, batch_size):
-        logits = model(x)
+        with _autocast(split.images.device, bf16):
+            logits = model(_layout(x, channels_last)).float()
         pred = logits.topk(k, dim=1).indices
         hit = pred == y.view(-1, 1)
         top1 += hit[:, 0].sum()

@@ -149,3 +149,19 @@ def test_kmeans_is_a_fixed_point_of_lloyd():
     # every weight sits at its nearest centroid
     nearest = (w.view(-1, 1) - centroids.view(1, -1)).abs().argmin(dim=1).view_as(w)
     assert torch.equal(centroids[nearest], centroids[index])
+
+
+def test_bf16_autocast_and_channels_last_finetune_agree_with_float32(digits_evaluator):
+    """The GPU fast path's settings, run on the CPU: same policy, close accuracy."""
+    from haq.data import load_digits_data
+    from haq.evaluator import QuantEvaluator
+    from haq.models import create_model
+    from haq.train import FinetuneConfig
+
+    fast = QuantEvaluator(create_model("digits-mbv2"), load_digits_data(),
+                          finetune=FinetuneConfig(bf16=True, channels_last=True), seed=0)
+    assert fast.finetune.bf16 and fast.finetune.channels_last
+    assert digits_evaluator.finetune.bf16 is False and digits_evaluator.finetune.channels_last is False
+    assert fast.fp_accuracy == pytest.approx(digits_evaluator.fp_accuracy, abs=1.0)
+    policy = [(4, 4)] * len(fast.layers)
+    assert fast(policy) == pytest.approx(digits_evaluator(policy), abs=2.0)

@@ -1,0 +1,85 @@
+"""Wall time and peak memory of a whole search (the default `haq search` unless told).
+
+Runs the search in a fresh temporary run directory and reports: setup (model, data,
+calibration), search wall time, seconds per episode, the finish (uniform baselines, plots),
+and the peak resident memory of this process (Ray workers run in processes of their own,
+one evaluator each, not counted here). Writes JSON.
+
+    python benchmarks/search.py                       # the default search, 100 episodes
+    python benchmarks/search.py --episodes 600        # the paper's episode count
+    python benchmarks/search.py --workers 2           # 2 Ray workers
+    python benchmarks/search.py --json benchmarks/results/search-cpu-default.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from haq.config import SearchConfig
+from haq.search import Search, build_parts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML search config (default: the default search)")
+    parser.add_argument("--episodes", type=int)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write the result here")
+    args = parser.parse_args()
+
+    cfg = SearchConfig.from_yaml(args.config) if args.config else SearchConfig()
+    changes = {"seed": args.seed, "workers": args.workers}
+    if args.episodes:
+        changes["episodes"] = args.episodes
+    if args.device:
+        changes["device"] = args.device
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = SearchConfig.from_dict({**cfg.to_dict(), **changes, "out": str(Path(tmp) / "run")})
+        t0 = time.perf_counter()
+        parts = build_parts(cfg)
+        t_setup = time.perf_counter() - t0
+        search = Search(cfg, parts=parts)
+        t_workers = time.perf_counter() - t0 - t_setup
+        finish_started: list[float] = []
+        original_finish = search.finish
+
+        def timed_finish() -> dict:
+            finish_started.append(time.perf_counter())
+            return original_finish()
+
+        search.finish = timed_finish  # type: ignore[method-assign]
+        summary = search.run()
+        t_end = time.perf_counter()
+    t_search = finish_started[0] - t0 - t_setup - t_workers
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} torch threads",
+        "config": {"model": cfg.model, "hw": cfg.hw, "episodes": cfg.episodes, "workers": cfg.workers,
+                   "device": cfg.device},
+        "setup_s": round(t_setup, 2), "workers_start_s": round(t_workers, 2), "search_s": round(t_search, 2),
+        "seconds_per_episode": round(t_search / cfg.episodes, 3), "finish_s": round(t_end - finish_started[0], 2),
+        "total_s": round(t_end - t0, 2), "peak_rss_mb": round(peak_mb, 1),
+        "best_accuracy": summary["best"]["accuracy"], "best_cost_ratio": summary["best"]["cost_ratio"],
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
