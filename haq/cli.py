@@ -270,6 +270,42 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    import torch
+
+    import hw_models
+    from haq.data import load_dataset
+    from haq.layers import extract_layers
+    from haq.models import create_model, model_entry
+    from haq.prune import PruneConfig, prune
+    from haq.train import evaluate
+
+    config = PruneConfig(sparsity=args.sparsity, epochs=args.epochs, lr=args.lr, seed=args.seed)
+    out = Path(args.out)
+    if out.suffix not in (".pt", ".pth"):
+        raise UsageError(f"--out {out}: give a .pt file for the pruned state dict")
+    entry = model_entry(args.model)
+    data = load_dataset(args.dataset or entry.dataset, args.data_root).to(args.device)
+    kwargs = {} if args.model == "digits-mbv2" and not args.weights else {"num_classes": data.num_classes}
+    model = create_model(args.model, weights=args.weights, **kwargs).to(args.device)
+    before = evaluate(model, data, data.val)["top1"]
+    size = hw_models.create_hw_model("model-size")
+    dense_layers = extract_layers(model, entry.input_shape)
+    size_before = size.policy_cost(dense_layers, [(8, 8)] * len(dense_layers), "size_mb")
+    print(f"{args.model}: top-1 {before:.2f}% dense; pruning to {config.sparsity:.1%} over {config.epochs} epochs",
+          file=sys.stderr)
+    metrics = prune(model, data, config, on_epoch=lambda e, s, a: print(
+        f"  epoch {e}/{config.epochs}: sparsity {s:.3f}, top-1 {a:.2f}%", file=sys.stderr))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out)
+    layers = extract_layers(model, entry.input_shape)
+    size_after = size.policy_cost(layers, [(8, 8)] * len(layers), "size_mb")
+    print(f"pruned {args.model}: top-1 {metrics['top1']:.2f}% (dense {before:.2f}%), sparsity {metrics['sparsity']:.3f}, "
+          f"8-bit size {size_after:.4f} MB (dense {size_before:.4f} MB, 4-bit relative indices)")
+    print(f"wrote {out}; search it with: haq search --model {args.model} --weights {out}")
+    return 0
+
+
 def cmd_hw_list(args: argparse.Namespace) -> int:
     import hw_models
 
@@ -374,6 +410,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distil from the float model in every finetune (results as <table>-<scale>-distill)")
     t.add_argument("--render-only", action="store_true", help="re-render the markdown from the CSV")
     t.set_defaults(func=cmd_table)
+
+    pr = sub.add_parser("prune", help="gradual magnitude pruning (Zhu & Gupta 2017) of a trained model")
+    pr.add_argument("--model", default="digits-mbv2")
+    pr.add_argument("--weights", help="local state dict to start from (default: the model's own)")
+    pr.add_argument("--dataset")
+    pr.add_argument("--data-root", dest="data_root")
+    pr.add_argument("--sparsity", type=float, default=0.75, help="final fraction of zero weights per layer")
+    pr.add_argument("--epochs", type=int, default=10)
+    pr.add_argument("--lr", type=float, default=0.02)
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--out", required=True, help="where to write the pruned state dict (.pt)")
+    pr.set_defaults(func=cmd_prune)
 
     hw = sub.add_parser("hw", help="hardware cost models")
     hw_sub = hw.add_subparsers(dest="hw_command", required=True)

@@ -78,7 +78,7 @@ def extract_layers(model: nn.Module, input_shape: Sequence[int], device: str | t
             if len(in_shape) != 2:
                 raise ValueError(f"layer {name!r}: nn.Linear on a {len(in_shape)}-d input is not supported "
                                  "(only (batch, features) inputs)")
-            specs.append(LayerSpec(name, "fc", m.in_features, m.out_features))
+            specs.append(LayerSpec(name, "fc", m.in_features, m.out_features, density=_density(m.weight)))
             continue
         k = m.kernel_size
         if k[0] != k[1] or m.stride[0] != m.stride[1]:
@@ -89,5 +89,10 @@ def extract_layers(model: nn.Module, input_shape: Sequence[int], device: str | t
         specs.append(LayerSpec(
             name, "dwconv" if depthwise else "conv", m.in_channels, m.out_channels, kernel=k[0],
             stride=m.stride[0], groups=m.groups, in_h=in_shape[2], in_w=in_shape[3],
-            out_h=out_shape[2], out_w=out_shape[3]))
+            out_h=out_shape[2], out_w=out_shape[3], density=_density(m.weight)))
     return specs
+
+
+def _density(weight: torch.Tensor) -> float:
+    """Fraction of non-zero weights (1.0 for a dense layer)."""
+    return float(torch.count_nonzero(weight.detach())) / max(1, weight.numel())

@@ -87,15 +87,19 @@ class QuantLayer(nn.Module):
         self.register_buffer("a_clip", torch.zeros(()), persistent=False)
         self.codebook: nn.Parameter | None = None  # registered as a parameter once set
         self.register_buffer("code_index", None, persistent=False)
+        # a pruned layer keeps its zeros through the finetune (haq.prune)
+        zeros = layer.weight.detach() == 0
+        self.register_buffer("w_mask", (~zeros).to(layer.weight.dtype) if bool(zeros.any()) else None,
+                             persistent=False)
 
     def quantized_weight(self) -> torch.Tensor:
         w = self.layer.weight
         if self.codebook is not None:
-            return self.codebook[self.code_index]
-        if self.w_bits >= quant.FLOAT_BITS:
-            return w
-        axis = 0 if self.w_clip.numel() > 1 else None
-        return quant.fake_quant(w, self.w_clip, self.w_bits, True, axis)
+            w = self.codebook[self.code_index]
+        elif self.w_bits < quant.FLOAT_BITS:
+            axis = 0 if self.w_clip.numel() > 1 else None
+            w = quant.fake_quant(w, self.w_clip, self.w_bits, True, axis)
+        return w if self.w_mask is None else w * self.w_mask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.a_bits < quant.FLOAT_BITS:  # in float32 also under bf16 autocast

@@ -30,6 +30,8 @@ class LayerSpec:
         groups: convolution groups; must divide ``c_in`` and ``c_out``.
         in_h, in_w: input feature-map size of one sample.
         out_h, out_w: output feature-map size of one sample.
+        density: fraction of the weights that are non-zero (1.0: dense; a pruned layer has
+            less). Only cost models with ``exploits_sparsity`` use it.
 
     The batch size is not part of a layer: it belongs to the hardware preset.
     """
@@ -45,6 +47,7 @@ class LayerSpec:
     in_w: int = 1
     out_h: int = 1
     out_w: int = 1
+    density: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -58,6 +61,10 @@ class LayerSpec:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"layer {self.name!r}: {field} must be a positive integer, got {value!r}")
             object.__setattr__(self, field, int(value))
+        if isinstance(self.density, bool) or not isinstance(self.density, (int, float, np.floating)) \
+                or not 0.0 <= float(self.density) <= 1.0:
+            raise ValueError(f"layer {self.name!r}: density must be in [0, 1], got {self.density!r}")
+        object.__setattr__(self, "density", float(self.density))
         if self.c_in % self.groups or self.c_out % self.groups:
             raise ValueError(
                 f"layer {self.name!r}: groups={self.groups} must divide c_in={self.c_in} "
@@ -142,6 +149,7 @@ def layer_arrays(layers: Iterable[LayerSpec], batch: int = 1) -> dict[str, np.nd
         "K": col(k),
         "N": col(v * batch for v in n),
         "weights": col(layer.n_weights for layer in layers),
+        "nonzero": col(round(layer.n_weights * layer.density) for layer in layers),
         "inputs": col(layer.in_elems * batch for layer in layers),
         "outputs": col(layer.out_elems * batch for layer in layers),
         "depthwise": col(layer.kind == "dwconv" for layer in layers),

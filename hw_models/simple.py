@@ -22,27 +22,39 @@ class ModelSizeConfig:
         codebook_bits: 0 for linear quantization; for k-means quantization (HAQ Section
             4.3, Deep Compression) each layer also stores 2^w_bits centroids of this many
             bits (32 for float centroids).
+        index_bits: the sparse format for pruned layers: each non-zero weight is stored with
+            a relative index of this many bits (Deep Compression's 4 bits for conv layers;
+            a gap longer than 2^index_bits - 1 costs a padding zero, ignored here). Each
+            layer is stored dense or sparse, whichever is smaller.
     """
 
     codebook_bits: int = 0
+    index_bits: int = 4
 
     def __post_init__(self) -> None:
         if self.codebook_bits < 0:
             raise ValueError(f"ModelSizeConfig.codebook_bits must be >= 0, got {self.codebook_bits!r}")
+        if self.index_bits < 1:
+            raise ValueError(f"ModelSizeConfig.index_bits must be >= 1, got {self.index_bits!r}")
 
 
 class ModelSizeModel(CostModel):
-    """Weight storage in MB (10^6 bytes): #weights * w_bits / 8, plus k-means codebooks."""
+    """Weight storage in MB (10^6 bytes): #weights * w_bits / 8, plus k-means codebooks;
+    a pruned layer (``LayerSpec.density`` < 1) costs min(dense, non-zeros * (w_bits +
+    index_bits)) bits."""
 
     name = "model-size"
     metrics = ("size_mb",)
+    exploits_sparsity = True
 
     def __init__(self, config: ModelSizeConfig | None = None, **overrides: Any) -> None:
         self.config = make_config(ModelSizeConfig, config or ModelSizeConfig(), overrides)
 
     def _tables(self, layers: Sequence[LayerSpec]) -> dict[str, np.ndarray]:
         arr = layer_arrays(layers)
-        bits = arr["weights"] * W_GRID + self.config.codebook_bits * 2.0**W_GRID
+        dense = arr["weights"] * W_GRID
+        sparse = arr["nonzero"] * (W_GRID + self.config.index_bits)
+        bits = np.minimum(dense, sparse) + self.config.codebook_bits * 2.0**W_GRID
         table = np.broadcast_to(bits / 8 / BYTES_PER_MB, (len(layers), 8, 8)).copy()
         return {"size_mb": table}
 

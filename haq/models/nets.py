@@ -207,9 +207,10 @@ DIGITS_SETTINGS = ((1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 2, 2))
 """The embedded default: a MobileNetV2-style net for 16x16 digits with depthwise layers."""
 
 
-def digits_mbv2(num_classes: int = 10, in_channels: int = 1) -> MobileNetV2:
-    """Small MobileNetV2-style network for the 16x16 digits data (17 quantizable layers)."""
-    return MobileNetV2(num_classes, 1.0, in_channels, settings=DIGITS_SETTINGS, stem_channels=16,
+def digits_mbv2(num_classes: int = 10, in_channels: int = 1, width: float = 1.0) -> MobileNetV2:
+    """Small MobileNetV2-style network for the 16x16 digits data (17 quantizable layers);
+    `width` scales the channels (the dense baselines of the pruning experiment)."""
+    return MobileNetV2(num_classes, width, in_channels, settings=DIGITS_SETTINGS, stem_channels=16,
                        last_channels=128, dropout=0.0, stem_stride=1)
 
 
