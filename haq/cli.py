@@ -306,6 +306,74 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from haq.data import batches, load_dataset
+    from haq.evaluator import QuantEvaluator
+    from haq.export import export_onnx, export_pytorch, load_quantized, onnx_logits
+    from haq.models import create_model, model_entry
+    from haq.policy import Policy
+    from haq.train import FinetuneConfig
+
+    meta = json.loads(Path(args.policy).read_text()) if args.policy.endswith(".json") and Path(args.policy).is_file() else {}
+    name = args.model or meta.get("model") or "digits-mbv2"
+    entry = model_entry(name)
+    data = load_dataset(args.dataset or entry.dataset, args.data_root)
+    kwargs = {} if name == "digits-mbv2" and not args.weights else {"num_classes": data.num_classes}
+    ev = QuantEvaluator(create_model(name, weights=args.weights, **kwargs), data,
+                        finetune=FinetuneConfig(epochs=args.finetune_epochs), seed=args.seed)
+    policy = Policy.load(args.policy)
+    policy.check(ev.layers)
+    metrics = ev.evaluate(policy)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pt_bytes = export_pytorch(ev.qmodel, out / "model.haq.pt", {"model": name, "model_kwargs": kwargs,
+                                                                 "policy": policy.to_dict(), "top1": metrics["top1"]})
+    onnx_bytes = export_onnx(ev.qmodel, out / "model.onnx")
+    float_path = out / "float_state_dict.pt"
+    torch.save(create_model(name, weights=args.weights, **kwargs).state_dict(), float_path)
+    float_bytes = float_path.stat().st_size
+    float_path.unlink()
+    x = torch.cat([b for b, _ in batches(data.val, data, 512)]).cpu()
+    y = data.val.labels.cpu().numpy()
+    model = ev.qmodel.model.eval()
+    with torch.no_grad():
+        ref = model(x.to(ev.device)).float().cpu().numpy()
+        art = load_quantized(out / "model.haq.pt")(x).numpy()
+    ort = onnx_logits(out / "model.onnx", x.numpy())
+    w_bits = [w for w, _ in policy.bits]
+    n_w = [layer.n_weights for layer in ev.layers]
+    report = {
+        "model": name, "policy": args.policy, "finetune_epochs": args.finetune_epochs,
+        "top1_fake_quant": float((ref.argmax(1) == y).mean() * 100),
+        "top1_artifact": float((art.argmax(1) == y).mean() * 100),
+        "top1_onnxruntime": float((ort.argmax(1) == y).mean() * 100),
+        "max_abs_logit_diff_artifact": float(np.abs(art - ref).max()),
+        "max_abs_logit_diff_onnxruntime": float(np.abs(ort - ref).max()),
+        "bytes_float_state_dict": float_bytes, "bytes_artifact": pt_bytes, "bytes_onnx": onnx_bytes,
+        "artifact_over_float": pt_bytes / float_bytes,
+        "mean_weight_bits_over_32": float(np.average(w_bits, weights=n_w) / 32),
+        "bytes_packed_weights": int(sum(np.ceil(n * w / 8) for n, w in zip(n_w, w_bits))),
+        "bytes_float_weights": int(4 * sum(n_w)),
+    }
+    (out / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"exported {name} with {args.policy} to {out}/ (model.haq.pt, model.onnx, export.json)")
+    print(f"top-1 on search-val: fake-quantized {report['top1_fake_quant']:.2f}%, artifact "
+          f"{report['top1_artifact']:.2f}%, onnxruntime {report['top1_onnxruntime']:.2f}%")
+    print(f"max |logit difference| vs the fake-quantized model: artifact "
+          f"{report['max_abs_logit_diff_artifact']:.3g}, onnxruntime {report['max_abs_logit_diff_onnxruntime']:.3g}")
+    print(f"size: artifact {pt_bytes} B = {report['artifact_over_float']:.3f} x the float state dict "
+          f"({float_bytes} B); quantized weights {report['bytes_packed_weights']} B vs "
+          f"{report['bytes_float_weights']} B float (mean weight bits / 32 = {report['mean_weight_bits_over_32']:.3f}); "
+          "the rest is biases and BatchNorm, kept in float")
+    return 0
+
+
 def cmd_hw_list(args: argparse.Namespace) -> int:
     import hw_models
 
@@ -423,6 +491,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="cpu")
     pr.add_argument("--out", required=True, help="where to write the pruned state dict (.pt)")
     pr.set_defaults(func=cmd_prune)
+
+    ex = sub.add_parser("export", help="export a policy's quantized model (PyTorch integer artifact + ONNX Q/DQ)")
+    ex.add_argument("--policy", required=True, help="policy file (JSON or CSV), e.g. a run's best_policy.json")
+    ex.add_argument("--out", required=True, help="output directory")
+    ex.add_argument("--model", help="model name (default: the policy file's, else digits-mbv2)")
+    ex.add_argument("--weights")
+    ex.add_argument("--dataset")
+    ex.add_argument("--data-root", dest="data_root")
+    ex.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, default=1)
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--json", action="store_true")
+    ex.set_defaults(func=cmd_export)
 
     hw = sub.add_parser("hw", help="hardware cost models")
     hw_sub = hw.add_subparsers(dest="hw_command", required=True)

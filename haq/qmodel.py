@@ -226,6 +226,7 @@ class QuantizedModel:
 
     def __init__(self, model: nn.Module, input_shape: Sequence[int], config: QuantConfig | None = None) -> None:
         self.config = config or QuantConfig()
+        self.input_shape = tuple(input_shape)
         self.layers: list[LayerSpec] = extract_layers(model, input_shape)
         names = [layer.name for layer in self.layers]
         modules = quantizable_modules(model)
