@@ -51,6 +51,7 @@ class TableSpec:
     methods: tuple[str, ...]
     paper: str
     scales: dict[str, dict[str, Any]]
+    paper_saving: str = ""
 
     @classmethod
     def load(cls, name: str, config_dir: str | os.PathLike[str] | None = None) -> TableSpec:
@@ -60,7 +61,8 @@ class TableSpec:
             raise ValueError(f"unknown table {name!r}; valid: {list(TABLES)}")
         data = load_yaml(path)
         fields = {f.name for f in dataclasses.fields(cls)} - {"name"}
-        missing, unknown = sorted(fields - set(data)), sorted(set(data) - fields)
+        optional = {"paper_saving"}
+        missing, unknown = sorted(fields - optional - set(data)), sorted(set(data) - fields)
         if missing or unknown:
             raise ValueError(f"{path}: missing key(s) {missing}, unknown key(s) {unknown}; keys: {sorted(fields)}")
         for key in ("hardware", "budgets", "baselines", "methods"):
@@ -83,7 +85,8 @@ class TableSpec:
         return cls(name=name, title=str(data["title"]), constraint=str(data["constraint"]),
                    hardware=tuple(data["hardware"]), budgets=tuple(str(b) for b in data["budgets"]),
                    baselines=tuple(str(b) for b in data["baselines"]), methods=tuple(data["methods"]),
-                   paper=str(data["paper"]).strip(), scales=dict(data["scales"]))
+                   paper=str(data["paper"]).strip(), scales=dict(data["scales"]),
+                   paper_saving=str(data.get("paper_saving", "")))
 
     def scale(self, scale: str) -> dict[str, Any]:
         if scale not in self.scales:
@@ -128,6 +131,7 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
         for hw in spec.hardware:
             parts = None
             for budget in spec.budgets:
+                parts = None  # the environment holds the budget
                 for seed in seeds:
                     for method in spec.methods:
                         run_dir = base / _slug(f"{model}-{hw}-{budget}-{method}-seed{seed}")
@@ -136,6 +140,7 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
                             on_search(run_dir.name, cfg)
                         summary_path = run_dir / "summary.json"
                         if summary_path.is_file():
+                            _check_same_config(run_dir, cfg, method)
                             summary = json.loads(summary_path.read_text())
                         else:
                             if parts is None:
@@ -176,6 +181,19 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
     df.to_csv(out / f"{spec.name}-{scale}{tag}.csv", index=False, float_format="%.5g")
     render_table(spec, scale, df, out, tag)
     return df
+
+
+def _check_same_config(run_dir: Path, cfg: SearchConfig, method: str) -> None:
+    """A finished run is reused only if it ran this cell's config (the agent's settings do
+    not matter to a random search)."""
+    done = SearchConfig.from_yaml(run_dir / "config.yaml")
+    ignore = {"out", "agent"} if method == "random" else {"out"}
+    a = {k: v for k, v in done.to_dict().items() if k not in ignore}
+    b = {k: v for k, v in cfg.to_dict().items() if k not in ignore}
+    if a != b:
+        diff = sorted(k for k in a if a[k] != b.get(k))
+        raise ValueError(f"{run_dir} holds a search with another config (differs in {diff}); delete it or pass "
+                         "another --runs folder")
 
 
 def _search_row(spec: TableSpec, scale: str, model: str, hw: str, budget: str, method: str, seed: int,
@@ -245,12 +263,12 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
         lost = sorted({p for s in g["loses_to"] for p in s.split()})
         line = (f"- {model} on {hw}, budget {budget}: the searched policy is at least as accurate as every fixed-bit "
                 f"baseline that costs as much or more in {int(g['beats_all_costlier'].sum())} of {len(g)} seeds"
-                + (f" (it loses to {', '.join(lost)} in the others)" if lost else "") + "; ")
+                + (f" (where not, it loses to {', '.join(lost)})" if lost else ""))
         if not w8.empty:
-            line += (f"it costs {1 / haq['cost_ratio'].mean():.2f}x less than w8a8 at "
-                     f"{haq['accuracy'].mean() - w8['accuracy'].mean():+.2f} points of top-1 (paper: "
-                     f"{'1.4-1.95x' if spec.constraint == 'latency' else '1.9x' if spec.constraint == 'energy' else 'n/a'}).")
-        lines.append(line)
+            line += (f"; it costs {1 / haq['cost_ratio'].mean():.2f}x less than w8a8 at "
+                     f"{haq['accuracy'].mean() - w8['accuracy'].mean():+.2f} points of top-1"
+                     + (f" (paper: {spec.paper_saving} less at negligible loss)" if spec.paper_saving else ""))
+        lines.append(line + ".")
     if len(spec.hardware) == 2 and "haq" in set(df["method"]):
         lines += ["", *_edge_cloud(spec, f"{scale}{tag}", df, out)]
     text = "\n".join(lines) + "\n"

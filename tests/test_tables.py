@@ -71,6 +71,12 @@ def test_tiny_table_end_to_end_and_read_back(tmp_path, monkeypatch):
     again = run_table(spec, "mini", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results")
     pd.testing.assert_frame_equal(again.reset_index(drop=True), df.reset_index(drop=True))
 
+    # ... unless the table's config changed: then the stale run is named, not reused
+    changed = dict(TINY["scales"]["mini"], search={**TINY["scales"]["mini"]["search"], "episodes": 4})
+    spec4 = TableSpec.load("tiny", write_spec(tmp_path, scales={"mini": changed}))
+    with pytest.raises(ValueError, match=r"another config \(differs in \['episodes'\]\)"):
+        run_table(spec4, "mini", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results")
+
 
 def test_cli_table_paper_scale_needs_a_data_root(capsys):
     assert main(["table", "latency", "--scale", "paper"]) == 2
