@@ -103,8 +103,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-digits")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--repeats", type=int, help="timed repeats of each part, median kept (default: 3 on "
+                        "CPU, 1 on GPU); one untimed warm-up run of each epoch comes first")
     args = parser.parse_args()
     p = PRESETS[args.preset]
+    repeats = args.repeats or (1 if p["device"] == "cuda" else 3)
     device = torch.device(p["device"])
     if p["model"] == "digits-mbv2":
         data, model = load_digits_data(), create_model("digits-mbv2")
@@ -124,12 +127,30 @@ def main() -> None:
 
     fmodel = create_model(p["model"], **({} if p["model"] == "digits-mbv2" else {"num_classes": p["classes"]}))
     fmodel = fmodel.to(device)
+    ft = ev.finetune  # bf16 / channels_last as the evaluator resolved them for this device: the same for both
+    if ft.channels_last:
+        fmodel = fmodel.to(memory_format=torch.channels_last)
+
+    def float_epoch() -> object:
+        return train_epochs(fmodel, fmodel.parameters(), ev.data, ev.data.train, ft, gen)
+
+    def quant_epoch() -> object:
+        return train_epochs(ev.qmodel.model, ev.qmodel.parameters(), ev.data, ev.data.train, ft, gen)
+
+    def validation() -> object:
+        return evaluate(ev.qmodel.model, ev.data, ev.data.val, ft.eval_batch_size, ft.bf16, ft.channels_last)
+
+    float_epoch()  # warm-up (allocator, cuDNN autotuning), untimed
+    quant_epoch()
+
+    def median(fn: Callable[[], object]) -> float:
+        return float(np.median([timed(fn, device) for _ in range(repeats)]))
+
     res = {
-        "float_epoch_s": timed(lambda: train_epochs(fmodel, fmodel.parameters(), ev.data, ev.data.train, ft, gen), device),
-        "calibration_s": timed(lambda: ev.qmodel.apply(policy), device),
-        "quant_epoch_s": timed(lambda: train_epochs(ev.qmodel.model, ev.qmodel.parameters(), ev.data, ev.data.train,
-                                                    ft, gen), device),
-        "validation_s": timed(lambda: evaluate(ev.qmodel.model, ev.data, ev.data.val, ft.eval_batch_size), device),
+        "float_epoch_s": median(float_epoch),
+        "calibration_s": median(lambda: ev.qmodel.apply(policy)),
+        "quant_epoch_s": median(quant_epoch),
+        "validation_s": median(validation),
         "agent_and_env_s": agent_overhead(len(layers)) if _has_sb3() else float("nan"),
         "setup_s": setup,
     }

@@ -222,8 +222,11 @@ def verdicts(df: pd.DataFrame) -> pd.DataFrame:
         f = fixed[(fixed["model"] == r["model"]) & (fixed["hw"] == r["hw"]) & (fixed["seed"] == r["seed"])]
         above = f[f["cost"] >= r["cost"] * (1 - 1e-9)]
         lost = above[above["accuracy"] > r["accuracy"]]
+        same = f[f["policy"] == r["budget"]]
         out.append({"model": r["model"], "hw": r["hw"], "budget": r["budget"], "seed": r["seed"],
-                    "beats_all_costlier": lost.empty, "loses_to": " ".join(lost["policy"])})
+                    "beats_all_costlier": lost.empty, "loses_to": " ".join(lost["policy"]),
+                    "beats_budget_policy": bool(same.empty or (same["accuracy"] <= r["accuracy"]).all()),
+                    "has_budget_policy": not same.empty})
     return pd.DataFrame(out)
 
 
@@ -246,13 +249,22 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
              f"### {spec.title} ({scale} scale{', distilled finetune' if flag else ''})", "",
              f"Seeds {', '.join(map(str, seeds))}; accuracy is top-1 (%) on the search-validation split after "
              f"the same 1-epoch finetune for every policy, mean +- std over seeds. `{spec.constraint} / w8a8` is the "
-             f"cost ratio ({units}); `w8a8 / cost` the saving. Source: "
+             f"policy's {spec.constraint} ({units}) over uniform w8a8's; `w8a8 / cost` the saving. Source: "
              f"`{spec.name}-{scale}{tag}.csv` (beside this file).", "",
              "| model | hardware | policy | top-1 (%) | float top-1 | " + f"{spec.constraint} / w8a8 | w8a8 / cost |",
              "|---|---|---|---|---|---|---|"]
+    search = spec.scale(scale).get("search") or {}
+    kmeans = (search.get("quant") or {}).get("mode") == "kmeans"
+
+    def fixed_label(policy: str) -> str:
+        w, a = budget_kind(policy)[1]
+        if kmeans:
+            return f"{policy}: uniform {w}-bit k-means weights, float activations (Deep Compression)"
+        return policy
+
     for (model, hw), g in df.groupby(["model", "hw"], sort=False):
         for (method, policy, budget), h in g.groupby(["method", "policy", "budget"], sort=False):
-            label = policy if method == "fixed" else f"{method} search, budget {budget}"
+            label = fixed_label(policy) if method == "fixed" else f"{method} search, budget {budget}"
             lines.append(f"| {model} | {hw} | {label} | {_pm(h['accuracy'])} | {h['fp_accuracy'].mean():.2f} | "
                          f"{_pm(h['cost_ratio'], '.3f')} | {h['w8a8_over_cost'].mean():.2f}x |")
     v = verdicts(df)
@@ -261,9 +273,13 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
         haq = df[(df["method"] == "haq") & (df["model"] == model) & (df["hw"] == hw) & (df["budget"] == budget)]
         w8 = df[(df["method"] == "fixed") & (df["policy"] == "w8a8") & (df["model"] == model) & (df["hw"] == hw)]
         lost = sorted({p for s in g["loses_to"] for p in s.split()})
-        line = (f"- {model} on {hw}, budget {budget}: the searched policy is at least as accurate as every fixed-bit "
-                f"baseline that costs as much or more in {int(g['beats_all_costlier'].sum())} of {len(g)} seeds"
-                + (f" (where not, it loses to {', '.join(lost)})" if lost else ""))
+        line = f"- {model} on {hw}, budget {budget}: "
+        if g["has_budget_policy"].all():
+            line += (f"the searched policy is at least as accurate as uniform {budget} (same cost, the paper's "
+                     f"comparison) in {int(g['beats_budget_policy'].sum())} of {len(g)} seeds, and ")
+        line += (f"at least as accurate as every fixed-bit baseline that costs as much or more in "
+                 f"{int(g['beats_all_costlier'].sum())} of {len(g)} seeds"
+                 + (f" (where not, it loses to {', '.join(lost)})" if lost else ""))
         if not w8.empty:
             line += (f"; it costs {1 / haq['cost_ratio'].mean():.2f}x less than w8a8 at "
                      f"{haq['accuracy'].mean() - w8['accuracy'].mean():+.2f} points of top-1"
@@ -287,6 +303,7 @@ def _edge_cloud(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path) -> lis
     for model, g in df[df["method"] == "haq"].groupby("model", sort=False):
         layers = model_layers(model)
         best = {}
+        dw_bits = {}
         for hw in spec.hardware:
             h = g[g["hw"] == hw]
             if h.empty:
@@ -294,9 +311,17 @@ def _edge_cloud(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path) -> lis
             stats = pd.DataFrame([depthwise_bits(layers, r["w_bits"], r["a_bits"]) for r in h.to_dict("records")])
             lines.append(f"| {model} | {hw} | {stats['dw_w'].mean():.2f} | {stats['dw_a'].mean():.2f} | "
                          f"{stats['pw_w'].mean():.2f} | {stats['pw_a'].mean():.2f} |")
+            dw_bits[hw] = float((stats["dw_w"] + stats["dw_a"]).mean() - (stats["pw_w"] + stats["pw_a"]).mean())
             first = h.sort_values("seed").iloc[0]
             best[hw] = ([(int(w), int(a)) for w, a in zip(first["w_bits"].split(), first["a_bits"].split())],
                         f"{hw}, seed {first['seed']}: {first['accuracy']:.1f}%, {first['cost_ratio']:.3f}x w8a8")
+        if len(dw_bits) == 2:
+            (edge, e), (cloud, c) = dw_bits.items()
+            verdict = ("matches" if e < c else "does not match")
+            lines += ["", f"Measured on {model}: depthwise minus pointwise bits (w + a) is {e:+.2f} on {edge} and "
+                          f"{c:+.2f} on {cloud}. The paper has depthwise layers relatively fewer bits on the edge than on "
+                          f"the cloud; this {verdict} it. The agent can only respond to what the cost model prices: "
+                          "the bottom panel of the figure shows each layer's share of the w8a8 cost on both presets."]
         if len(best) == 2:
             costs = {hw: hw_models.create_hw_model(hw).table(layers, SearchConfig(constraint=spec.constraint).metric)
                      [:, 7, 7] for hw in best}
