@@ -64,11 +64,10 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 
 def agent_overhead(n_layers: int) -> float:
     """Seconds for 2L env-sized DDPG gradient steps (300-300 MLPs, batch 64) plus 2L cost lookups."""
+    import gymnasium as gym
     from gymnasium import spaces
     from stable_baselines3 import DDPG
     from stable_baselines3.common.env_util import make_vec_env  # noqa: F401  (import cost excluded)
-
-    import gymnasium as gym
 
     class Box(gym.Env):
         observation_space = spaces.Box(0, 1, (10,), np.float32)

@@ -17,7 +17,6 @@ from haq.train import FinetuneConfig, evaluate, train_epochs
 from hw_models import LayerSpec
 
 
-
 def policy_seed(seed: int, bits: Sequence[tuple[int, int]]) -> int:
     """A seed derived from the base seed and the policy itself, so the same policy always
     gets the same finetune (and a resumed search needs no evaluator state)."""

@@ -92,7 +92,7 @@ class MagnitudePruner:
         (masks only grow: a pruned weight is never revived)."""
         for name, m in self.modules.items():
             w = m.weight
-            k = int(round(sparsity * w.numel()))
+            k = round(sparsity * w.numel())
             if k <= 0:
                 continue
             scores = w.abs().masked_fill(~self.masks[name], -1.0).flatten()

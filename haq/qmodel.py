@@ -22,7 +22,6 @@ from haq.layers import extract_layers, quantizable_modules
 from haq.policy import Policy
 from hw_models import LayerSpec
 
-
 CLIP_METHODS = ("kl", "mse", "minmax")
 
 

@@ -9,10 +9,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from hw_models import LayerSpec  # noqa: E402
+from hw_models import LayerSpec
 
 
 def plot_policy(layers: Sequence[LayerSpec], policy: Sequence[tuple[int, int]], path: str | os.PathLike[str],
@@ -35,7 +35,7 @@ def plot_policy(layers: Sequence[LayerSpec], policy: Sequence[tuple[int, int]], 
             ba[i].set_hatch("//")
     ax.set_ylabel("bits")
     ax.set_ylim(0, 8.8)
-    ax.set_yticks(range(0, 9))
+    ax.set_yticks(range(9))
     ax.bar([0], [0], color="white", edgecolor="black", hatch="//", label="depthwise layer")
     ax.legend(loc="upper right", ncol=3, fontsize=8)
     ax.set_title(title, fontsize=10)

@@ -36,7 +36,7 @@ from stable_baselines3.common.monitor import Monitor
 import hw_models
 from envs import MixedPrecisionEnv
 from envs.mixed_precision import OBS_FEATURES
-from haq.agent import EpisodeRewardReplayBuffer, HAQDDPG, TruncatedNormalNoise
+from haq.agent import HAQDDPG, EpisodeRewardReplayBuffer, TruncatedNormalNoise
 from haq.config import SearchConfig, budget_kind
 from haq.data import SearchData, load_dataset
 from haq.evaluator import QuantEvaluator
@@ -128,7 +128,7 @@ def make_agent(config: SearchConfig, env: Any, steps: int) -> HAQDDPG:
 # ---------------------------------------------------------------------------- run dir
 def default_run_dir(config: SearchConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    safe = lambda s: "".join(c if c.isalnum() or c in "-_" else "_" for c in s)  # noqa: E731
+    safe = lambda s: "".join(c if c.isalnum() or c in "-_" else "_" for c in s)
     return Path("runs") / f"{stamp}-{safe(config.model)}-{safe(config.hw)}"
 
 

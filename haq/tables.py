@@ -257,7 +257,7 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
     kmeans = (search.get("quant") or {}).get("mode") == "kmeans"
 
     def fixed_label(policy: str) -> str:
-        w, a = budget_kind(policy)[1]
+        w = budget_kind(policy)[1][0]
         if kmeans:
             return f"{policy}: uniform {w}-bit k-means weights, float activations (Deep Compression)"
         return policy

@@ -22,11 +22,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from hw_models import LayerSpec
-
 from haq.models.nets import (
-    Bottleneck, BasicBlock, CifarResNet, MobileNetV1, MobileNetV2, ResNet, digits_mbv2,
+    BasicBlock,
+    Bottleneck,
+    CifarResNet,
+    MobileNetV1,
+    MobileNetV2,
+    ResNet,
+    digits_mbv2,
 )
+from hw_models import LayerSpec
 
 log = logging.getLogger(__name__)
 

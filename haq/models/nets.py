@@ -152,7 +152,7 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """ResNet for ImageNet (stem 7x7/2 + max-pool, four stages) with torchvision's names."""
 
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], depths: Sequence[int], num_classes: int = 1000,
+    def __init__(self, block: type[BasicBlock | Bottleneck], depths: Sequence[int], num_classes: int = 1000,
                  in_channels: int = 3) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
