@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = {
     "haq": "the engine's defaults: noise decay 0.97, the enforced policy's actions stored",
     "haq-paper": "the paper's noise decay 0.99 (tuned for 600 episodes), the agent's requested actions stored",
+    "haq-distill": "the engine's defaults with knowledge distillation from the float model in every finetune",
     "random": "every action uniform random, no learning",
 }
 
@@ -31,8 +32,9 @@ def method_config(method: str, seed: int, episodes: int, runs: str) -> SearchCon
     agent = base.agent
     if method == "haq-paper":
         agent = dataclasses.replace(agent, noise_decay=0.99, store_taken_actions=False)
+    finetune = dataclasses.replace(base.finetune, distill=method == "haq-distill")
     return SearchConfig(episodes=episodes, seed=seed, out=f"{runs}/{method}-seed{seed}", agent=agent,
-                        warmup=episodes if method == "random" else base.warmup)
+                        finetune=finetune, warmup=episodes if method == "random" else base.warmup)
 
 
 def main() -> None:
@@ -54,7 +56,7 @@ def main() -> None:
     for seed in args.seeds:
         for method in args.methods:
             cfg = method_config(method, seed, args.episodes, args.runs)
-            if parts is None:
+            if parts is None or parts.config.finetune != cfg.finetune:
                 parts = build_parts(cfg)
             parts.evaluator.seed = seed
             parts = dataclasses.replace(parts, config=cfg)

@@ -156,8 +156,9 @@ def _split_indices(labels: np.ndarray, sizes: Sequence[int], seed: int) -> list[
 DIGITS_SIZE = 16
 
 
-def load_digits_data(seed: int = 0, n_train: int = 1100, n_val: int = 350) -> SearchData:
-    """scikit-learn's digits (1,797 8x8 images, shipped with the package), upscaled to 16x16.
+def load_digits_data(seed: int = 0, n_train: int = 1100, n_val: int = 350, size: int = DIGITS_SIZE) -> SearchData:
+    """scikit-learn's digits (1,797 8x8 images, shipped with the package), upscaled to
+    `size` x `size` (16 by default; 32 for CIFAR-sized networks).
 
     Split (stratified, fixed seed): search-train `n_train`, search-val `n_val`, test the rest.
     """
@@ -165,7 +166,7 @@ def load_digits_data(seed: int = 0, n_train: int = 1100, n_val: int = 350) -> Se
 
     bunch = load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    x = F.interpolate(x, size=(DIGITS_SIZE, DIGITS_SIZE), mode="bilinear", align_corners=False)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
     labels = np.asarray(bunch.target)
     n_test = len(labels) - n_train - n_val

@@ -261,6 +261,7 @@ class Search:
                 holds one (its episodes would be mixed into the new ``episodes.csv``).
         """
         if self.episodes_done == 0 and any((self.run_dir / f).exists() for f in ("episodes.csv", "checkpoint.json")):
+            self.close()
             raise FileExistsError(f"{self.run_dir} already holds a search; continue it with "
                                   f"`haq search --resume {self.run_dir}` or choose another --out")
         self.run_dir.mkdir(parents=True, exist_ok=True)

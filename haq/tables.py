@@ -129,7 +129,6 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
     rows: list[dict[str, Any]] = []
     for model in sc["models"]:
         for hw in spec.hardware:
-            parts = None
             for budget in spec.budgets:
                 parts = None  # the environment holds the budget
                 for seed in seeds:
