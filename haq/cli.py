@@ -117,6 +117,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.distill:
             data["finetune"] = {**data.get("finetune", {}), "distill": True}
         config = SearchConfig.from_dict(data, args.config or "flags")
+        if config.out and any((Path(config.out) / f).exists() for f in ("episodes.csv", "checkpoint.json")):
+            raise UsageError(f"{config.out} already holds a search; continue it with `haq search --resume "
+                             f"{config.out}` or choose another --out")
         print(f"preparing: model {config.model}, hardware {config.hw}, {config.constraint} budget {config.budget}",
               file=sys.stderr)
         search = Search(config, on_episode=on_episode)
