@@ -320,14 +320,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     from haq.policy import Policy
     from haq.train import FinetuneConfig
 
-    meta = json.loads(Path(args.policy).read_text()) if args.policy.endswith(".json") and Path(args.policy).is_file() else {}
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"export needs {' and '.join(missing)}: pip install 'haq-engine[export]' (or pip install "
+                         f"{' '.join(missing)})")
+    policy = Policy.load(args.policy)
+    meta = json.loads(Path(args.policy).read_text()) if args.policy.endswith(".json") else {}
     name = args.model or meta.get("model") or "digits-mbv2"
     entry = model_entry(name)
     data = load_dataset(args.dataset or entry.dataset, args.data_root)
     kwargs = {} if name == "digits-mbv2" and not args.weights else {"num_classes": data.num_classes}
     ev = QuantEvaluator(create_model(name, weights=args.weights, **kwargs), data,
                         finetune=FinetuneConfig(epochs=args.finetune_epochs), seed=args.seed)
-    policy = Policy.load(args.policy)
     policy.check(ev.layers)
     metrics = ev.evaluate(policy)
     out = Path(args.out)

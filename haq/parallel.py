@@ -79,7 +79,8 @@ class RayEvaluatorPool:
         try:
             import ray
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ImportError("--workers > 1 evaluates on Ray: pip install 'haq-engine[ray]' (or pip install ray)") from exc
+            raise ValueError("--workers > 1 evaluates on Ray, which is not installed: pip install 'haq-engine[ray]' "
+                             "(or pip install ray)") from exc
         self._ray = ray
         self._owns = False
         gpu = config.device.startswith("cuda")
