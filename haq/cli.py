@@ -227,7 +227,8 @@ def cmd_table(args: argparse.Namespace) -> int:
 
     spec = TableSpec.load(args.table, args.config_dir)
     sc = spec.scale(args.scale)
-    overrides: dict[str, Any] = {"episodes": args.episodes, "data_root": args.data_root, "device": args.device}
+    overrides: dict[str, Any] = {"episodes": args.episodes, "data_root": args.data_root, "device": args.device,
+                                 "workers": args.workers, "ray_address": args.ray_address}
     tag = ""
     if args.distill:
         overrides["finetune"] = {"distill": True}
@@ -480,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--episodes", type=int, help="override the episodes of every search")
     t.add_argument("--data-root", dest="data_root", help="local ImageNet folder (paper scale)")
     t.add_argument("--device", help="cpu, cuda, ... (default: the scale's)")
+    t.add_argument("--workers", type=int, help="evaluate this many policies at once on Ray workers")
+    t.add_argument("--ray-address", dest="ray_address", help="Ray cluster to join (default: a local Ray instance)")
     t.add_argument("--runs", default="runs/tables", help="where the searches' run directories go")
     t.add_argument("--results", help="where the CSV, markdown and figures go (default experiments/results)")
     t.add_argument("--config-dir", dest="config_dir", help="folder of the table YAMLs (default experiments/configs)")
