@@ -88,7 +88,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from haq.config import SearchConfig, load_yaml
-    from haq.search import Search
+    from haq.search import Search, check_fresh_run_dir
 
     bar: tqdm | None = None
 
@@ -117,9 +117,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.distill:
             data["finetune"] = {**data.get("finetune", {}), "distill": True}
         config = SearchConfig.from_dict(data, args.config or "flags")
-        if config.out and any((Path(config.out) / f).exists() for f in ("episodes.csv", "checkpoint.json")):
-            raise UsageError(f"{config.out} already holds a search; continue it with `haq search --resume "
-                             f"{config.out}` or choose another --out")
+        if config.out:
+            check_fresh_run_dir(config.out)  # before loading anything
         print(f"preparing: model {config.model}, hardware {config.hw}, {config.constraint} budget {config.budget}",
               file=sys.stderr)
         search = Search(config, on_episode=on_episode)
@@ -148,18 +147,14 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import hw_models
     from haq.config import CONSTRAINTS
-    from haq.data import load_dataset
     from haq.evaluator import QuantEvaluator
-    from haq.models import create_model, model_entry
     from haq.qmodel import QuantConfig
+    from haq.search import load_model_and_data
     from haq.train import FinetuneConfig
 
     if args.finetune_epochs < 0:
         raise UsageError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
-    entry = model_entry(args.model)
-    data = load_dataset(args.dataset or entry.dataset, args.data_root)
-    kwargs = {} if args.model == "digits-mbv2" and not args.weights else {"num_classes": data.num_classes}
-    model = create_model(args.model, weights=args.weights, **kwargs)
+    model, data, _ = load_model_and_data(args.model, args.weights, args.dataset, args.data_root)
     ev = QuantEvaluator(model, data, QuantConfig(), FinetuneConfig(epochs=args.finetune_epochs, distill=args.distill),
                         args.device, args.seed)
     policy = _load_policy(args, ev.layers)
@@ -278,10 +273,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     import torch
 
     import hw_models
-    from haq.data import load_dataset
     from haq.layers import extract_layers
-    from haq.models import create_model, model_entry
+    from haq.models import model_entry
     from haq.prune import PruneConfig, prune
+    from haq.search import load_model_and_data
     from haq.train import evaluate
 
     config = PruneConfig(sparsity=args.sparsity, epochs=args.epochs, lr=args.lr, seed=args.seed)
@@ -289,9 +284,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if out.suffix not in (".pt", ".pth"):
         raise UsageError(f"--out {out}: give a .pt file for the pruned state dict")
     entry = model_entry(args.model)
-    data = load_dataset(args.dataset or entry.dataset, args.data_root).to(args.device)
-    kwargs = {} if args.model == "digits-mbv2" and not args.weights else {"num_classes": data.num_classes}
-    model = create_model(args.model, weights=args.weights, **kwargs).to(args.device)
+    model, data, _ = load_model_and_data(args.model, args.weights, args.dataset, args.data_root)
+    model, data = model.to(args.device), data.to(args.device)
     before = evaluate(model, data, data.val)["top1"]
     size = hw_models.create_hw_model("model-size")
     dense_layers = extract_layers(model, entry.input_shape)
@@ -311,17 +305,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    import importlib.util
+
     import numpy as np
     import torch
 
-    from haq.data import batches, load_dataset
+    from haq.data import batches
     from haq.evaluator import QuantEvaluator
     from haq.export import export_onnx, export_pytorch, load_quantized, onnx_logits
-    from haq.models import create_model, model_entry
     from haq.policy import Policy
+    from haq.search import load_model_and_data
     from haq.train import FinetuneConfig
-
-    import importlib.util
 
     missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
@@ -330,11 +324,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     policy = Policy.load(args.policy)
     meta = json.loads(Path(args.policy).read_text()) if args.policy.endswith(".json") else {}
     name = args.model or meta.get("model") or "digits-mbv2"
-    entry = model_entry(name)
-    data = load_dataset(args.dataset or entry.dataset, args.data_root)
-    kwargs = {} if name == "digits-mbv2" and not args.weights else {"num_classes": data.num_classes}
-    ev = QuantEvaluator(create_model(name, weights=args.weights, **kwargs), data,
-                        finetune=FinetuneConfig(epochs=args.finetune_epochs), seed=args.seed)
+    model, data, kwargs = load_model_and_data(name, args.weights, args.dataset, args.data_root)
+    ev = QuantEvaluator(model, data, finetune=FinetuneConfig(epochs=args.finetune_epochs), seed=args.seed)
     policy.check(ev.layers)
     metrics = ev.evaluate(policy)
     out = Path(args.out)
@@ -343,7 +334,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                                                  "policy": policy.to_dict(), "top1": metrics["top1"]})
     onnx_bytes = export_onnx(ev.qmodel, out / "model.onnx")
     float_path = out / "float_state_dict.pt"
-    torch.save(create_model(name, weights=args.weights, **kwargs).state_dict(), float_path)
+    torch.save(model.state_dict(), float_path)  # the evaluator quantized a copy: `model` is still float
     float_bytes = float_path.stat().st_size
     float_path.unlink()
     x = torch.cat([b for b, _ in batches(data.val, data, 512)]).cpu()

@@ -52,14 +52,18 @@ def unpack_bits(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- PyTorch artifact
+def _weight_scale(clip: torch.Tensor, bits: int, ndim: int) -> torch.Tensor:
+    """The weight grid's step exactly as `quant.fake_quant` computes it, shaped to broadcast
+    over a weight of `ndim` dimensions (per output channel when `clip` is a vector)."""
+    scale = quant.scale_for(clip.float(), bits, True).clamp_min(torch.finfo(torch.float32).tiny)
+    return scale.reshape([-1] + [1] * (ndim - 1)) if scale.numel() > 1 else scale
+
+
 def _weight_ints(wrapper: QuantLayer) -> tuple[np.ndarray, torch.Tensor]:
     """The layer's quantized weight as integers, and its clip (what fake_quant uses)."""
-    qmax = quant.qrange(wrapper.w_bits, True)[1]
     clip = wrapper.w_clip.detach().float().cpu()
-    scale = (clip / qmax).clamp_min(torch.finfo(torch.float32).tiny)
     w = wrapper.quantized_weight().detach().float().cpu()
-    shape = [-1] + [1] * (w.ndim - 1) if scale.numel() > 1 else []
-    q = torch.round(w / (scale.reshape(shape) if shape else scale))
+    q = torch.round(w / _weight_scale(clip, wrapper.w_bits, w.ndim))
     return q.numpy().astype(np.int64), clip
 
 
@@ -140,9 +144,7 @@ def load_quantized(path: str | os.PathLike[str]) -> nn.Module:
             q = torch.from_numpy(unpack_bits(packed, bits, n)).float().reshape(d["w_shape"])
             clip = art["clips"][d["clip_offset"]:d["clip_offset"] + d["clip_n"]].clone()
             clip = clip.reshape(()) if d["clip_n"] == 1 else clip
-            scale = (clip / quant.qrange(bits, True)[1]).clamp_min(torch.finfo(torch.float32).tiny)
-            shape = [-1] + [1] * (q.ndim - 1) if scale.numel() > 1 else []
-            wrapper.layer.weight.copy_(q * (scale.reshape(shape) if shape else scale))
+            wrapper.layer.weight.copy_(q * _weight_scale(clip, bits, q.ndim))
             wrapper.w_bits, wrapper.a_bits = bits, int(d["a_bits"])
             wrapper.w_clip = clip
             wrapper.a_clip = torch.tensor(float(d["a_clip"]))
@@ -164,10 +166,8 @@ class _QDQLayer(nn.Module):
         self.a_lo, self.a_hi = lo * self.a_scale, hi * self.a_scale
         self.a_range = (-128, 127) if wrapper.a_signed else (0, 255)
         q, clip_w = _weight_ints(wrapper)
-        qmax = quant.qrange(wrapper.w_bits, True)[1]
-        scale = (clip_w / qmax).clamp_min(torch.finfo(torch.float32).tiny)
-        shape = [-1] + [1] * (q.ndim - 1)
-        self.register_buffer("w_grid", torch.from_numpy(q).float() * scale.reshape(shape if scale.numel() > 1 else []))
+        scale = _weight_scale(clip_w, wrapper.w_bits, q.ndim)
+        self.register_buffer("w_grid", torch.from_numpy(q).float() * scale)
         self.register_buffer("w_scale", scale.reshape(-1).expand(q.shape[0]).contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

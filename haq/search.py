@@ -74,13 +74,19 @@ def resolve_budget(config: SearchConfig, cost_model: hw_models.CostModel,
     return float(value) * hw_models.policy_cost(table, [(8, 8)] * len(layers))
 
 
+def load_model_and_data(model: str, weights: str | None = None, dataset: str | None = None,
+                        data_root: str | None = None, **data_kwargs: Any) -> tuple[torch.nn.Module, SearchData, dict[str, Any]]:
+    """A registered model (its own pretraining, or the local `weights`) and its search data
+    (the model's data set unless `dataset` is given), plus the factory keyword arguments
+    that rebuild the same architecture (``create_model(model, pretrained=False, **kwargs)``)."""
+    data = load_dataset(dataset or model_entry(model).dataset, data_root, **data_kwargs)
+    kwargs = {"num_classes": data.num_classes} if model != "digits-mbv2" or weights else {}
+    return create_model(model, weights=weights, **kwargs), data, kwargs
+
+
 def build_evaluator(config: SearchConfig) -> QuantEvaluator:
     """Load the model and the data and calibrate: the policy -> accuracy callable."""
-    entry = model_entry(config.model)
-    dataset = config.dataset or entry.dataset
-    data = load_dataset(dataset, config.data_root, **config.data)
-    kwargs = {"num_classes": data.num_classes} if config.model != "digits-mbv2" or config.weights else {}
-    model = create_model(config.model, weights=config.weights, **kwargs)
+    model, data, _ = load_model_and_data(config.model, config.weights, config.dataset, config.data_root, **config.data)
     return QuantEvaluator(model, data, config.quant, config.finetune, config.device, config.seed)
 
 
@@ -130,6 +136,14 @@ def default_run_dir(config: SearchConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     safe = lambda s: "".join(c if c.isalnum() or c in "-_" else "_" for c in s)
     return Path("runs") / f"{stamp}-{safe(config.model)}-{safe(config.hw)}"
+
+
+def check_fresh_run_dir(run_dir: str | os.PathLike[str]) -> None:
+    """Raise FileExistsError if `run_dir` already holds a search (a new one would mix its
+    episodes into the old ``episodes.csv``)."""
+    if any((Path(run_dir) / f).exists() for f in ("episodes.csv", "checkpoint.json")):
+        raise FileExistsError(f"{run_dir} already holds a search; continue it with "
+                              f"`haq search --resume {run_dir}` or choose another --out")
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -260,10 +274,12 @@ class Search:
             FileExistsError: a fresh search was pointed at a run directory that already
                 holds one (its episodes would be mixed into the new ``episodes.csv``).
         """
-        if self.episodes_done == 0 and any((self.run_dir / f).exists() for f in ("episodes.csv", "checkpoint.json")):
-            self.close()
-            raise FileExistsError(f"{self.run_dir} already holds a search; continue it with "
-                                  f"`haq search --resume {self.run_dir}` or choose another --out")
+        if self.episodes_done == 0:
+            try:
+                check_fresh_run_dir(self.run_dir)
+            except FileExistsError:
+                self.close()
+                raise
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config.to_yaml(self.run_dir / "config.yaml")
         remaining = self.config.episodes - self.episodes_done
