@@ -63,7 +63,8 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def agent_overhead(n_layers: int) -> float:
-    """Seconds for 2L env-sized DDPG gradient steps (300-300 MLPs, batch 64) plus 2L cost lookups."""
+    """Seconds for 2L env-sized DDPG gradient steps (300-300 MLPs, batch 64) plus 2L cost lookups
+    (median of 5 after a warm-up)."""
     import gymnasium as gym
     from gymnasium import spaces
     from stable_baselines3 import DDPG
@@ -82,12 +83,17 @@ def agent_overhead(n_layers: int) -> float:
     agent = DDPG("MlpPolicy", Box(), batch_size=64, policy_kwargs={"net_arch": [300, 300]}, learning_starts=0,
                  device="cpu")
     agent.learn(200)
-    t = time.perf_counter()
-    agent.train(gradient_steps=2 * n_layers, batch_size=64)
     table = np.random.rand(n_layers, 8, 8)
-    for _ in range(2 * n_layers):
-        table[np.arange(n_layers), np.random.randint(0, 8, n_layers), np.random.randint(0, 8, n_layers)].sum()
-    return time.perf_counter() - t
+
+    def one_episode() -> float:
+        t = time.perf_counter()
+        agent.train(gradient_steps=2 * n_layers, batch_size=64)
+        for _ in range(2 * n_layers):
+            table[np.arange(n_layers), np.random.randint(0, 8, n_layers), np.random.randint(0, 8, n_layers)].sum()
+        return time.perf_counter() - t
+
+    one_episode()  # warm-up, untimed
+    return float(np.median([one_episode() for _ in range(5)]))
 
 
 def _has_sb3() -> bool:
@@ -145,10 +151,12 @@ def main() -> None:
     def median(fn: Callable[[], object]) -> float:
         return float(np.median([timed(fn, device) for _ in range(repeats)]))
 
+    # float and quantized epochs interleaved, so that a machine's drift hits both alike
+    pairs = [(timed(float_epoch, device), timed(quant_epoch, device)) for _ in range(repeats)]
     res = {
-        "float_epoch_s": median(float_epoch),
+        "float_epoch_s": float(np.median([f for f, _ in pairs])),
         "calibration_s": median(lambda: ev.qmodel.apply(policy)),
-        "quant_epoch_s": median(quant_epoch),
+        "quant_epoch_s": float(np.median([q for _, q in pairs])),
         "validation_s": median(validation),
         "agent_and_env_s": agent_overhead(len(layers)) if _has_sb3() else float("nan"),
         "setup_s": setup,

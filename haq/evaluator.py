@@ -57,6 +57,10 @@ class QuantEvaluator:
         calib = [x for x, _ in batches(self.data.train.subset(range(n_calib)), self.data, 256)]
         self.qmodel.calibrate(calib)
         self.calls = 0
+        self.run_model: nn.Module = self.qmodel.model
+        if self.finetune.compile:
+            self.qmodel.use_tensor_bits()
+            self.run_model = torch.compile(self.qmodel.model, backend=self.finetune.compile_backend, dynamic=False)
 
     @property
     def layers(self) -> list[LayerSpec]:
@@ -84,9 +88,9 @@ class QuantEvaluator:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             gen = torch.Generator(device=self.device).manual_seed(seed)
-            loss = train_epochs(self.qmodel.model, self.qmodel.parameters(), self.data, self.data.train, cfg, gen,
+            loss = train_epochs(self.run_model, self.qmodel.parameters(), self.data, self.data.train, cfg, gen,
                                 teacher_logits=self.teacher_logits if cfg.distill else None)
-        metrics = self._evaluate(self.qmodel.model, split, cfg)
+        metrics = self._evaluate(self.run_model, split, cfg)
         metrics["train_loss"] = float(loss)
         return metrics
 

@@ -90,18 +90,48 @@ class QuantLayer(nn.Module):
         zeros = layer.weight.detach() == 0
         self.register_buffer("w_mask", (~zeros).to(layer.weight.dtype) if bool(zeros.any()) else None,
                              persistent=False)
+        # the grids as tensors, for a compiled model (`QuantizedModel.use_tensor_bits`): the
+        # forward then reads no bitwidth, so a new policy does not trigger a recompilation
+        self.tensor_bits = False
+        self.w_on = self.a_on = False
+        for kind, shape in (("w", (layer.weight.shape[0],) + (1,) * (layer.weight.ndim - 1)), ("a", ())):
+            self.register_buffer(f"{kind}_scale", torch.ones(shape), persistent=False)
+            self.register_buffer(f"{kind}_qmin", torch.zeros(()), persistent=False)
+            self.register_buffer(f"{kind}_qmax", torch.zeros(()), persistent=False)
+
+    def set_grids(self) -> None:
+        """Copy the grids of the current bits and clips into the tensor buffers (in place)."""
+        self.w_on = self.codebook is None and self.w_bits < quant.FLOAT_BITS
+        self.a_on = self.a_bits < quant.FLOAT_BITS
+        with torch.no_grad():
+            if self.w_on:
+                scale, lo, hi = quant.grid(self.w_clip, self.w_bits, True)
+                self.w_scale.copy_(scale.reshape(-1, *self.w_scale.shape[1:]).expand_as(self.w_scale))
+                self.w_qmin.copy_(lo)
+                self.w_qmax.copy_(hi)
+            if self.a_on:
+                scale, lo, hi = quant.grid(self.a_clip, self.a_bits, self.a_signed)
+                self.a_scale.copy_(scale.reshape(()))
+                self.a_qmin.copy_(lo)
+                self.a_qmax.copy_(hi)
 
     def quantized_weight(self) -> torch.Tensor:
         w = self.layer.weight
         if self.codebook is not None:
             w = self.codebook[self.code_index]
+        elif self.tensor_bits:
+            if self.w_on:
+                w = quant.fake_quant_tensors(w, self.w_scale, self.w_qmin, self.w_qmax)
         elif self.w_bits < quant.FLOAT_BITS:
             axis = 0 if self.w_clip.numel() > 1 else None
             w = quant.fake_quant(w, self.w_clip, self.w_bits, True, axis)
         return w if self.w_mask is None else w * self.w_mask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.a_bits < quant.FLOAT_BITS:  # in float32 also under bf16 autocast
+        if self.tensor_bits:
+            if self.a_on:
+                x = quant.fake_quant_tensors(x.float(), self.a_scale, self.a_qmin, self.a_qmax)
+        elif self.a_bits < quant.FLOAT_BITS:  # in float32 also under bf16 autocast
             x = quant.fake_quant(x.float(), self.a_clip, self.a_bits, self.a_signed)
         w = self.quantized_weight()
         if isinstance(self.layer, nn.Conv2d):
@@ -237,6 +267,7 @@ class QuantizedModel:
         self.model = model
         self.float_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.calibration = Calibration(self.config)
+        self.tensor_bits = False
 
     @property
     def names(self) -> list[str]:
@@ -253,6 +284,7 @@ class QuantizedModel:
             w.w_bits = w.a_bits = quant.FLOAT_BITS
             w.codebook = None
             w.code_index = None
+            w.w_on = w.a_on = False
         state = self.model.state_dict()
         with torch.no_grad():
             for k, v in self.float_state.items():
@@ -276,6 +308,19 @@ class QuantizedModel:
             wrapper.w_clip = self.calibration.weight_clip(name, weight, w_bits)
             wrapper.a_signed = self.calibration.act_signed[name]
             wrapper.a_clip = self.calibration.act_clip(name, a_bits)
+        if self.tensor_bits:
+            for wrapper in self.wrappers.values():
+                wrapper.set_grids()
+
+    def use_tensor_bits(self, on: bool = True) -> None:
+        """Make the wrappers read their grids from tensors (for `torch.compile`): the same
+        values and gradients, and one compiled graph for every policy. Linear mode only."""
+        if on and self.config.mode != "linear":
+            raise ValueError("compiled finetuning supports quant.mode='linear' only (k-means swaps the weight tensor)")
+        self.tensor_bits = on
+        for wrapper in self.wrappers.values():
+            wrapper.tensor_bits = on
+            wrapper.set_grids()
 
     def parameters(self) -> list[nn.Parameter]:
         """Trainable parameters; in k-means mode the codebooks replace the layers' weights."""

@@ -19,6 +19,8 @@ identity inside the clip range and is zero outside it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 FLOAT_BITS = 32
@@ -64,6 +66,43 @@ def quantize_ste(x: torch.Tensor, clip: torch.Tensor, bits: int, signed: bool) -
     return y + (quantize(y, clip, bits, signed) - y).detach()
 
 
+class _FakeQuantAffine(torch.autograd.Function):
+    """``torch.fake_quantize_per_{tensor,channel}_affine`` with zero point 0, as three
+    vectorised elementwise passes: the same arithmetic (``round(x * (1 / scale))``, clamp,
+    times scale) and the same gradient mask, hence bit-identical outputs (tested). On CPU
+    it is about 2.5x faster than PyTorch's kernel on activation-sized tensors; and with
+    `scale`, `qmin`, `qmax` as tensors a compiled graph does not depend on the bitwidth."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, qmin: int | torch.Tensor,
+                qmax: int | torch.Tensor) -> torch.Tensor:
+        q = torch.round(x * torch.reciprocal(scale))
+        ctx.save_for_backward((q >= qmin) & (q <= qmax))
+        return torch.clamp(q, qmin, qmax).mul_(scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None, None, None
+
+
+def fake_quant_tensors(x: torch.Tensor, scale: torch.Tensor, qmin: torch.Tensor, qmax: torch.Tensor) -> torch.Tensor:
+    """`fake_quant` with the grid given as tensors (step `scale`, broadcastable to `x`, and
+    integer bounds as float tensors), so that `torch.compile` sees no bitwidth and a new
+    policy reuses the compiled graph. Use `grid` to get the three tensors."""
+    return _FakeQuantAffine.apply(x, scale, qmin, qmax)
+
+
+def grid(clip: torch.Tensor, bits: int, signed: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(scale, qmin, qmax) of `fake_quant`'s grid as float32 tensors on `clip`'s device."""
+    if signed and bits == 1:
+        raise ValueError("signed 1-bit (binary) weights have no zero level and no affine grid; "
+                         "use bits >= 2 with compiled finetuning")
+    qmin, qmax = qrange(bits, signed)
+    scale = (clip.float() / qmax).clamp_min(torch.finfo(torch.float32).tiny)
+    return scale, torch.tensor(float(qmin), device=clip.device), torch.tensor(float(qmax), device=clip.device)
+
+
 def fake_quant(x: torch.Tensor, clip: torch.Tensor, bits: int, signed: bool, axis: int | None = None) -> torch.Tensor:
     """Training-time fake quantization with PyTorch's fused kernels.
 
@@ -81,6 +120,8 @@ def fake_quant(x: torch.Tensor, clip: torch.Tensor, bits: int, signed: bool, axi
     qmin, qmax = qrange(bits, signed)
     scale = (clip.float() / qmax).clamp_min(torch.finfo(torch.float32).tiny)
     if axis is None:
+        if x.device.type == "cpu" and x.dtype == torch.float32:
+            return _FakeQuantAffine.apply(x, scale.reshape(()), qmin, qmax)
         zero = torch.zeros(1, dtype=torch.int32, device=x.device)
         return torch.fake_quantize_per_tensor_affine(x, scale.reshape(1), zero, qmin, qmax)
     zero = torch.zeros(scale.numel(), dtype=torch.int32, device=x.device)

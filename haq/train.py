@@ -39,6 +39,12 @@ class FinetuneConfig:
             The teacher's logits of the (unaugmented) search-train images are computed once.
         distill_temperature: T.
         distill_alpha: alpha, the weight of the soft targets.
+        compile: ``torch.compile`` the quantized model once per search. Its fake-quant
+            grids are read from tensors, so every policy reuses the compiled graphs (one for
+            training, one for validation); linear quantization only. The first episode
+            pays the compilation.
+        compile_backend: the ``torch.compile`` backend (``inductor``; ``aot_eager`` compiles
+            fast and is what the tests use).
     """
 
     epochs: int = 1
@@ -53,6 +59,8 @@ class FinetuneConfig:
     distill: bool = False
     distill_temperature: float = 4.0
     distill_alpha: float = 0.9
+    compile: bool = False
+    compile_backend: str = "inductor"
 
     def resolve(self, device: torch.device | str) -> FinetuneConfig:
         """The config with ``None`` (auto) settings decided for `device`."""
