@@ -13,7 +13,11 @@ Presets:
   gpu-mbv2     MobileNetV2 at 224 px, a synthetic ImageNet-100-sized split (20k / 10k) held on
                the GPU as uint8 (the DESIGN.md setup; random labels, timings only)
 
-    python benchmarks/episode.py --preset cpu-digits [--json out.json]
+    python benchmarks/episode.py --preset cpu-digits [--compile] [--json out.json]
+
+With --compile both the float model and the quantized model are compiled with
+`torch.compile` (inductor); the first, untimed epoch of each pays the compilation, whose
+time is inside warmup_s (one untimed float epoch, quantized epoch and validation).
 """
 
 from __future__ import annotations
@@ -108,6 +112,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-digits")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the float and the quantized model (finetune.compile)")
     parser.add_argument("--repeats", type=int, help="timed repeats of each part, median kept (default: 3 on "
                         "CPU, 1 on GPU); one untimed warm-up run of each epoch comes first")
     args = parser.parse_args()
@@ -119,7 +125,7 @@ def main() -> None:
     else:
         data = synthetic(p["n_train"], p["n_val"], p["size"], p["classes"], p["device"])
         model = create_model(p["model"], num_classes=p["classes"])
-    ft = FinetuneConfig(batch_size=p["batch"], eval_batch_size=max(256, p["batch"]))
+    ft = FinetuneConfig(batch_size=p["batch"], eval_batch_size=max(256, p["batch"]), compile=args.compile)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -136,17 +142,23 @@ def main() -> None:
     if ft.channels_last:
         fmodel = fmodel.to(memory_format=torch.channels_last)
 
+    frun = torch.compile(fmodel, backend=ft.compile_backend, dynamic=False) if ft.compile else fmodel
+
     def float_epoch() -> object:
-        return train_epochs(fmodel, fmodel.parameters(), ev.data, ev.data.train, ft, gen)
+        return train_epochs(frun, fmodel.parameters(), ev.data, ev.data.train, ft, gen)
 
     def quant_epoch() -> object:
-        return train_epochs(ev.qmodel.model, ev.qmodel.parameters(), ev.data, ev.data.train, ft, gen)
+        return train_epochs(ev.run_model, ev.qmodel.parameters(), ev.data, ev.data.train, ft, gen)
 
     def validation() -> object:
-        return evaluate(ev.qmodel.model, ev.data, ev.data.val, ft.eval_batch_size, ft.bf16, ft.channels_last)
+        return evaluate(ev.run_model, ev.data, ev.data.val, ft.eval_batch_size, ft.bf16, ft.channels_last)
 
-    float_epoch()  # warm-up (allocator, cuDNN autotuning), untimed
+    # warm-up (allocator, cuDNN autotuning, compilation), untimed
+    t_compile = time.perf_counter()
+    float_epoch()
     quant_epoch()
+    validation()
+    t_compile = time.perf_counter() - t_compile
 
     def median(fn: Callable[[], object]) -> float:
         return float(np.median([timed(fn, device) for _ in range(repeats)]))
@@ -160,6 +172,8 @@ def main() -> None:
         "validation_s": median(validation),
         "agent_and_env_s": agent_overhead(len(layers)) if _has_sb3() else float("nan"),
         "setup_s": setup,
+        "compile": bool(ft.compile),
+        "warmup_s": t_compile,  # one untimed float epoch, quantized epoch and validation (+ compilation)
     }
     rest = 0.0 if np.isnan(res["agent_and_env_s"]) else res["agent_and_env_s"]
     episode = res["calibration_s"] + res["quant_epoch_s"] + res["validation_s"] + rest

@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the finetune (finetune.compile)")
     parser.add_argument("--json", help="write the result here")
     args = parser.parse_args()
 
@@ -45,6 +46,8 @@ def main() -> None:
         changes["episodes"] = args.episodes
     if args.device:
         changes["device"] = args.device
+    if args.compile:
+        changes["finetune"] = {**cfg.to_dict().get("finetune", {}), "compile": True}
     with tempfile.TemporaryDirectory() as tmp:
         cfg = SearchConfig.from_dict({**cfg.to_dict(), **changes, "out": str(Path(tmp) / "run")})
         t0 = time.perf_counter()
@@ -68,7 +71,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} torch threads",
         "config": {"model": cfg.model, "hw": cfg.hw, "episodes": cfg.episodes, "workers": cfg.workers,
-                   "device": cfg.device},
+                   "device": cfg.device, "compile": cfg.finetune.compile},
         "setup_s": round(t_setup, 2), "workers_start_s": round(t_workers, 2), "search_s": round(t_search, 2),
         "seconds_per_episode": round(t_search / cfg.episodes, 3), "finish_s": round(t_end - finish_started[0], 2),
         "total_s": round(t_end - t0, 2), "peak_rss_mb": round(peak_mb, 1),

@@ -44,7 +44,7 @@ class FinetuneConfig:
             training, one for validation); linear quantization only. The first episode
             pays the compilation.
         compile_backend: the ``torch.compile`` backend (``inductor``; ``aot_eager`` compiles
-            fast and is what the tests use).
+            in seconds but runs no faster than eager, useful to check a model compiles).
     """
 
     epochs: int = 1

@@ -176,7 +176,8 @@ def test_cpu_fake_quant_is_bit_identical_to_pytorchs_fused_kernel(bits, signed):
     qmin, qmax = quant.qrange(bits, signed)
     scale = (clip / qmax).reshape(1)
     ties = (torch.arange(-40, 41, dtype=torch.float32) + 0.5) * scale  # exactly half-way between levels
-    x = torch.cat([torch.randn(4000) * 1.5, ties]).requires_grad_(True)
+    x = torch.cat([torch.randn(40000) * 1.5, ties]).requires_grad_(True)
+    assert x.numel() >= quant._CPU_VECTORISED_MIN_NUMEL  # large enough to take the vectorised path
     ours = quant.fake_quant(x, clip, bits, signed)
     x2 = x.detach().clone().requires_grad_(True)
     ref = torch.fake_quantize_per_tensor_affine(x2, scale, torch.zeros(1, dtype=torch.int32), qmin, qmax)
