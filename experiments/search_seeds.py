@@ -139,8 +139,8 @@ def render(df: pd.DataFrame, episodes: int) -> None:
                   f"{', '.join(f'{a - u:+.2f}' for a, u in zip(winners['best_accuracy'], winners['best_uniform_in_budget']))} "
                   "points of top-1 (one validation image is 0.29 points). These policies are what the budget's "
                   "sequential decrease (last layer to first, one bit at a time) makes of a request near the top of "
-                  "the bit range: nearly uniform w4a4, the first layers keeping a spare bit (the requested bits are "
-                  "not logged; the pattern is the decrease's signature). So at 100 episodes the agent has mostly "
+                  "the bit range: nearly uniform w4a4, the first layers keeping a spare bit (these runs predate the "
+                  "`requested_*_bits` columns of episodes.csv; the pattern is the decrease's signature). So at 100 episodes the agent has mostly "
                   "learnt to let the budget enforcement choose, not a mixed-precision policy; where it keeps a mixed "
                   "policy (seed 1 here, several layers at 2-bit activations) it loses to uniform w4a4. Per-episode "
                   "policies are in each run's `episodes.csv`.", ""]

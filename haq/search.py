@@ -45,7 +45,10 @@ from haq.policy import Policy
 
 log = logging.getLogger(__name__)
 
-EPISODE_FIELDS = ["episode", "reward", "accuracy", "cost", "cost_ratio", "wall_s", "w_bits", "a_bits", "phase"]
+EPISODE_FIELDS = ["episode", "reward", "accuracy", "cost", "cost_ratio", "wall_s", "w_bits", "a_bits", "phase",
+                  "requested_w_bits", "requested_a_bits"]
+"""Columns of episodes.csv; ``w_bits``/``a_bits`` are the evaluated policy, the ``requested_``
+ones what the agent asked for before budget enforcement lowered it."""
 EpisodeCallback = Callable[[dict[str, Any]], None]
 
 
@@ -213,9 +216,11 @@ class Search:
         now = time.perf_counter()
         policy = Policy.from_bits(self.parts.layers, info["policy"])
         w, a = policy.as_strings()
+        req_w, req_a = Policy.from_bits(self.parts.layers, info.get("requested_policy", info["policy"])).as_strings()
         row = {"episode": self.episodes_done + 1, "reward": info["reward"], "accuracy": info["accuracy"],
                "cost": info["cost"], "cost_ratio": info["cost_ratio"], "wall_s": round(now - self._last_time, 4),
-               "w_bits": w, "a_bits": a, "phase": "warmup" if self.episodes_done < self.config.warmup else "agent"}
+               "w_bits": w, "a_bits": a, "phase": "warmup" if self.episodes_done < self.config.warmup else "agent",
+               "requested_w_bits": req_w, "requested_a_bits": req_a}
         self._last_time = now
         path = self.run_dir / "episodes.csv"
         new = not path.exists()

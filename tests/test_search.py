@@ -52,6 +52,11 @@ def test_search_writes_the_run_directory(tmp_path, shared_parts):
     for r in episodes:
         assert float(r["cost"]) <= summary["budget"] * (1 + 1e-9)
         assert len(r["w_bits"].split()) == len(shared_parts.layers)
+        # the request before budget enforcement: never below what was evaluated
+        for req, got in (("requested_w_bits", "w_bits"), ("requested_a_bits", "a_bits")):
+            assert all(int(q) >= int(g) for q, g in zip(r[req].split(), r[got].split(), strict=True))
+    # random warm-up requests mostly exceed a w4a4 budget, so some were lowered
+    assert any(r["requested_w_bits"] + r["requested_a_bits"] != r["w_bits"] + r["a_bits"] for r in episodes)
     best = json.loads((run / "best_policy.json").read_text())
     assert best["reward"] == max(float(r["reward"]) for r in episodes)
     assert summary["best"]["reward"] == best["reward"]
