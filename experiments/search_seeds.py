@@ -56,7 +56,8 @@ def requested_at_max_share(run_dir: Path, max_bits: int = 8) -> float:
     path = run_dir / "episodes.csv"
     if not path.is_file():
         return float("nan")
-    rows = list(csv.DictReader(open(path, newline="")))
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
     last = rows[-max(1, len(rows) // 5):]
     if not last or not last[0].get("requested_w_bits"):
         return float("nan")
