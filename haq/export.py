@@ -55,7 +55,7 @@ def unpack_bits(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
 def _weight_scale(clip: torch.Tensor, bits: int, ndim: int) -> torch.Tensor:
     """The weight grid's step exactly as `quant.fake_quant` computes it, shaped to broadcast
     over a weight of `ndim` dimensions (per output channel when `clip` is a vector)."""
-    scale = quant.scale_for(clip.float(), bits, True).clamp_min(torch.finfo(torch.float32).tiny)
+    scale = quant.fake_quant_step(clip, bits, True)
     return scale.reshape([-1] + [1] * (ndim - 1)) if scale.numel() > 1 else scale
 
 

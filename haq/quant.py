@@ -45,6 +45,13 @@ def scale_for(clip: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
     return clip / qmax
 
 
+def fake_quant_step(clip: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
+    """The float32 step `fake_quant` uses: ``scale_for`` in float32, kept above zero (an
+    all-zero tensor has clip 0). Export and the compiled path take it from here too, so all
+    three stay bit-identical."""
+    return scale_for(clip.float(), bits, signed).clamp_min(torch.finfo(torch.float32).tiny)
+
+
 def quantize(x: torch.Tensor, clip: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
     """Fake-quantize `x` (quantize then dequantize) with clip value `clip` (broadcastable).
 
@@ -103,7 +110,7 @@ def grid(clip: torch.Tensor, bits: int, signed: bool) -> tuple[torch.Tensor, tor
         raise ValueError("signed 1-bit (binary) weights have no zero level and no affine grid; "
                          "use bits >= 2 with compiled finetuning")
     qmin, qmax = qrange(bits, signed)
-    scale = (clip.float() / qmax).clamp_min(torch.finfo(torch.float32).tiny)
+    scale = fake_quant_step(clip, bits, signed)
     return scale, torch.tensor(float(qmin), device=clip.device), torch.tensor(float(qmax), device=clip.device)
 
 
@@ -123,7 +130,7 @@ def fake_quant(x: torch.Tensor, clip: torch.Tensor, bits: int, signed: bool, axi
             shape[axis] = -1
         return quantize_ste(x, clip.reshape(shape) if axis is not None else clip, bits, signed)
     qmin, qmax = qrange(bits, signed)
-    scale = (clip.float() / qmax).clamp_min(torch.finfo(torch.float32).tiny)
+    scale = fake_quant_step(clip, bits, signed)
     if axis is None:
         if x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() >= _CPU_VECTORISED_MIN_NUMEL:
             return _FakeQuantAffine.apply(x, scale.reshape(()), qmin, qmax)
