@@ -77,7 +77,8 @@ class MixedPrecisionEnv(gym.Env):
     ## Info
     Every step: ``bits``, the bitwidth the action mapped to. Last step also: ``policy``
     (the enforced ``[(w, a), ...]``), ``requested_policy`` (before enforcement),
-    ``accuracy``, ``cost``, ``cost_ratio`` (cost / cost of w8a8), ``budget``, ``reward``,
+    ``requested_cost`` (its cost), ``accuracy``, ``cost``, ``cost_ratio`` (cost / cost of w8a8),
+    ``budget``, ``reward``,
     ``taken_actions`` (the 2L actions consistent with the enforced policy: the agent's own
     where its bits survived, the centre of the lowered bitwidth's bin where they did not).
 
@@ -260,7 +261,8 @@ class MixedPrecisionEnv(gym.Env):
         accuracy = float(self.evaluator(policy))
         cost = self.cost(policy)
         reward = self.reward_scale * (accuracy - self.fp_accuracy)
-        info.update(policy=policy, requested_policy=requested, accuracy=accuracy, cost=cost,
+        info.update(policy=policy, requested_policy=requested, requested_cost=self.cost(requested),
+                    accuracy=accuracy, cost=cost,
                     cost_ratio=cost / self.reference_cost, budget=self.budget, reward=reward,
                     taken_actions=self.taken_actions(requested, policy))
         return self._obs(), reward, True, False, info

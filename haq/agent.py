@@ -19,12 +19,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch as th
 from gymnasium import spaces
 from scipy.stats import truncnorm
 from stable_baselines3 import DDPG
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
 from stable_baselines3.common.utils import update_learning_rate
+from torch import nn
 
 
 class TruncatedNormalNoise(ActionNoise):
@@ -100,11 +102,14 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
     observations at ``prev_action_index``, are those of the policy that was actually
     evaluated after budget enforcement, so the critic is not taught that bits the budget
     took away earned the episode's reward.
+    With ``over_budget_penalty > 0`` (not the paper's), the final reward is first lowered by
+    that factor times the fraction by which the requested policy overshot the budget
+    (``info["requested_cost"] / info["budget"] - 1``, if positive).
     """
 
     def __init__(self, *args: Any, baseline_decay: float = 0.95, episode_targets: bool = False,
                  store_taken_actions: bool = False, prev_action_index: int | None = None,
-                 **kwargs: Any) -> None:
+                 over_budget_penalty: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if store_taken_actions and prev_action_index is None:
             raise ValueError("store_taken_actions needs prev_action_index (the observation's previous-action feature)")
@@ -112,6 +117,7 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
         self.episode_targets = bool(episode_targets)
         self.store_taken_actions = bool(store_taken_actions)
         self.prev_action_index = prev_action_index
+        self.over_budget_penalty = float(over_budget_penalty)
         self.baseline: float | None = None
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]] = []
 
@@ -131,6 +137,8 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
         if not dones.all():
             raise ValueError("EpisodeRewardReplayBuffer needs every environment's episode to end on the same step")
         finals = np.asarray(reward, dtype=np.float64).reshape(-1)
+        if self.over_budget_penalty:
+            finals = finals - self.over_budget_penalty * np.array([self.overrun(info) for info in infos])
         base = 0.0 if self.baseline is None else self.baseline
         advantage = (finals - base).astype(np.float32)
         if self.store_taken_actions:
@@ -144,6 +152,14 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
         for final in finals:
             self.baseline = float(final) if self.baseline is None else self.baseline + (1 - self.baseline_decay) * (
                 float(final) - self.baseline)
+
+    @staticmethod
+    def overrun(info: dict[str, Any] | None) -> float:
+        """How far the requested policy overshot the budget, as a fraction of it (0 if within)."""
+        info = info or {}
+        if "requested_cost" not in info or not info.get("budget"):
+            return 0.0
+        return max(0.0, float(info["requested_cost"]) / float(info["budget"]) - 1.0)
 
     def _rewrite_taken(self, env_i: int, taken: np.ndarray) -> None:
         """Replace environment `env_i`'s pending actions (SB3 stores them rescaled to
@@ -170,17 +186,29 @@ class HAQDDPG(DDPG):
         critic_learning_rate: learning rate of the critic's optimiser (the actor uses
             ``learning_rate``).
         warmup_episodes: episodes of uniform random actions before the actor acts.
+        final_layer_init: if > 0, the last layers of actor and critic start from U(-x, x)
+            (DDPG's initialisation, Lillicrap et al. 2016: x = 3e-3); 0 keeps PyTorch's.
     """
 
     def __init__(self, *args: Any, critic_learning_rate: float = 1e-3, warmup_episodes: int = 20,
-                 **kwargs: Any) -> None:
+                 final_layer_init: float = 0.0, **kwargs: Any) -> None:
         self.critic_learning_rate = float(critic_learning_rate)
         self.warmup_episodes = int(warmup_episodes)
+        self.final_layer_init = float(final_layer_init)
         super().__init__(*args, **kwargs)
 
     def _setup_model(self) -> None:
         super()._setup_model()
         update_learning_rate(self.critic.optimizer, self.critic_learning_rate)
+        if self.final_layer_init > 0:
+            bound = self.final_layer_init
+            with th.no_grad():
+                for net in (self.actor.mu, *self.critic.q_networks):
+                    last = [m for m in net if isinstance(m, nn.Linear)][-1]
+                    last.weight.uniform_(-bound, bound)
+                    last.bias.uniform_(-bound, bound)
+            self.actor_target.load_state_dict(self.actor.state_dict())
+            self.critic_target.load_state_dict(self.critic.state_dict())
 
     def _update_learning_rate(self, optimizers: Any) -> None:
         lr = self.lr_schedule(self._current_progress_remaining)

@@ -43,6 +43,15 @@ class AgentConfig:
             (what was evaluated) instead of the actions the agent asked for. The paper does
             not say; on by default because the critic otherwise learns that bits the budget
             took away earned the episode's reward (docs/search.md measures both).
+        over_budget_penalty: opt-in shaping of the stored reward (not the paper's): the
+            episode's reward minus this times the fraction by which the *requested* policy
+            overshot the budget, so the agent is charged for asking more than it can have.
+            Meant with ``store_taken_actions=False``. 0 (default) is the paper's reward;
+            docs/agent_testbed.md measures it (it does not help at 100 episodes).
+        final_layer_init: if > 0, the last layer of actor and critic starts from
+            U(-x, x), DDPG's initialisation (Lillicrap et al. 2016, x = 3e-3), so the first
+            learnt actions sit mid-range (5 bits on 2..8) on every layer; 0 (default) keeps
+            PyTorch's initialisation (docs/agent_testbed.md measures both).
     """
 
     actor_lr: float = 1e-4
@@ -58,11 +67,16 @@ class AgentConfig:
     episode_targets: bool = False
     store_taken_actions: bool = True
     updates_per_transition: int = 1
+    over_budget_penalty: float = 0.0
+    final_layer_init: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if min(self.actor_lr, self.critic_lr, self.tau, self.noise_sigma) <= 0 or self.batch_size < 1:
             raise ValueError("agent: learning rates, tau, noise_sigma must be > 0 and batch_size >= 1")
+        if self.over_budget_penalty < 0 or self.final_layer_init < 0:
+            raise ValueError(f"agent: over_budget_penalty and final_layer_init must be >= 0, got "
+                             f"{self.over_budget_penalty}, {self.final_layer_init}")
         if self.updates_per_transition < 1:
             raise ValueError(f"agent: updates_per_transition must be >= 1, got {self.updates_per_transition}")
         if not 0 <= self.gamma <= 1 or not 0 <= self.baseline_decay < 1 or not 0 < self.noise_decay <= 1:

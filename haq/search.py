@@ -121,6 +121,7 @@ def make_agent(config: SearchConfig, env: Any, steps: int) -> HAQDDPG:
     return HAQDDPG(
         "MlpPolicy", env,
         learning_rate=a.actor_lr, critic_learning_rate=a.critic_lr, warmup_episodes=config.warmup,
+        final_layer_init=a.final_layer_init,
         buffer_size=a.buffer_size, learning_starts=max(0, config.warmup * steps - 1), batch_size=a.batch_size,
         tau=a.tau, gamma=a.gamma, train_freq=(1, "episode") if n == 1 else (steps, "step"),
         gradient_steps=-1 if n == 1 and a.updates_per_transition == 1 else n * steps * a.updates_per_transition,
@@ -128,6 +129,7 @@ def make_agent(config: SearchConfig, env: Any, steps: int) -> HAQDDPG:
         replay_buffer_class=EpisodeRewardReplayBuffer,
         replay_buffer_kwargs={"baseline_decay": a.baseline_decay, "episode_targets": a.episode_targets,
                               "store_taken_actions": a.store_taken_actions,
+                              "over_budget_penalty": a.over_budget_penalty,
                               "prev_action_index": OBS_FEATURES.index("prev_action")},
         policy_kwargs={"net_arch": {"pi": list(a.hidden), "qf": list(a.hidden)}},
         seed=config.seed, device="cpu", verbose=0,

@@ -112,6 +112,7 @@ def test_budget_is_enforced_from_the_last_layer_backwards():
                     bits[i][j] -= 1
     assert policy == [tuple(b) for b in bits]
     assert info["requested_policy"] == [(8, 8)] * 6
+    assert info["requested_cost"] == pytest.approx(env.reference_cost)
     # the taken actions map back to the enforced policy; untouched ones are the agent's own
     taken = info["taken_actions"]
     assert [action_to_bits(a, env.choices) for a in taken] == [b for p in policy for b in p]

@@ -87,6 +87,38 @@ def test_replay_buffer_stores_the_actions_budget_enforcement_left(tmp_path):
     np.testing.assert_allclose(buf.rewards[:2, 0], [-1.0, -1.0])
 
 
+def test_replay_buffer_charges_requests_over_the_budget():
+    from gymnasium import spaces
+    buf = EpisodeRewardReplayBuffer(10, spaces.Box(0, 1, (1,)), spaces.Box(-1, 1, (1,)), over_budget_penalty=2.0)
+    obs, act = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32)
+    for final, requested in ((-1.0, 15.0), (-0.5, 8.0)):  # budget 10: 50% over, then within
+        buf.add(obs, obs, act, np.array([0.0]), np.array([False]), [{}])
+        buf.add(obs, obs, act, np.array([final]), np.array([True]),
+                [{"requested_cost": requested, "budget": 10.0}])
+    # -1 - 2 * 0.5 = -2 against baseline 0; then -0.5 against the baseline -2
+    np.testing.assert_allclose(buf.rewards[:4, 0], [-2.0, -2.0, 1.5, 1.5])
+
+
+def test_final_layer_init_starts_every_action_mid_range():
+    from stable_baselines3.common.monitor import Monitor
+
+    import hw_models as H
+    from envs import MixedPrecisionEnv
+    from haq.search import make_agent
+    layers = [H.LayerSpec("c0", "conv", 3, 16, kernel=3, in_h=8, in_w=8, out_h=8, out_w=8), H.LayerSpec("fc", "fc", 16, 10)]
+    env = MixedPrecisionEnv(layers, H.create_hw_model("bismo-edge"), 1.0, lambda policy: 90.0, fp_accuracy=95.0)
+    cfg = SearchConfig(agent=AgentConfig(final_layer_init=3e-3))
+    agent = make_agent(cfg, Monitor(env), env.n_steps)
+    for net in (agent.actor.mu, agent.critic.q_networks[0]):
+        last = [m for m in net if hasattr(m, "weight")][-1]
+        assert last.weight.abs().max() <= 3e-3 and last.bias.abs().max() <= 3e-3
+    for p, q in zip(agent.actor.parameters(), agent.actor_target.parameters()):
+        assert np.array_equal(p.detach().numpy(), q.detach().numpy())
+    obs = np.random.default_rng(0).random((20, 10)).astype(np.float32)
+    actions, _ = agent.predict(obs, deterministic=True)
+    assert np.all(np.abs(actions - 0.5) < 0.01)  # 5 bits on 2..8, whatever the layer
+
+
 def test_same_seed_same_policies_and_rewards(tmp_path, shared_parts):
     a = Search(tiny_config(tmp_path, "a"), parts=shared_parts)
     a.run()
