@@ -176,7 +176,7 @@ def render(df: pd.DataFrame, episodes: int) -> None:
                   + " here, several layers at 2-bit activations) it loses to uniform w4a4. Per-episode "
                   "policies are in each run's `episodes.csv`.", "",
                   "Why the agent does not learn the trade-off is studied apart from the finetune's noise on a "
-                  "synthetic accuracy landscape with a known optimum, same layers, costs, environment and agent "
+                  "synthetic accuracy landscape with a known near-optimum, same layers, costs, environment and agent "
                   "(docs/agent_testbed.md): there no agent setting tried beats what asking for 8 bits everywhere "
                   "gets from the enforcement, while without a budget the agent learns in every seed.", ""]
     (ROOT / "docs" / "search.md").write_text("\n".join(lines))
