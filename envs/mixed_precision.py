@@ -14,6 +14,10 @@ from hw_models import CostModel, LayerSpec, check_layers, policy_cost
 Evaluator = Callable[[list[tuple[int, int]]], float]
 """policy ``[(w_bits, a_bits), ...]`` -> accuracy in percent."""
 
+ENFORCEMENTS = ("sequential", "highest-first")
+"""Budget enforcement orders: the paper's walk from the last layer to the first, or lowering
+the highest bitwidth first (ties: last layer first, activation before weight)."""
+
 OBS_FEATURES = ("layer_index", "c_in", "c_out", "kernel", "stride", "feature_map", "n_params",
                 "depthwise", "is_weight", "prev_action")
 
@@ -95,6 +99,10 @@ class MixedPrecisionEnv(gym.Env):
     * ``reward_scale``: lambda of the reward.
     * ``weights_only``: search weight bits only (one step per layer; activation bits held
       at ``max_bits``), as HAQ does under a model-size budget (Section 4.3).
+    * ``enforcement``: ``"sequential"`` (the paper's, above) or ``"highest-first"``: lower
+      the highest bitwidth one step at a time (ties: the last layer, activation before
+      weight), which keeps the order of the agent's requests instead of cutting the last
+      layers for what the first ones asked (not the paper's; docs/agent_testbed.md).
 
     ## Version history
     * v0: initial version.
@@ -106,9 +114,12 @@ class MixedPrecisionEnv(gym.Env):
         self, layers: Sequence[LayerSpec], cost_model: CostModel, budget: float, evaluator: Evaluator,
         *, metric: str = "latency_ms", fp_accuracy: float | None = None, min_bits: int = 2, max_bits: int = 8,
         pin_first_last: bool = False, supported_bits: Sequence[int] | None = None, reward_scale: float = 0.1,
-        weights_only: bool = False,
+        weights_only: bool = False, enforcement: str = "sequential",
     ) -> None:
         super().__init__()
+        if enforcement not in ENFORCEMENTS:
+            raise ValueError(f"enforcement must be one of {list(ENFORCEMENTS)}, got {enforcement!r}")
+        self.enforcement = enforcement
         self.weights_only = bool(weights_only)
         self.layers = check_layers(layers)
         if not 1 <= min_bits <= max_bits <= 8:
@@ -177,13 +188,25 @@ class MixedPrecisionEnv(gym.Env):
 
     def enforce_budget(self, policy: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
         """HAQ's sequential decrease: lower bits from the last layer to the first
-        (activation, then weight), one allowed step at a time, until the cost fits."""
+        (activation, then weight), one allowed step at a time, until the cost fits. With
+        ``enforcement="highest-first"``, lower the highest bitwidth first instead."""
         bits = [list(p) for p in policy]
         rows = np.arange(len(bits))
         layer_cost = self.table[rows, [b[0] - 1 for b in bits], [b[1] - 1 for b in bits]]
         total = float(layer_cost.sum())
         lower = {b: self.choices[i - 1] for i, b in enumerate(self.choices) if i > 0}
         tol = 1e-12 * max(1.0, abs(self.budget))
+        slots = [(i, j) for i in reversed(range(len(bits))) if not self.pinned[i]
+                 for j in ((0,) if self.weights_only else (1, 0))]
+        while self.enforcement == "highest-first" and total > self.budget + tol:
+            movable = [(i, j) for i, j in slots if bits[i][j] in lower]
+            if not movable:  # unreachable: guarded in __init__, kept as a safety net
+                raise RuntimeError("budget enforcement made no progress")
+            i, j = max(movable, key=lambda s: bits[s[0]][s[1]])  # first of the highest: last layer, activation
+            bits[i][j] = lower[bits[i][j]]
+            new = float(self.table[i, bits[i][0] - 1, bits[i][1] - 1])
+            total += new - layer_cost[i]
+            layer_cost[i] = new
         while total > self.budget + tol:
             changed = False
             for i in reversed(range(len(bits))):

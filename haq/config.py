@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from envs import ENFORCEMENTS
 from haq.policy import parse_uniform
 from haq.qmodel import QuantConfig
 from haq.train import FinetuneConfig
@@ -113,6 +114,9 @@ class SearchConfig:
         ray_address: a Ray cluster to join for the workers (None: a local Ray instance).
         weights_only: search weight bits only, activations held at max_bits (the paper's
             model-size experiments, with ``quant.mode = "kmeans"``, which leaves them float).
+        enforcement: how a policy over the budget is lowered: ``sequential`` (the paper's,
+            last layer to first) or ``highest-first`` (not the paper's; see
+            `envs.MixedPrecisionEnv`).
         quant: quantizer settings.
         finetune: finetune settings.
         agent: DDPG settings.
@@ -137,6 +141,7 @@ class SearchConfig:
     pin_first_last: bool = False
     reward_scale: float = 0.1
     weights_only: bool = False
+    enforcement: str = "sequential"
     workers: int = 1
     ray_address: str | None = None
     quant: QuantConfig = dataclasses.field(default_factory=QuantConfig)
@@ -147,6 +152,8 @@ class SearchConfig:
         if self.constraint not in CONSTRAINTS:
             raise ValueError(f"constraint must be one of {list(CONSTRAINTS)}, got {self.constraint!r}")
         budget_kind(self.budget)
+        if self.enforcement not in ENFORCEMENTS:
+            raise ValueError(f"enforcement must be one of {list(ENFORCEMENTS)}, got {self.enforcement!r}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.episodes < 1 or self.warmup < 0:

@@ -104,7 +104,7 @@ def build_parts(config: SearchConfig) -> SearchParts:
     env = MixedPrecisionEnv(layers, cost_model, budget, evaluator, metric=config.metric,
                             min_bits=config.min_bits, max_bits=config.max_bits,
                             pin_first_last=config.pin_first_last, reward_scale=config.reward_scale,
-                            weights_only=config.weights_only)
+                            weights_only=config.weights_only, enforcement=config.enforcement)
     return SearchParts(config, data, evaluator, cost_model, env)
 
 

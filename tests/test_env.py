@@ -120,6 +120,27 @@ def test_budget_is_enforced_from_the_last_layer_backwards():
     assert taken[-1] == pytest.approx((policy[-1][1] - 2 + 0.5) / 7)
 
 
+def test_highest_first_enforcement_lowers_the_highest_bitwidth_first():
+    model = H.create_hw_model("bismo-edge")
+    budget = model.policy_cost(LAYERS, [(4, 4)] * 6, "latency_ms")
+    env = MixedPrecisionEnv(LAYERS, model, budget, fake_evaluator, fp_accuracy=90.0, enforcement="highest-first")
+    asked = [(8, 3), (6, 6), (3, 8), (8, 8), (5, 2), (8, 4)]
+    policy = env.enforce_budget(asked)
+    assert env.cost(policy) <= budget * (1 + 1e-9)
+    # by hand: lower the highest bitwidth (ties: last layer, activation before weight) one step at a time
+    bits = [list(p) for p in asked]
+    order = [(i, j) for i in reversed(range(6)) for j in (1, 0)]
+    while env.cost(bits) > budget:
+        i, j = max((s for s in order if bits[s[0]][s[1]] > 2), key=lambda s: bits[s[0]][s[1]])
+        bits[i][j] -= 1
+    assert policy == [tuple(b) for b in bits]
+    # the order of the request survives where the sequential decrease would cut the last layers
+    assert policy[3][0] >= policy[4][0] and policy[1] != (2, 2)
+    assert env.enforce_budget([(4, 4)] * 6) == [(4, 4)] * 6
+    with pytest.raises(ValueError, match="enforcement must be one of"):
+        MixedPrecisionEnv(LAYERS, model, budget, fake_evaluator, fp_accuracy=90.0, enforcement="random")
+
+
 def test_policy_within_budget_is_left_alone():
     env = make_env(budget_policy=(8, 8))
     _, _, info = run_episode(env, [0.0, 1.0] * 6)
