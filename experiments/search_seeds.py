@@ -25,6 +25,9 @@ METHODS = {
     "haq": "the engine's defaults: noise decay 0.97, the enforced policy's actions stored",
     "haq-paper": "the paper's noise decay 0.99 (tuned for 600 episodes), the agent's requested actions stored",
     "haq-distill": "the engine's defaults with knowledge distillation from the float model in every finetune",
+    "haq-highest-first": "opt-in settings from the agent testbed (docs/agent_testbed.md, `highest-first+`): "
+                         "highest-first budget enforcement, DDPG's final-layer init, sigma 0.1, every step "
+                         "regressed on the episode's reward, the over-budget penalty, requested actions stored",
     "random": "every action uniform random, no learning",
 }
 
@@ -34,8 +37,13 @@ def method_config(method: str, seed: int, episodes: int, runs: str) -> SearchCon
     agent = base.agent
     if method == "haq-paper":
         agent = dataclasses.replace(agent, noise_decay=0.99, store_taken_actions=False)
+    if method == "haq-highest-first":
+        agent = dataclasses.replace(agent, final_layer_init=3e-3, noise_sigma=0.1, episode_targets=True,
+                                    over_budget_penalty=1.0, store_taken_actions=False)
     finetune = dataclasses.replace(base.finetune, distill=method == "haq-distill")
+    enforcement = "highest-first" if method == "haq-highest-first" else base.enforcement
     return SearchConfig(episodes=episodes, seed=seed, out=f"{runs}/{method}-seed{seed}", agent=agent,
+                        enforcement=enforcement,
                         finetune=finetune, warmup=episodes if method == "random" else base.warmup)
 
 
@@ -131,7 +139,8 @@ def render(df: pd.DataFrame, episodes: int) -> None:
              f"`haq search` defaults: digits-mbv2 (float top-1 {fp:.2f}% on search-val), bismo-edge, latency no more "
              f"than uniform w4a4, {episodes} episodes (20 random warm-up), 1-epoch finetune per policy. Methods:", ""]
     lines += [f"- `{m}`: {d}." for m, d in METHODS.items() if m in set(df["method"])]
-    lines += ["", "All methods evaluate the same number of policies under the same budget enforcement. "
+    lines += ["", "All methods evaluate the same number of policies under the same budget, enforced by the paper's "
+              "sequential decrease except in `haq-highest-first`. "
               "Source: `experiments/results/search-default.csv`. `s / episode` is wall time on a 2-core machine "
               "that often ran other work alongside; clean timings are in docs/performance.md.", "",
               "| method | seed | best top-1 | its cost / w8a8 | best uniform in budget | bitwidths of the best "
