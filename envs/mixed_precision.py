@@ -196,33 +196,32 @@ class MixedPrecisionEnv(gym.Env):
         total = float(layer_cost.sum())
         lower = {b: self.choices[i - 1] for i, b in enumerate(self.choices) if i > 0}
         tol = 1e-12 * max(1.0, abs(self.budget))
+        # walk order: last layer first, activation bits before weight bits
         slots = [(i, j) for i in reversed(range(len(bits))) if not self.pinned[i]
                  for j in ((0,) if self.weights_only else (1, 0))]
-        while self.enforcement == "highest-first" and total > self.budget + tol:
-            movable = [(i, j) for i, j in slots if bits[i][j] in lower]
-            if not movable:  # unreachable: guarded in __init__, kept as a safety net
+        cursor = 0  # the sequential walk resumes where it stopped, pass after pass
+
+        def next_slot() -> tuple[int, int] | None:
+            nonlocal cursor
+            if self.enforcement == "highest-first":  # the first of the highest, in walk order
+                movable = [(i, j) for i, j in slots if bits[i][j] in lower]
+                return max(movable, key=lambda s: bits[s[0]][s[1]]) if movable else None
+            for _ in range(len(slots)):
+                i, j = slots[cursor]
+                cursor = (cursor + 1) % len(slots)
+                if bits[i][j] in lower:
+                    return i, j
+            return None
+
+        while total > self.budget + tol:
+            slot = next_slot()
+            if slot is None:  # unreachable: guarded in __init__, kept as a safety net
                 raise RuntimeError("budget enforcement made no progress")
-            i, j = max(movable, key=lambda s: bits[s[0]][s[1]])  # first of the highest: last layer, activation
+            i, j = slot
             bits[i][j] = lower[bits[i][j]]
             new = float(self.table[i, bits[i][0] - 1, bits[i][1] - 1])
             total += new - layer_cost[i]
             layer_cost[i] = new
-        while total > self.budget + tol:
-            changed = False
-            for i in reversed(range(len(bits))):
-                if self.pinned[i]:
-                    continue
-                for j in ((0,) if self.weights_only else (1, 0)):  # activation bits first, then weight bits
-                    if total <= self.budget + tol:
-                        break
-                    if bits[i][j] in lower:
-                        bits[i][j] = lower[bits[i][j]]
-                        new = float(self.table[i, bits[i][0] - 1, bits[i][1] - 1])
-                        total += new - layer_cost[i]
-                        layer_cost[i] = new
-                        changed = True
-            if not changed:  # unreachable: guarded in __init__, kept as a safety net
-                raise RuntimeError("budget enforcement made no progress")
         return [(b[0], b[1]) for b in bits]
 
     def peek_policy(self, action: np.ndarray | float) -> list[tuple[int, int]]:
