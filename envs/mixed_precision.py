@@ -102,7 +102,9 @@ class MixedPrecisionEnv(gym.Env):
     * ``enforcement``: ``"sequential"`` (the paper's, above) or ``"highest-first"``: lower
       the highest bitwidth one step at a time (ties: the last layer, activation before
       weight), which keeps the order of the agent's requests instead of cutting the last
-      layers for what the first ones asked (not the paper's; docs/agent_testbed.md).
+      layers for what the first ones asked (not the paper's; docs/agent_testbed.md). The
+      environment defaults to the paper's order; `haq search` defaults to ``highest-first``
+      (docs/search.md measures both).
 
     ## Version history
     * v0: initial version.

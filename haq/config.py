@@ -20,7 +20,10 @@ CONSTRAINTS = {"latency": "latency_ms", "energy": "energy_mj", "size": "size_mb"
 
 @dataclasses.dataclass(frozen=True)
 class AgentConfig:
-    """DDPG settings; defaults are HAQ's (Section 3.4; DESIGN.md item 6).
+    """DDPG settings. Network sizes, learning rates, tau, gamma, batch and warm-up are HAQ's
+    (Section 3.4; DESIGN.md item 6). Exploration, targets, stored actions, reward shaping and
+    the last layer's initialisation default to the settings that learnt on every seed of the
+    default search (docs/search.md, docs/agent_testbed.md); `PAPER_AGENT` holds the paper's.
 
     Attributes:
         actor_lr: actor learning rate.
@@ -30,29 +33,31 @@ class AgentConfig:
         batch_size: replay minibatch size.
         hidden: hidden layer sizes of actor and critic.
         noise_sigma: initial exploration sigma (in action units, actions are in [0, 1]).
+            The paper's 0.5 spreads the first learnt requests over the whole bit range;
+            the default 0.1 explores around what the actor asks for.
         noise_decay: per-episode sigma decay after warm-up. The paper's 0.99 is tuned to 600
-            episodes; over the default 100 it would leave sigma at 0.22 at the end, so the
-            default is 0.97 (sigma 0.04 after 80 learning episodes; docs/search.md measures
-            both). Paper-scale configs set 0.99.
+            episodes; over the default 100 it would leave sigma at 0.22 of 0.5 at the end, so
+            the default is 0.97. Paper-scale configs set 0.99.
         baseline_decay: decay of the moving-average reward baseline (not given by the paper).
         buffer_size: replay capacity in transitions.
         episode_targets: store every transition as terminal so the critic learns the
-            episode's reward directly instead of bootstrapping through 2L steps.
+            episode's reward directly instead of bootstrapping through 2L steps (on by
+            default; the paper bootstraps with gamma = 1, which reaches early actions only
+            through the previous-action feature of the state).
         updates_per_transition: gradient steps per stored transition after each episode
             (paper: 1).
         store_taken_actions: store the actions of the policy as budget enforcement left it
             (what was evaluated) instead of the actions the agent asked for. The paper does
-            not say; on by default because the critic otherwise learns that bits the budget
-            took away earned the episode's reward (docs/search.md measures both).
-        over_budget_penalty: opt-in shaping of the stored reward (not the paper's): the
-            episode's reward minus this times the fraction by which the *requested* policy
-            overshot the budget, so the agent is charged for asking more than it can have.
-            Meant with ``store_taken_actions=False``. 0 (default) is the paper's reward;
-            docs/agent_testbed.md measures it (it does not help at 100 episodes).
+            not say. Off by default: with the over-budget penalty the critic needs the
+            request to see what asking too much costs.
+        over_budget_penalty: shaping of the stored reward (not the paper's): the episode's
+            reward minus this times the fraction by which the *requested* policy overshot
+            the budget, so the agent is charged for asking more than it can have. Meant with
+            ``store_taken_actions=False``. 0 is the paper's reward; default 1.
         final_layer_init: if > 0, the last layer of actor and critic starts from
-            U(-x, x), DDPG's initialisation (Lillicrap et al. 2016, x = 3e-3), so the first
-            learnt actions sit mid-range (5 bits on 2..8) on every layer; 0 (default) keeps
-            PyTorch's initialisation (docs/agent_testbed.md measures both).
+            U(-x, x), DDPG's initialisation (Lillicrap et al. 2016, x = 3e-3, the default),
+            so the first learnt actions sit mid-range (5 bits on 2..8) on every layer; 0
+            keeps PyTorch's initialisation (the paper does not say which it uses).
     """
 
     actor_lr: float = 1e-4
@@ -61,15 +66,15 @@ class AgentConfig:
     gamma: float = 1.0
     batch_size: int = 64
     hidden: tuple[int, ...] = (300, 300)
-    noise_sigma: float = 0.5
+    noise_sigma: float = 0.1
     noise_decay: float = 0.97
     baseline_decay: float = 0.95
     buffer_size: int = 20_000
-    episode_targets: bool = False
-    store_taken_actions: bool = True
+    episode_targets: bool = True
+    store_taken_actions: bool = False
     updates_per_transition: int = 1
-    over_budget_penalty: float = 0.0
-    final_layer_init: float = 0.0
+    over_budget_penalty: float = 1.0
+    final_layer_init: float = 3e-3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -82,6 +87,14 @@ class AgentConfig:
             raise ValueError(f"agent: updates_per_transition must be >= 1, got {self.updates_per_transition}")
         if not 0 <= self.gamma <= 1 or not 0 <= self.baseline_decay < 1 or not 0 < self.noise_decay <= 1:
             raise ValueError("agent: gamma in [0, 1], baseline_decay in [0, 1), noise_decay in (0, 1]")
+
+
+PAPER_AGENT = AgentConfig(noise_sigma=0.5, noise_decay=0.99, episode_targets=False, store_taken_actions=False,
+                          over_budget_penalty=0.0, final_layer_init=0.0)
+"""The paper's agent (Section 3.4): sigma 0.5 decaying 0.99 per episode, bootstrapped targets
+with gamma = 1, the plain reward, PyTorch's initialisation, the requested actions stored. Use
+it with ``enforcement="sequential"``; experiments/configs/paper_agent.yaml is the same as a
+``--config`` file."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,9 +127,10 @@ class SearchConfig:
         ray_address: a Ray cluster to join for the workers (None: a local Ray instance).
         weights_only: search weight bits only, activations held at max_bits (the paper's
             model-size experiments, with ``quant.mode = "kmeans"``, which leaves them float).
-        enforcement: how a policy over the budget is lowered: ``sequential`` (the paper's,
-            last layer to first) or ``highest-first`` (not the paper's; see
-            `envs.MixedPrecisionEnv`).
+        enforcement: how a policy over the budget is lowered: ``highest-first`` (default,
+            not the paper's: the highest bitwidth first, so the order of the request
+            survives) or ``sequential`` (the paper's, last layer to first); see
+            `envs.MixedPrecisionEnv` and docs/search.md.
         quant: quantizer settings.
         finetune: finetune settings.
         agent: DDPG settings.
@@ -141,7 +155,7 @@ class SearchConfig:
     pin_first_last: bool = False
     reward_scale: float = 0.1
     weights_only: bool = False
-    enforcement: str = "sequential"
+    enforcement: str = "highest-first"
     workers: int = 1
     ray_address: str | None = None
     quant: QuantConfig = dataclasses.field(default_factory=QuantConfig)

@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,6 +167,17 @@ def test_killed_search_resumes_without_losing_or_repeating_episodes(tmp_path, sh
     got = rows(tmp_path / "killed")
     assert [int(r[0]) for r in got] == list(range(1, 8))
     assert got == rows(tmp_path / "ref")  # the same episodes as a run that was never interrupted
+
+
+def test_paper_agent_config_file_is_the_papers_agent():
+    from haq.config import PAPER_AGENT
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = SearchConfig.from_yaml(root / "experiments" / "configs" / "paper_agent.yaml")
+    assert cfg.agent == PAPER_AGENT and cfg.enforcement == "sequential"
+    # the paper's numbers (Section 3.4), not the engine's defaults
+    assert (PAPER_AGENT.noise_sigma, PAPER_AGENT.noise_decay, PAPER_AGENT.gamma, PAPER_AGENT.tau) == (0.5, 0.99, 1.0, 0.01)
+    assert not PAPER_AGENT.episode_targets and PAPER_AGENT.over_budget_penalty == 0
 
 
 def test_noise_and_replay_buffer_follow_haq():

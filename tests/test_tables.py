@@ -33,6 +33,11 @@ def test_shipped_table_specs_load_at_both_scales(name):
         cfg = spec.config(scale, sc["models"][0], spec.hardware[0], spec.budgets[0], "random", 0, "x")
         assert cfg.warmup == cfg.episodes and cfg.constraint == spec.constraint
     assert spec.scale("paper")["search"]["episodes"] == 600
+    # paper scale reproduces the paper: its agent and its sequential budget enforcement
+    from haq.config import PAPER_AGENT
+
+    paper = spec.config("paper", spec.scale("paper")["models"][0], spec.hardware[0], spec.budgets[0], "haq", 0, "x")
+    assert paper.agent == PAPER_AGENT and paper.enforcement == "sequential"
 
 
 def test_bad_table_specs_name_the_file_and_key(tmp_path):
