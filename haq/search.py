@@ -108,6 +108,25 @@ def build_parts(config: SearchConfig) -> SearchParts:
     return SearchParts(config, data, evaluator, cost_model, env)
 
 
+def check_parts(config: SearchConfig, parts: SearchParts) -> None:
+    """Refuse prebuilt parts whose environment does not do what `config` says (parts are
+    reused across searches to skip loading and calibration; the environment holds the budget,
+    the bit range and the enforcement, so those must match)."""
+    env = parts.env
+    want = {"enforcement": config.enforcement, "weights_only": config.weights_only, "metric": config.metric,
+            "reward_scale": float(config.reward_scale), "pin_first_last": config.pin_first_last,
+            "choices": tuple(b for b in range(config.min_bits, config.max_bits + 1)
+                             if b in set(parts.cost_model.supported_bits)),
+            "budget": resolve_budget(config, parts.cost_model, parts.layers)}
+    have = {"enforcement": env.enforcement, "weights_only": env.weights_only, "metric": env.metric,
+            "reward_scale": env.reward_scale, "pin_first_last": bool(env.pinned.any()), "choices": env.choices,
+            "budget": env.budget}
+    diff = [k for k in want if want[k] != have[k]]
+    if diff:
+        raise ValueError(f"the prebuilt search parts do not match the config in {diff}: build them with "
+                         "build_parts(config) for this config")
+
+
 def make_agent(config: SearchConfig, env: Any, steps: int) -> HAQDDPG:
     """SB3 DDPG with HAQ's settings (DESIGN.md item 6). `steps` is the episode length.
 
@@ -196,6 +215,7 @@ class Search:
         self.run_dir = Path(run_dir or config.out or default_run_dir(config))
         self.on_episode = on_episode
         self.parts = parts or build_parts(config)
+        check_parts(config, self.parts)
         self.pool: Any = None
         if config.workers > 1:
             from haq.parallel import BatchEvalVecEnv, RayEvaluatorPool

@@ -65,6 +65,16 @@ def test_search_writes_the_run_directory(tmp_path, shared_parts):
     assert SearchConfig.from_yaml(run / "config.yaml") == config
 
 
+def test_prebuilt_parts_for_another_environment_are_refused(tmp_path, shared_parts):
+    import dataclasses
+
+    other = "sequential" if shared_parts.env.enforcement == "highest-first" else "highest-first"
+    with pytest.raises(ValueError, match=r"do not match the config in \['enforcement'\]"):
+        Search(dataclasses.replace(tiny_config(tmp_path), enforcement=other), parts=shared_parts)
+    with pytest.raises(ValueError, match="budget"):
+        Search(tiny_config(tmp_path, budget="w6a6"), parts=shared_parts)
+
+
 def test_a_fresh_search_refuses_a_directory_that_holds_one(tmp_path, shared_parts):
     Search(tiny_config(tmp_path, episodes=3), parts=shared_parts).run()
     before = (tmp_path / "run" / "episodes.csv").read_text()
