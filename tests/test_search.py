@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import truncnorm
 
 from haq.agent import EpisodeRewardReplayBuffer, TruncatedNormalNoise
@@ -108,6 +109,40 @@ def test_replay_buffer_charges_requests_over_the_budget():
                 [{"requested_cost": requested, "budget": 10.0}])
     # -1 - 2 * 0.5 = -2 against baseline 0; then -0.5 against the baseline -2
     np.testing.assert_allclose(buf.rewards[:4, 0], [-2.0, -2.0, 1.5, 1.5])
+
+
+def test_episode_target_updates_equal_sb3s_ddpg_updates():
+    """The target-network-free update used with episode targets is SB3's update, exactly."""
+    from stable_baselines3 import DDPG
+    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.monitor import Monitor
+
+    import hw_models as H
+    from envs import MixedPrecisionEnv
+    from haq.search import make_agent
+    layers = [H.LayerSpec("c0", "conv", 3, 16, kernel=3, in_h=8, in_w=8, out_h=8, out_w=8), H.LayerSpec("fc", "fc", 16, 10)]
+    env = MixedPrecisionEnv(layers, H.create_hw_model("bismo-edge"), 1.0, lambda policy: 90.0, fp_accuracy=95.0)
+    cfg = SearchConfig(agent=AgentConfig(episode_targets=True, batch_size=8))
+    ours, sb3s = (make_agent(cfg, Monitor(env), env.n_steps) for _ in range(2))
+    rng = np.random.default_rng(0)
+    for agent in (ours, sb3s):
+        agent.set_logger(configure(None, [""]))
+    for _ in range(6):  # the same episodes in both buffers
+        obs = rng.random((env.n_steps + 1, 1, 10), dtype=np.float32)
+        act, final = rng.random((env.n_steps, 1, 1), dtype=np.float32), -rng.random()
+        for t in range(env.n_steps):
+            last = t == env.n_steps - 1
+            for agent in (ours, sb3s):
+                agent.replay_buffer.add(obs[t], obs[t + 1], act[t], np.array([final if last else 0.0]),
+                                        np.array([last]), [{}])
+    np.random.seed(3)
+    ours.train(5, batch_size=8)
+    np.random.seed(3)
+    DDPG.train(sb3s, 5, batch_size=8)  # SB3's own update, target networks included
+    for a, b in ((ours.actor, sb3s.actor), (ours.critic, sb3s.critic)):
+        for (name, p), q in zip(a.named_parameters(), b.parameters()):
+            assert torch.equal(p, q), name
+    assert not torch.equal(next(sb3s.actor_target.parameters()), next(sb3s.actor.parameters()))
 
 
 def test_final_layer_init_starts_every_action_mid_range():
