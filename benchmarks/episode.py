@@ -6,7 +6,8 @@ Prints a table of seconds and ratios and writes it as JSON:
 * quantized finetune epoch: our fake-quantized finetune (w4a4);
 * calibration per episode: applying a policy whose clips are already cached;
 * validation: top-1 on the search-val split;
-* the rest: env steps, cost lookups, agent updates (one DDPG gradient step per transition).
+* the rest: the engine's agent and environment for one episode with a constant evaluator (env
+  steps, budget enforcement, cost lookups, one DDPG gradient step per transition).
 
 Presets:
   cpu-digits   the embedded default on the CPU (real digits data)
@@ -66,37 +67,31 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t
 
 
-def agent_overhead(n_layers: int) -> float:
-    """Seconds for 2L env-sized DDPG gradient steps (300-300 MLPs, batch 64) plus 2L cost lookups
-    (median of 5 after a warm-up)."""
-    import gymnasium as gym
-    from gymnasium import spaces
-    from stable_baselines3 import DDPG
-    from stable_baselines3.common.env_util import make_vec_env  # noqa: F401  (import cost excluded)
+def agent_overhead(layers: list) -> float:
+    """Seconds of one episode of the default search without the finetune: the engine's own
+    agent (`make_agent` with the default `SearchConfig`) on a `MixedPrecisionEnv` of these
+    layers priced by bismo-edge, with a constant evaluator: env steps, actor and noise, budget
+    enforcement and cost lookups, the replay buffer, and the 2L gradient steps after the
+    episode (median of 5 episodes once the agent learns)."""
+    from stable_baselines3.common.monitor import Monitor
 
-    class Box(gym.Env):
-        observation_space = spaces.Box(0, 1, (10,), np.float32)
-        action_space = spaces.Box(0, 1, (1,), np.float32)
+    import hw_models
+    from envs import MixedPrecisionEnv
+    from haq.config import SearchConfig
+    from haq.search import make_agent, resolve_budget
 
-        def reset(self, *, seed=None, options=None):
-            return np.zeros(10, np.float32), {}
-
-        def step(self, action):
-            return np.zeros(10, np.float32), 0.0, False, False, {}
-
-    agent = DDPG("MlpPolicy", Box(), batch_size=64, policy_kwargs={"net_arch": [300, 300]}, learning_starts=0,
-                 device="cpu")
-    agent.learn(200)
-    table = np.random.rand(n_layers, 8, 8)
+    cfg = SearchConfig(warmup=2)
+    cost_model = hw_models.create_hw_model(cfg.hw)
+    env = MixedPrecisionEnv(layers, cost_model, resolve_budget(cfg, cost_model, layers), lambda policy: 90.0,
+                            metric=cfg.metric, fp_accuracy=95.0, enforcement=cfg.enforcement)
+    agent = make_agent(cfg, Monitor(env), env.n_steps)
+    agent.learn(total_timesteps=4 * env.n_steps)  # warm-up episodes, then learning ones (untimed)
 
     def one_episode() -> float:
         t = time.perf_counter()
-        agent.train(gradient_steps=2 * n_layers, batch_size=64)
-        for _ in range(2 * n_layers):
-            table[np.arange(n_layers), np.random.randint(0, 8, n_layers), np.random.randint(0, 8, n_layers)].sum()
+        agent.learn(total_timesteps=env.n_steps, reset_num_timesteps=False)
         return time.perf_counter() - t
 
-    one_episode()  # warm-up, untimed
     return float(np.median([one_episode() for _ in range(5)]))
 
 
@@ -170,7 +165,7 @@ def main() -> None:
         "calibration_s": median(lambda: ev.qmodel.apply(policy)),
         "quant_epoch_s": float(np.median([q for _, q in pairs])),
         "validation_s": median(validation),
-        "agent_and_env_s": agent_overhead(len(layers)) if _has_sb3() else float("nan"),
+        "agent_and_env_s": agent_overhead(layers) if _has_sb3() else float("nan"),
         "setup_s": setup,
         "compile": bool(ft.compile),
         "warmup_s": t_compile,  # one untimed float epoch, quantized epoch and validation (+ compilation)
