@@ -208,6 +208,28 @@ class SearchConfig:
     def from_yaml(cls, path: str | os.PathLike[str]) -> SearchConfig:
         return cls.from_dict(load_yaml(path), str(path))
 
+    @classmethod
+    def from_run(cls, path: str | os.PathLike[str]) -> SearchConfig:
+        """The config a run directory's ``config.yaml`` was run with. A run writes every key,
+        so a missing key means the run predates it; it gets the behaviour the run had then
+        (`RUN_LEGACY`), not today's default, so that resuming an old run does not switch its
+        enforcement or agent halfway."""
+        data = load_yaml(path)
+        for key, value in RUN_LEGACY.items():
+            if isinstance(value, dict):
+                data[key] = {**value, **(data.get(key) or {})}
+            else:
+                data.setdefault(key, value)
+        return cls.from_dict(data, str(path))
+
+
+RUN_LEGACY: dict[str, Any] = {
+    "enforcement": "sequential",
+    "agent": {"final_layer_init": 0.0, "over_budget_penalty": 0.0, "store_taken_actions": False},
+}
+"""What runs written before a key existed did: the paper's sequential enforcement, PyTorch's
+init, no penalty, the requested actions stored (``episode_targets`` has always been written)."""
+
 
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A YAML mapping from a file, with errors that name the file."""

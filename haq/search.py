@@ -370,7 +370,7 @@ class Search:
         cfg_path = run_dir / "config.yaml"
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
-        config = SearchConfig.from_yaml(cfg_path)
+        config = SearchConfig.from_run(cfg_path)
         if episodes is not None:
             config = dataclasses.replace(config, episodes=episodes)
         search = cls(config, run_dir, on_episode)

@@ -187,7 +187,7 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
 def _check_same_config(run_dir: Path, cfg: SearchConfig, method: str) -> None:
     """A finished run is reused only if it ran this cell's config (the agent's settings do
     not matter to a random search)."""
-    done = SearchConfig.from_yaml(run_dir / "config.yaml")
+    done = SearchConfig.from_run(run_dir / "config.yaml")
     ignore = {"out", "agent"} if method == "random" else {"out"}
     a = {k: v for k, v in done.to_dict().items() if k not in ignore}
     b = {k: v for k, v in cfg.to_dict().items() if k not in ignore}

@@ -225,6 +225,23 @@ def test_paper_agent_config_file_is_the_papers_agent():
     assert not PAPER_AGENT.episode_targets and PAPER_AGENT.over_budget_penalty == 0
 
 
+def test_a_run_written_before_a_key_existed_keeps_its_behaviour_on_resume(tmp_path):
+    import yaml
+
+    cfg = SearchConfig(seed=4)
+    cfg.to_yaml(tmp_path / "config.yaml")
+    assert SearchConfig.from_run(tmp_path / "config.yaml") == cfg  # a complete file is read as written
+    old = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del old["enforcement"]
+    for key in ("final_layer_init", "over_budget_penalty", "store_taken_actions"):
+        del old["agent"][key]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    got = SearchConfig.from_run(tmp_path / "config.yaml")
+    assert got.enforcement == "sequential" and got.seed == 4
+    assert (got.agent.final_layer_init, got.agent.over_budget_penalty, got.agent.store_taken_actions) == (0, 0, False)
+    assert got.agent.noise_sigma == cfg.agent.noise_sigma  # keys the file has are kept
+
+
 def test_noise_and_replay_buffer_follow_haq():
     noise = TruncatedNormalNoise(sigma=0.5, decay=0.99, warmup=2, seed=0)
     samples = np.array([noise.perturb(np.array([0.9]), np.array([0.0]), np.array([1.0]))[0] for _ in range(4000)])
