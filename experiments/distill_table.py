@@ -5,10 +5,11 @@ search-train split with the plain cross-entropy loss and with knowledge distilla
 the float model (Hinton et al. 2015; T and alpha from FinetuneConfig), and evaluated on
 search-val. Writes experiments/results/distill-<model>.csv and docs/distillation.md.
 
-    python experiments/distill_table.py [--seeds 0 1 2] [--policies w2a2 w3a3] [--models digits-mbv2 cifar-mbv2]
+    python experiments/distill_table.py [--seeds 0 1 2] [--policies w2a2 w3a3] [--models digits-mbv2 digits32-mbv2]
 
-`cifar-mbv2` is the CIFAR-sized MobileNetV2 (`mobilenet_v2_cifar`, one input channel, width
-0.5) on digits upscaled to 32x32, trained here once (20 epochs) and cached in HAQ_CACHE_DIR.
+`digits32-mbv2` is the CIFAR-sized MobileNetV2 (`mobilenet_v2_cifar`, one input channel,
+width 0.5) on digits upscaled to 32x32, a registered model trained once (20 epochs) and
+cached in HAQ_CACHE_DIR.
 """
 
 from __future__ import annotations
@@ -18,38 +19,19 @@ from pathlib import Path
 
 import pandas as pd
 
-import torch
-
-from haq.data import load_digits_data
 from haq.evaluator import QuantEvaluator
-from haq.models import cache_dir, create_model, load_weights
 from haq.policy import parse_uniform
-from haq.train import FinetuneConfig, fit
+from haq.search import load_model_and_data
+from haq.train import FinetuneConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cifar_mbv2() -> tuple[torch.nn.Module, object]:
-    """The CIFAR-sized MobileNetV2 trained on 32x32 digits (cached)."""
-    data = load_digits_data(size=32)
-    torch.manual_seed(0)
-    model = create_model("mobilenet_v2_cifar", pretrained=False, num_classes=10, in_channels=1, width=0.5)
-    path = cache_dir() / "digits32-mobilenet_v2_cifar-w0.5-e20.pt"
-    if path.is_file():
-        load_weights(model, path)
-    else:
-        print("training mobilenet_v2_cifar (width 0.5) on 32x32 digits, 20 epochs", flush=True)
-        fit(model, data, epochs=20, lr=0.05, batch_size=64, seed=0)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), path)
-    return model, data
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--policies", nargs="+", default=["w2a2", "w3a3", "w4a4"])
-    parser.add_argument("--models", nargs="+", default=["digits-mbv2"], choices=["digits-mbv2", "cifar-mbv2"])
+    parser.add_argument("--models", nargs="+", default=["digits-mbv2"], choices=["digits-mbv2", "digits32-mbv2"])
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args()
     csv = ROOT / "experiments" / "results" / "distill-digits-mbv2.csv"
@@ -57,10 +39,7 @@ def main() -> None:
         old = pd.read_csv(csv) if csv.is_file() else None
         rows = []
         for model_name in args.models:
-            if model_name == "cifar-mbv2":
-                model, data = cifar_mbv2()
-            else:
-                data, model = load_digits_data(), create_model("digits-mbv2")
+            model, data, _ = load_model_and_data(model_name)
             evaluators = {d: QuantEvaluator(model, data, finetune=FinetuneConfig(distill=d)) for d in (False, True)}
             for seed in args.seeds:
                 for name in args.policies:
@@ -86,7 +65,7 @@ def render(df: pd.DataFrame) -> None:
              "# Distillation in the finetune", "",
              f"One finetune epoch on the search-train split after uniform quantization, plain cross-entropy vs "
              f"knowledge distillation from the float model (T = {t:g}, alpha = {alpha:g}), top-1 (%) on search-val, "
-             f"mean +- std over seeds {', '.join(map(str, sorted(df['seed'].unique())))}. `cifar-mbv2` is the "
+             f"mean +- std over seeds {', '.join(map(str, sorted(df['seed'].unique())))}. `digits32-mbv2` is the "
              "CIFAR-sized MobileNetV2 (width 0.5, one input channel) on digits upscaled to 32x32. Source: "
              "`experiments/results/distill-digits-mbv2.csv`.", "",
              "| model | float top-1 | policy | plain | distill | distill - plain |", "|---|---|---|---|---|---|"]
@@ -98,7 +77,7 @@ def render(df: pd.DataFrame) -> None:
                      f"{d.mean():.2f} +- {d.std():.2f} | "
                      f"{diff.mean():+.2f} +- {diff.std():.2f} |")
     models = set(df["model"])
-    missing = [] if "cifar-mbv2" in models else ["the CIFAR-sized MobileNetV2 (`--models cifar-mbv2`)"]
+    missing = [] if "digits32-mbv2" in models else ["the CIFAR-sized MobileNetV2 (`--models digits32-mbv2`)"]
     search_csv = ROOT / "experiments" / "results" / "search-default.csv"
     runs = pd.read_csv(search_csv) if search_csv.is_file() else pd.DataFrame(columns=["method"])
     plain, dist = runs[runs["method"] == "haq"], runs[runs["method"] == "haq-distill"]

@@ -115,8 +115,23 @@ def test_every_registered_model_builds_and_has_layers(name):
     model = create_model(name, pretrained=False)
     layers = extract_layers(model, entry.input_shape)
     assert layers and layers[-1].kind == "fc"
-    if "mobilenet" in name or name == "digits-mbv2":
+    if "mobilenet" in name or name.startswith("digits"):
         assert any(l.kind == "dwconv" for l in layers)
+
+
+def test_cifar_sized_digits_model_gets_its_own_data_size(tmp_path):
+    """`digits32-mbv2` (the mini tables' CIFAR-sized MobileNetV2) reads digits at 32x32 unless
+    the user asks for another size; a weights file skips its first-use training."""
+    from haq.search import load_model_and_data
+
+    path = tmp_path / "w.pt"
+    torch.save(create_model("digits32-mbv2", pretrained=False).state_dict(), path)
+    model, data, kwargs = load_model_and_data("digits32-mbv2", str(path))
+    assert data.input_shape == (1, 32, 32) == model_entry("digits32-mbv2").input_shape
+    assert model(data.val.images[:2].float()).shape == (2, 10)
+    assert len(extract_layers(model, data.input_shape)) == 53
+    _, small, _ = load_model_and_data("digits32-mbv2", str(path), size=16)
+    assert small.input_shape == (1, 16, 16)
 
 
 def test_user_model_by_module_path():
