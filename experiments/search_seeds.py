@@ -17,6 +17,7 @@ import pandas as pd
 
 from haq.config import PAPER_AGENT, SearchConfig
 from haq.search import Search, SearchParts, build_parts
+from haq.train import FinetuneConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,17 +107,13 @@ def main() -> None:
         render(old, args.episodes)
         return
     rows = []
-    built: dict[tuple, SearchParts] = {}  # model, data and calibration, one per environment and finetune
+    built: dict[FinetuneConfig, SearchParts] = {}  # model, data and calibration, one per finetune
     for seed in args.seeds:
         for method in args.methods:
             cfg = method_config(method, seed, args.episodes, args.runs)
-            key = (cfg.enforcement, cfg.finetune)
-            if key not in built:
-                built[key] = build_parts(cfg)
-            parts = built[key]
-            parts.evaluator.seed = seed
-            parts = dataclasses.replace(parts, config=cfg)
-            summary = Search(cfg, parts=parts).run()
+            if cfg.finetune not in built:
+                built[cfg.finetune] = build_parts(cfg)
+            summary = Search(cfg, parts=built[cfg.finetune]).run()  # its own environment, the shared evaluator
             uniform = {b["policy"]: b["accuracy"] for b in summary["uniform_baselines"]}
             rows.append({"method": method, "seed": seed, "episodes": summary["episodes"],
                          "best_accuracy": summary["best"]["accuracy"], "best_cost_ratio": summary["best"]["cost_ratio"],

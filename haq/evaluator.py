@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,6 +48,7 @@ class QuantEvaluator:
         self.data = data.to(self.device)
         self.finetune = (finetune or FinetuneConfig()).resolve(self.device)
         self.seed = seed
+        self.origin: dict[str, Any] | None = None  # what it was built from, set by haq.search.build_evaluator
         float_model = copy.deepcopy(model).to(self.device)
         if self.finetune.channels_last:
             float_model = float_model.to(memory_format=torch.channels_last)

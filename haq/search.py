@@ -82,22 +82,58 @@ def load_model_and_data(model: str, weights: str | None = None, dataset: str | N
     """A registered model (its own pretraining, or the local `weights`) and its search data
     (the model's data set unless `dataset` is given), plus the factory keyword arguments
     that rebuild the same architecture (``create_model(model, pretrained=False, **kwargs)``)."""
-    data = load_dataset(dataset or model_entry(model).dataset, data_root, **data_kwargs)
-    kwargs = {"num_classes": data.num_classes} if model != "digits-mbv2" or weights else {}
+    entry = model_entry(model)
+    if dataset is None or dataset == entry.dataset:  # the model's own data, at its input size
+        data_kwargs = {**entry.data, **data_kwargs}
+    data = load_dataset(dataset or entry.dataset, data_root, **data_kwargs)
+    kwargs = {"num_classes": data.num_classes} if entry.pretrain is None or weights else {}
     return create_model(model, weights=weights, **kwargs), data, kwargs
 
 
 def build_evaluator(config: SearchConfig) -> QuantEvaluator:
     """Load the model and the data and calibrate: the policy -> accuracy callable."""
     model, data, _ = load_model_and_data(config.model, config.weights, config.dataset, config.data_root, **config.data)
-    return QuantEvaluator(model, data, config.quant, config.finetune, config.device, config.seed)
+    evaluator = QuantEvaluator(model, data, config.quant, config.finetune, config.device, config.seed)
+    evaluator.origin = evaluator_origin(config)
+    return evaluator
 
 
-def build_parts(config: SearchConfig) -> SearchParts:
-    """Load the model and data, calibrate, price the layers and create the environment."""
+def evaluator_origin(config: SearchConfig) -> dict[str, Any]:
+    """What an evaluator was built from (model, weights, data), beside its quant and finetune."""
+    return {"model": config.model, "weights": config.weights, "dataset": config.dataset,
+            "data_root": config.data_root, "data": dict(config.data)}
+
+
+def check_evaluator(config: SearchConfig, evaluator: QuantEvaluator) -> None:
+    """Refuse a prebuilt evaluator that would not price policies the way `config` says:
+    another model or data (when it records its origin), quantizer, finetune or device."""
+    want: dict[str, Any] = {"device": torch.device(config.device), "quant": config.quant,
+                            "finetune": config.finetune.resolve(config.device)}
+    have: dict[str, Any] = {"device": evaluator.device, "quant": evaluator.qmodel.config,
+                            "finetune": evaluator.finetune}
+    if evaluator.origin is not None:
+        want.update(evaluator_origin(config))
+        have.update(evaluator.origin)
+    diff = [k for k in want if want[k] != have[k]]
+    if diff:
+        raise ValueError(f"the prebuilt evaluator does not match the config in {diff}: build it with "
+                         "build_evaluator(config) for this config")
+
+
+def build_parts(config: SearchConfig, evaluator: QuantEvaluator | None = None) -> SearchParts:
+    """Load the model and data, calibrate, price the layers and create the environment.
+
+    A prebuilt `evaluator` (model, data and calibration: the expensive part) is reused if it
+    matches `config` (`check_evaluator`); the cost model and environment are always built
+    from `config`, so the budget, bit range and enforcement are the config's.
+    """
     cost_model = hw_models.create_hw_model(config.hw, **config.hw_params)
     cost_model.check_metric(config.metric)
-    evaluator = build_evaluator(config)
+    if evaluator is None:
+        evaluator = build_evaluator(config)
+    else:
+        check_evaluator(config, evaluator)
+    evaluator.seed = config.seed
     data = evaluator.data
     layers = evaluator.layers
     budget = resolve_budget(config, cost_model, layers)
@@ -106,25 +142,6 @@ def build_parts(config: SearchConfig) -> SearchParts:
                             pin_first_last=config.pin_first_last, reward_scale=config.reward_scale,
                             weights_only=config.weights_only, enforcement=config.enforcement)
     return SearchParts(config, data, evaluator, cost_model, env)
-
-
-def check_parts(config: SearchConfig, parts: SearchParts) -> None:
-    """Refuse prebuilt parts whose environment does not do what `config` says (parts are
-    reused across searches to skip loading and calibration; the environment holds the budget,
-    the bit range and the enforcement, so those must match)."""
-    env = parts.env
-    want = {"enforcement": config.enforcement, "weights_only": config.weights_only, "metric": config.metric,
-            "reward_scale": float(config.reward_scale), "pin_first_last": config.pin_first_last,
-            "choices": tuple(b for b in range(config.min_bits, config.max_bits + 1)
-                             if b in set(parts.cost_model.supported_bits)),
-            "budget": resolve_budget(config, parts.cost_model, parts.layers)}
-    have = {"enforcement": env.enforcement, "weights_only": env.weights_only, "metric": env.metric,
-            "reward_scale": env.reward_scale, "pin_first_last": bool(env.pinned.any()), "choices": env.choices,
-            "budget": env.budget}
-    diff = [k for k in want if want[k] != have[k]]
-    if diff:
-        raise ValueError(f"the prebuilt search parts do not match the config in {diff}: build them with "
-                         "build_parts(config) for this config")
 
 
 def make_agent(config: SearchConfig, env: Any, steps: int) -> HAQDDPG:
@@ -214,8 +231,8 @@ class Search:
         self.config = config
         self.run_dir = Path(run_dir or config.out or default_run_dir(config))
         self.on_episode = on_episode
-        self.parts = parts or build_parts(config)
-        check_parts(config, self.parts)
+        # prebuilt parts lend their evaluator; the environment is always this config's
+        self.parts = build_parts(config, parts.evaluator if parts is not None else None)
         self.pool: Any = None
         if config.workers > 1:
             from haq.parallel import BatchEvalVecEnv, RayEvaluatorPool
@@ -364,8 +381,9 @@ class Search:
     # ------------------------------------------------------------------ resume
     @classmethod
     def resume(cls, run_dir: str | os.PathLike[str], on_episode: EpisodeCallback | None = None,
-               episodes: int | None = None) -> Search:
-        """Continue a search from its last complete checkpoint (no episode lost or repeated)."""
+               episodes: int | None = None, parts: SearchParts | None = None) -> Search:
+        """Continue a search from its last complete checkpoint (no episode lost or repeated);
+        `parts` lend a prebuilt evaluator, as for a new `Search`."""
         run_dir = Path(run_dir)
         cfg_path = run_dir / "config.yaml"
         if not cfg_path.is_file():
@@ -373,7 +391,7 @@ class Search:
         config = SearchConfig.from_run(cfg_path)
         if episodes is not None:
             config = dataclasses.replace(config, episodes=episodes)
-        search = cls(config, run_dir, on_episode)
+        search = cls(config, run_dir, on_episode, parts)
         pointer = run_dir / "checkpoint.json"
         rows = read_episodes(run_dir)
         if not pointer.is_file():

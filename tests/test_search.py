@@ -66,14 +66,21 @@ def test_search_writes_the_run_directory(tmp_path, shared_parts):
     assert SearchConfig.from_yaml(run / "config.yaml") == config
 
 
-def test_prebuilt_parts_for_another_environment_are_refused(tmp_path, shared_parts):
+def test_prebuilt_parts_lend_their_evaluator_but_not_their_environment(tmp_path, shared_parts):
     import dataclasses
 
     other = "sequential" if shared_parts.env.enforcement == "highest-first" else "highest-first"
-    with pytest.raises(ValueError, match=r"do not match the config in \['enforcement'\]"):
-        Search(dataclasses.replace(tiny_config(tmp_path), enforcement=other), parts=shared_parts)
-    with pytest.raises(ValueError, match="budget"):
-        Search(tiny_config(tmp_path, budget="w6a6"), parts=shared_parts)
+    config = dataclasses.replace(tiny_config(tmp_path), enforcement=other, budget="w6a6", seed=3)
+    search = Search(config, parts=shared_parts)
+    assert search.parts.evaluator is shared_parts.evaluator and search.parts.evaluator.seed == 3
+    assert search.parts.env.enforcement == other and search.parts.env.budget > shared_parts.env.budget
+    # an evaluator that would price policies otherwise is refused, naming what differs
+    with pytest.raises(ValueError, match=r"evaluator does not match the config in \['finetune'\]"):
+        Search(tiny_config(tmp_path, finetune=FinetuneConfig(max_train_images=64)), parts=shared_parts)
+    with pytest.raises(ValueError, match=r"evaluator does not match the config in \['quant'\]"):
+        Search(tiny_config(tmp_path, quant=QuantConfig(calib_images=64)), parts=shared_parts)
+    with pytest.raises(ValueError, match=r"evaluator does not match the config in \['model'\]"):
+        Search(tiny_config(tmp_path, model="digits32-mbv2"), parts=shared_parts)
 
 
 def test_a_fresh_search_refuses_a_directory_that_holds_one(tmp_path, shared_parts):
