@@ -242,8 +242,9 @@ def cmd_table(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{csv_path} does not exist; run `haq table {spec.name} --scale {args.scale}` first")
         print(render_table(spec, args.scale, pd.read_csv(csv_path, keep_default_na=False), out, tag))
         return 0
-    seeds = args.seeds or sc["seeds"]
-    n_searches = len(sc["models"]) * len(spec.hardware) * len(spec.budgets) * len(seeds) * len(spec.methods)
+    seeds = args.seeds  # None: each model's own
+    n_searches = sum(len(seeds or spec.seeds(args.scale, m)) * len(spec.model_budgets(args.scale, m))
+                     for m in sc["models"]) * len(spec.hardware) * len(spec.methods)
     bar = tqdm(total=n_searches, desc=f"table {spec.name} ({args.scale})", unit="search", file=sys.stderr)
     episode_bar: list[tqdm] = []
 

@@ -2,8 +2,10 @@
 
 A table is a YAML spec in ``experiments/configs/<table>.yaml``: the constraint, the
 hardware models, the search budgets, the fixed-bit baselines and, per scale (``mini``:
-the embedded digits model on 2 CPU cores; ``paper``: ImageNet-100 and the paper's models
-on a GPU), the models, seeds and search overrides. Every search of a table runs in its
+the digits models on 2 CPU cores; ``paper``: ImageNet-100 and the paper's models on a
+GPU), the models, seeds and search overrides; ``per_model`` (optional) gives a model of a
+scale its own ``seeds``, ``budgets`` and ``search`` overrides (a larger network searched
+with fewer episodes, say). Every search of a table runs in its
 own run directory under ``runs/tables/<table>-<scale>/``, so an interrupted table picks
 up where it stopped (finished searches are read back, unfinished ones resumed). Results:
 ``experiments/results/<table>-<scale>.csv`` (one row per seed and method),
@@ -36,6 +38,7 @@ RESULTS_DIR = ROOT / "experiments" / "results"
 TABLES = ("latency", "energy", "size")
 SCALES = ("mini", "paper")
 METHODS = ("haq", "random")
+PER_MODEL_KEYS = {"seeds", "budgets", "search"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +84,26 @@ class TableSpec:
         for scale, sc in (data["scales"] or {}).items():
             if not isinstance(sc, dict) or not sc.get("models") or not sc.get("seeds"):
                 raise ValueError(f"{path}: scale {scale!r} needs 'models' and 'seeds' lists")
+            unknown_keys = sorted(set(sc) - {"models", "seeds", "search", "per_model"})
+            if unknown_keys:
+                raise ValueError(f"{path}: scale {scale!r} has unknown key(s) {unknown_keys}; "
+                                 "keys: models, seeds, search, per_model")
+            for model, pm in (sc.get("per_model") or {}).items():
+                where = f"{path}: scales.{scale}.per_model.{model}"
+                if model not in sc["models"]:
+                    raise ValueError(f"{where}: {model!r} is not one of the scale's models {sc['models']}")
+                if not isinstance(pm, dict) or set(pm) - PER_MODEL_KEYS:
+                    raise ValueError(f"{where}: must be a mapping with keys from {sorted(PER_MODEL_KEYS)}")
+                if "seeds" in pm and (not isinstance(pm["seeds"], list) or not pm["seeds"]):
+                    raise ValueError(f"{where}: seeds must be a non-empty list")
+                if "budgets" in pm:
+                    if not isinstance(pm["budgets"], list) or not pm["budgets"]:
+                        raise ValueError(f"{where}: budgets must be a non-empty list")
+                    for b in pm["budgets"]:
+                        try:
+                            budget_kind(str(b))
+                        except ValueError as exc:
+                            raise ValueError(f"{where}: {exc}") from None
         for b in data["baselines"]:
             if budget_kind(str(b))[0] != "uniform":
                 raise ValueError(f"{path}: baseline {b!r} must be a uniform policy like w4a4")
@@ -95,15 +118,28 @@ class TableSpec:
             raise ValueError(f"table {self.name} has no scale {scale!r}; valid: {sorted(self.scales)}")
         return self.scales[scale]
 
+    def seeds(self, scale: str, model: str) -> list[int]:
+        """The seeds of `model` at `scale` (its ``per_model`` entry, else the scale's)."""
+        return [int(s) for s in self._per_model(scale, model).get("seeds", self.scale(scale)["seeds"])]
+
+    def model_budgets(self, scale: str, model: str) -> tuple[str, ...]:
+        """The search budgets of `model` at `scale` (its ``per_model`` entry, else the table's)."""
+        return tuple(str(b) for b in self._per_model(scale, model).get("budgets", self.budgets))
+
+    def _per_model(self, scale: str, model: str) -> dict[str, Any]:
+        return dict((self.scale(scale).get("per_model") or {}).get(model) or {})
+
     def config(self, scale: str, model: str, hw: str, budget: str, method: str, seed: int, out: Path,
                overrides: dict[str, Any] | None = None) -> SearchConfig:
-        """The search config of one cell of the table (a random search has only warm-up)."""
+        """The search config of one cell of the table (a random search has only warm-up):
+        the scale's search settings, then the model's own, then `overrides`."""
         data: dict[str, Any] = dict(self.scale(scale).get("search") or {})
-        for key, value in (overrides or {}).items():
-            if isinstance(value, dict) and isinstance(data.get(key), dict):
-                data[key] = {**data[key], **value}
-            elif value is not None:
-                data[key] = value
+        for layer in (self._per_model(scale, model).get("search") or {}, overrides or {}):
+            for key, value in layer.items():
+                if isinstance(value, dict) and isinstance(data.get(key), dict):
+                    data[key] = {**data[key], **value}
+                elif value is not None:
+                    data[key] = value
         data.update(model=model, hw=hw, constraint=self.constraint, budget=budget, seed=seed, out=str(out))
         cfg = SearchConfig.from_dict(data, f"table {self.name} ({scale})")
         if method == "random":
@@ -124,16 +160,18 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
 
     Returns the per-seed rows (also written to ``<results_dir>/<table>-<scale><tag>.csv``).
     `tag` (e.g. ``"-distill"``) keeps a variant's run directories and results apart.
+    `seeds` replaces every model's seeds.
     """
     sc = spec.scale(scale)
-    seeds = list(seeds if seeds is not None else sc["seeds"])
     base = Path(runs_dir) / f"{spec.name}-{scale}{tag}"
     rows: list[dict[str, Any]] = []
     for model in sc["models"]:
+        parts = None
+        model_seeds = list(seeds) if seeds is not None else spec.seeds(scale, model)
+        budgets = spec.model_budgets(scale, model)
         for hw in spec.hardware:
-            for budget in spec.budgets:
-                parts = None  # the environment holds the budget
-                for seed in seeds:
+            for budget in budgets:
+                for seed in model_seeds:
                     for method in spec.methods:
                         run_dir = base / _slug(f"{model}-{hw}-{budget}-{method}-seed{seed}")
                         cfg = spec.config(scale, model, hw, budget, method, seed, run_dir, overrides)
@@ -145,26 +183,22 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
                             summary = json.loads(summary_path.read_text())
                         else:
                             if parts is None:
-                                parts = build_parts(cfg)
-                            parts.evaluator.seed = seed
-                            parts = dataclasses.replace(parts, config=cfg)
+                                parts = build_parts(cfg)  # its evaluator serves every search of the model
                             if (run_dir / "checkpoint.json").is_file():
-                                search = Search.resume(run_dir, on_episode)
-                                search.parts.evaluator.seed = seed
+                                search = Search.resume(run_dir, on_episode, parts=parts)
                             else:
                                 search = Search(cfg, on_episode=on_episode, parts=parts)
                             summary = search.run()
                         rows.append(_search_row(spec, scale, model, hw, budget, method, seed, summary))
             # fixed-bit baselines: accuracy per seed with the same finetune, cost on this hardware
-            for seed in seeds:
-                cfg = spec.config(scale, model, hw, spec.budgets[0], "haq", seed, base / "unused", overrides)
+            for seed in model_seeds:
+                cfg = spec.config(scale, model, hw, budgets[0], "haq", seed, base / "unused", overrides)
                 cache = base / _slug(f"baselines-{model}-{hw}-seed{seed}.json")
                 done = json.loads(cache.read_text()) if cache.is_file() else {}
+                if any(b not in done for b in spec.baselines):  # this hardware's env, the model's evaluator
+                    parts = build_parts(cfg, parts.evaluator if parts is not None else None)
                 for b in spec.baselines:
                     if b not in done:
-                        if parts is None:
-                            parts = build_parts(cfg)
-                        parts.evaluator.seed = seed
                         pol = [budget_kind(b)[1]] * len(parts.layers)
                         done[b] = {"accuracy": parts.evaluator(pol), "cost": parts.env.cost(pol),
                                    "w8a8_cost": parts.env.reference_cost, "fp_accuracy": parts.env.fp_accuracy}
@@ -243,15 +277,22 @@ def depthwise_bits(layers: list[hw_models.LayerSpec], w_bits: str, a_bits: str) 
 
 def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: str = "") -> str:
     """Write ``<table>-<scale><tag>.md`` (and the edge/cloud policy figure) from the rows."""
-    seeds = sorted(df["seed"].unique())
+    by_model = {m: sorted(g["seed"].unique()) for m, g in df.groupby("model", sort=False)}
+    if len({tuple(v) for v in by_model.values()}) == 1:
+        seeds = f"Seeds {', '.join(map(str, next(iter(by_model.values()))))}"
+    else:
+        seeds = "Seeds " + "; ".join(f"{', '.join(map(str, v))} ({m})" for m, v in by_model.items())
     units = hw_models.METRIC_UNITS[CONSTRAINTS[spec.constraint]]
     flag = " --distill" if tag == "-distill" else ""
+    own = [f"`{m}` is searched with {_flat(pm['search'])}" for m, pm in (spec.scale(scale).get("per_model") or {}).items()
+           if m in by_model and pm.get("search")]
     lines = [f"<!-- generated by `haq table {spec.name} --scale {scale}{flag}`; do not edit by hand -->",
              f"### {spec.title} ({scale} scale{', distilled finetune' if flag else ''})", "",
-             f"Seeds {', '.join(map(str, seeds))}; accuracy is top-1 (%) on the search-validation split after "
-             f"the same 1-epoch finetune for every policy, mean +- std over seeds. `{spec.constraint} / w8a8` is the "
-             f"policy's {spec.constraint} ({units}) over uniform w8a8's; `w8a8 / cost` the saving. Source: "
-             f"`{spec.name}-{scale}{tag}.csv` (beside this file).", "",
+             f"{seeds}; accuracy is top-1 (%) on the search-validation split after "
+             f"the same 1-epoch finetune for every policy of a model, mean +- std over seeds. `{spec.constraint} / w8a8` "
+             f"is the policy's {spec.constraint} ({units}) over uniform w8a8's; `w8a8 / cost` the saving. Source: "
+             f"`{spec.name}-{scale}{tag}.csv` (beside this file)." + (f" {'; '.join(own)} (its baselines too)."
+                                                                      if own else ""), "",
              "| model | hardware | policy | top-1 (%) | float top-1 | " + f"{spec.constraint} / w8a8 | w8a8 / cost |",
              "|---|---|---|---|---|---|---|"]
     search = spec.scale(scale).get("search") or {}
@@ -287,22 +328,30 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
                      + (f" (paper: {spec.paper_saving} less at negligible loss)" if spec.paper_saving else ""))
         lines.append(line + ".")
     if len(spec.hardware) == 2 and "haq" in set(df["method"]):
-        lines += ["", *_edge_cloud(spec, f"{scale}{tag}", df, out)]
+        lines += ["", *_edge_cloud(spec, scale, tag, df, out)]
     text = "\n".join(lines) + "\n"
     (out / f"{spec.name}-{scale}{tag}.md").write_text(text)
     return text
 
 
-def _edge_cloud(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path) -> list[str]:
+def _flat(d: dict[str, Any], prefix: str = "") -> str:
+    """``{"episodes": 60, "finetune": {"max_train_images": 256}}`` -> ``episodes 60, finetune.max_train_images 256``."""
+    return ", ".join(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else f"{prefix}{k} {v}" for k, v in d.items())
+
+
+def _edge_cloud(spec: TableSpec, scale: str, tag: str, df: pd.DataFrame, out: Path) -> list[str]:
     """Depthwise vs pointwise bits on the two hardware models, and the policy figure."""
     from haq.models import model_layers
     from haq.report import plot_policies_side_by_side
 
-    budget = spec.budgets[0]
-    lines = [f"Depthwise vs pointwise bits of the searched policies at budget {budget} (mean over layers, then over "
-             "seeds; HAQ Figures 3-4 report fewer bits for depthwise layers on the edge and more on the cloud):", "",
-             "| model | hardware | depthwise w | depthwise a | pointwise w | pointwise a |", "|---|---|---|---|---|---|"]
-    for model, g in df[(df["method"] == "haq") & (df["budget"] == budget)].groupby("model", sort=False):
+    lines = ["Depthwise vs pointwise bits of the searched policies at each model's first (tightest) budget (mean "
+             "over layers, then over seeds; HAQ Figures 3-4 report fewer bits for depthwise layers on the edge and "
+             "more on the cloud):", "",
+             "| model | budget | hardware | depthwise w | depthwise a | pointwise w | pointwise a |",
+             "|---|---|---|---|---|---|---|"]
+    for model, g in df[df["method"] == "haq"].groupby("model", sort=False):
+        budget = spec.model_budgets(scale, model)[0]
+        g = g[g["budget"] == budget]
         layers = model_layers(model)
         best = {}
         dw_bits: dict[str, float] = {}
@@ -312,7 +361,7 @@ def _edge_cloud(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path) -> lis
             if h.empty:
                 continue
             stats = pd.DataFrame([depthwise_bits(layers, r["w_bits"], r["a_bits"]) for r in h.to_dict("records")])
-            lines.append(f"| {model} | {hw} | {stats['dw_w'].mean():.2f} | {stats['dw_a'].mean():.2f} | "
+            lines.append(f"| {model} | {budget} | {hw} | {stats['dw_w'].mean():.2f} | {stats['dw_a'].mean():.2f} | "
                          f"{stats['pw_w'].mean():.2f} | {stats['pw_a'].mean():.2f} |")
             diff = (stats["dw_w"] + stats["dw_a"]) - (stats["pw_w"] + stats["pw_a"])
             dw_bits[hw] = float(diff.mean())
@@ -335,7 +384,7 @@ def _edge_cloud(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path) -> lis
         if len(best) == 2:
             costs = {hw: hw_models.create_hw_model(hw).table(layers, CONSTRAINTS[spec.constraint])
                      [:, 7, 7] for hw in best}
-            name = f"{spec.name}-{scale}-{model}-policies.png"
+            name = f"{spec.name}-{scale}{tag}-{model}-policies.png"
             plot_policies_side_by_side(layers, best, costs, out / name,
                                        title=f"{model}: searched policies, {spec.constraint} budget {budget}")
             lines += ["", f"![edge and cloud policies of {model}]({name})"]

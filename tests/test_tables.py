@@ -30,8 +30,10 @@ def test_shipped_table_specs_load_at_both_scales(name):
     spec = TableSpec.load(name)
     for scale in ("mini", "paper"):
         sc = spec.scale(scale)
-        cfg = spec.config(scale, sc["models"][0], spec.hardware[0], spec.budgets[0], "random", 0, "x")
-        assert cfg.warmup == cfg.episodes and cfg.constraint == spec.constraint
+        for model in sc["models"]:
+            budget = spec.model_budgets(scale, model)[0]
+            cfg = spec.config(scale, model, spec.hardware[0], budget, "random", spec.seeds(scale, model)[0], "x")
+            assert cfg.warmup == cfg.episodes and cfg.constraint == spec.constraint
     assert spec.scale("paper")["search"]["episodes"] == 600
     # paper scale reproduces the paper: its agent and its sequential budget enforcement
     from haq.config import PAPER_AGENT
@@ -81,6 +83,41 @@ def test_tiny_table_end_to_end_and_read_back(tmp_path, monkeypatch):
     spec4 = TableSpec.load("tiny", write_spec(tmp_path, scales={"mini": changed}))
     with pytest.raises(ValueError, match=r"another config \(differs in \['episodes'\]\)"):
         run_table(spec4, "mini", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results")
+    # ... and so is a change made through the model's own (per_model) settings
+    own = dict(TINY["scales"]["mini"], per_model={"digits-mbv2": {"search": {"finetune": {"max_train_images": 64}}}})
+    spec_own = TableSpec.load("tiny", write_spec(tmp_path, scales={"mini": own}))
+    with pytest.raises(ValueError, match=r"another config \(differs in \['finetune'\]\)"):
+        run_table(spec_own, "mini", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results")
+
+
+def test_per_model_settings_override_the_scale_for_that_model_only(tmp_path):
+    mini = dict(TINY["scales"]["mini"], models=["digits-mbv2", "digits32-mbv2"], per_model={
+        "digits32-mbv2": {"seeds": [5], "budgets": ["w5a5", "w6a6"],
+                          "search": {"episodes": 2, "finetune": {"epochs": 2}}}})
+    spec = TableSpec.load("tiny", write_spec(tmp_path, scales={"mini": mini}))
+    assert spec.seeds("mini", "digits-mbv2") == [0] and spec.seeds("mini", "digits32-mbv2") == [5]
+    assert spec.model_budgets("mini", "digits-mbv2") == ("w4a4",)
+    assert spec.model_budgets("mini", "digits32-mbv2") == ("w5a5", "w6a6")
+    big = spec.config("mini", "digits32-mbv2", "bismo-edge", "w5a5", "haq", 5, tmp_path)
+    small = spec.config("mini", "digits-mbv2", "bismo-edge", "w4a4", "haq", 0, tmp_path)
+    # nested settings merge key by key: the scale's max_train_images survives the model's epochs
+    assert (big.episodes, big.finetune.epochs, big.finetune.max_train_images) == (2, 2, 128)
+    assert (small.episodes, small.finetune.epochs, small.finetune.max_train_images) == (3, 1, 128)
+    # command-line overrides still win over the model's own settings
+    cli = spec.config("mini", "digits32-mbv2", "bismo-edge", "w5a5", "haq", 5, tmp_path, {"episodes": 7})
+    assert cli.episodes == 7 and cli.finetune.epochs == 2
+
+
+@pytest.mark.parametrize("per_model, message", [
+    ({"resnet50": {"seeds": [0]}}, r"per_model.resnet50: 'resnet50' is not one of the scale's models"),
+    ({"digits-mbv2": {"episodes": 3}}, r"per_model.digits-mbv2: must be a mapping with keys from"),
+    ({"digits-mbv2": {"budgets": ["w9a9"]}}, r"per_model.digits-mbv2: .*w9a9"),
+    ({"digits-mbv2": {"seeds": []}}, r"per_model.digits-mbv2: seeds must be a non-empty list"),
+])
+def test_bad_per_model_settings_name_the_file_and_model(tmp_path, per_model, message):
+    write_spec(tmp_path, scales={"mini": dict(TINY["scales"]["mini"], per_model=per_model)})
+    with pytest.raises(ValueError, match=r"tiny.yaml: scales.mini." + message):
+        TableSpec.load("tiny", tmp_path)
 
 
 def test_cli_table_paper_scale_needs_a_data_root(capsys):
