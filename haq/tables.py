@@ -189,7 +189,7 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
                             else:
                                 search = Search(cfg, on_episode=on_episode, parts=parts)
                             summary = search.run()
-                        rows.append(_search_row(spec, scale, model, hw, budget, method, seed, summary))
+                        rows.append(_search_row(spec, scale, model, hw, budget, method, seed, summary, cfg.warmup))
             # fixed-bit baselines: accuracy per seed with the same finetune, cost on this hardware
             for seed in model_seeds:
                 cfg = spec.config(scale, model, hw, budgets[0], "haq", seed, base / "unused", overrides)
@@ -209,7 +209,7 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
                                  "method": "fixed", "policy": b, "seed": seed, "accuracy": d["accuracy"],
                                  "cost": d["cost"], "cost_ratio": d["cost"] / d["w8a8_cost"],
                                  "w8a8_over_cost": d["w8a8_cost"] / d["cost"], "fp_accuracy": d["fp_accuracy"],
-                                 "w_bits": "", "a_bits": "", "episodes": 0})
+                                 "w_bits": "", "a_bits": "", "episodes": 0, "warmup": "", "best_episode": ""})
     df = pd.DataFrame(rows)
     out = Path(results_dir or RESULTS_DIR)
     out.mkdir(parents=True, exist_ok=True)
@@ -232,13 +232,13 @@ def _check_same_config(run_dir: Path, cfg: SearchConfig, method: str) -> None:
 
 
 def _search_row(spec: TableSpec, scale: str, model: str, hw: str, budget: str, method: str, seed: int,
-                summary: dict[str, Any]) -> dict[str, Any]:
+                summary: dict[str, Any], warmup: int) -> dict[str, Any]:
     best = summary["best"]
     return {"table": spec.name, "scale": scale, "model": model, "hw": hw, "budget": budget, "method": method,
             "policy": "searched", "seed": seed, "accuracy": best["accuracy"], "cost": best["cost"],
             "cost_ratio": best["cost_ratio"], "w8a8_over_cost": summary["w8a8_cost"] / best["cost"],
             "fp_accuracy": summary["fp_accuracy"], "w_bits": best["w_bits"], "a_bits": best["a_bits"],
-            "episodes": summary["episodes"]}
+            "episodes": summary["episodes"], "warmup": warmup, "best_episode": best["episode"]}
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -326,6 +326,12 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
             line += (f"; it costs {1 / haq['cost_ratio'].mean():.2f}x less than w8a8 at "
                      f"{haq['accuracy'].mean() - w8['accuracy'].mean():+.2f} points of top-1"
                      + (f" (paper: {spec.paper_saving} less at negligible loss)" if spec.paper_saving else ""))
+        if "best_episode" in haq.columns:  # a best policy from the warm-up: the agent did not improve on it
+            early = haq[pd.to_numeric(haq["best_episode"]) <= pd.to_numeric(haq["warmup"])]
+            if len(early):
+                line += (f". In {len(early)} of {len(haq)} seeds the best policy came from the random warm-up "
+                         f"(episode {', '.join(str(int(e)) for e in early['best_episode'])}), which random search "
+                         "with the same seed shares: the agent's own episodes did not beat it")
         lines.append(line + ".")
     if len(spec.hardware) == 2 and "haq" in set(df["method"]):
         lines += ["", *_edge_cloud(spec, scale, tag, df, out)]
