@@ -8,7 +8,7 @@ import yaml
 
 from haq import tables
 from haq.cli import main
-from haq.tables import TableSpec, run_table
+from haq.tables import TableSpec, render_table, run_table
 
 TINY = {
     "title": "tiny latency table", "constraint": "latency", "hardware": ["bismo-edge", "bismo-cloud"],
@@ -124,3 +124,18 @@ def test_cli_table_paper_scale_needs_a_data_root(capsys):
     assert main(["table", "latency", "--scale", "paper"]) == 2
     assert "--data-root" in capsys.readouterr().err
     assert main(["table", "nope"]) == 2
+
+
+def test_rendering_says_when_the_best_policy_came_from_the_warm_up(tmp_path):
+    spec = TableSpec.load("tiny", write_spec(tmp_path, hardware=["bismo-edge"]))
+    common = {"table": "tiny", "scale": "mini", "model": "digits-mbv2", "hw": "bismo-edge", "fp_accuracy": 98.0,
+              "w_bits": "4 4", "a_bits": "4 4", "episodes": 3, "warmup": 1}
+    rows = [{**common, "budget": "w4a4", "method": "haq", "policy": "searched", "seed": s, "accuracy": 97.0,
+             "cost": 1.0, "cost_ratio": 0.25, "w8a8_over_cost": 4.0, "best_episode": e} for s, e in ((0, 1), (1, 3))]
+    rows += [{**common, "budget": "", "method": "fixed", "policy": p, "seed": s, "accuracy": a, "cost": c,
+              "cost_ratio": c / 4, "w8a8_over_cost": 4 / c, "w_bits": "", "a_bits": "", "episodes": 0, "warmup": "",
+              "best_episode": ""} for s in (0, 1) for p, a, c in (("w4a4", 96.0, 1.0), ("w8a8", 98.0, 4.0))]
+    text = render_table(spec, "mini", pd.DataFrame(rows), tmp_path)
+    assert "In 1 of 2 seeds the best policy came from the random warm-up (episode 1)" in text
+    assert "at least as accurate as uniform w4a4 (same cost, the paper's comparison) in 2 of 2 seeds" in text
+    assert "in 0 of 2 seeds (where not, it loses to w8a8)" in text
