@@ -219,7 +219,8 @@ class HAQDDPG(DDPG):
         target networks' forward passes and their soft updates are skipped: the same
         updates with less work per step (tested against SB3's update; timed in
         docs/performance.md). The target networks keep their initial weights; nothing reads
-        them."""
+        them. The actor's backward pass skips the critic's weight gradients, which SB3
+        computes and then discards."""
         buffer = self.replay_buffer
         if not (isinstance(buffer, EpisodeRewardReplayBuffer) and buffer.episode_targets):
             super().train(gradient_steps, batch_size)
@@ -237,10 +238,14 @@ class HAQDDPG(DDPG):
             critic_loss.backward()
             self.critic.optimizer.step()
             if self._n_updates % self.policy_delay == 0:
+                # the critic's own gradients from the actor loss are never used (the next critic
+                # step zeroes them): not computing them leaves the actor's gradients as they are
+                self.critic.requires_grad_(False)
                 actor_loss = -self.critic.q1_forward(data.observations, self.actor(data.observations)).mean()
                 actor_losses.append(actor_loss.item())
                 self.actor.optimizer.zero_grad()
                 actor_loss.backward()
+                self.critic.requires_grad_(True)
                 self.actor.optimizer.step()
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         if actor_losses:
