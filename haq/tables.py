@@ -319,6 +319,8 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
         if g["has_budget_policy"].all():
             line += (f"the searched policy is at least as accurate as uniform {budget} (same cost, the paper's "
                      f"comparison) in {int(g['beats_budget_policy'].sum())} of {len(g)} seeds, and ")
+        else:
+            line += "the searched policy is "
         line += (f"at least as accurate as every fixed-bit baseline that costs as much or more in "
                  f"{int(g['beats_all_costlier'].sum())} of {len(g)} seeds"
                  + (f" (where not, it loses to {', '.join(lost)})" if lost else ""))
