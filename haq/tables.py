@@ -357,6 +357,7 @@ def _edge_cloud(spec: TableSpec, scale: str, tag: str, df: pd.DataFrame, out: Pa
              "more on the cloud):", "",
              "| model | budget | hardware | depthwise w | depthwise a | pointwise w | pointwise a |",
              "|---|---|---|---|---|---|---|"]
+    notes: list[str] = []  # per-model sentences and figures, after the table
     for model, g in df[df["method"] == "haq"].groupby("model", sort=False):
         budget = spec.model_budgets(scale, model)[0]
         g = g[g["budget"] == budget]
@@ -383,7 +384,7 @@ def _edge_cloud(spec: TableSpec, scale: str, tag: str, df: pd.DataFrame, out: Pa
             seeds = sorted(set(per_seed[edge]) & set(per_seed[cloud]))
             agree = sum(per_seed[edge][s] < per_seed[cloud][s] for s in seeds)
             pairs = ", ".join(f"seed {s}: {per_seed[edge][s]:+.2f} / {per_seed[cloud][s]:+.2f}" for s in seeds)
-            lines += ["", f"Measured on {model}: depthwise minus pointwise bits (w + a) is {e:+.2f} on {edge} and "
+            notes += ["", f"Measured on {model}: depthwise minus pointwise bits (w + a) is {e:+.2f} on {edge} and "
                           f"{c:+.2f} on {cloud} (per seed, {edge} / {cloud}: {pairs}). The paper has depthwise layers "
                           f"relatively fewer bits on the edge than on the cloud; the mean {verdict} it, and the seeds "
                           f"agree with the paper in {agree} of {len(seeds)}. The agent can only respond to what the "
@@ -395,5 +396,5 @@ def _edge_cloud(spec: TableSpec, scale: str, tag: str, df: pd.DataFrame, out: Pa
             name = f"{spec.name}-{scale}{tag}-{model}-policies.png"
             plot_policies_side_by_side(layers, best, costs, out / name,
                                        title=f"{model}: searched policies, {spec.constraint} budget {budget}")
-            lines += ["", f"![edge and cloud policies of {model}]({name})"]
-    return lines
+            notes += ["", f"![edge and cloud policies of {model}]({name})"]
+    return lines + notes
