@@ -193,7 +193,8 @@ def test_killed_search_resumes_without_losing_or_repeating_episodes(tmp_path, sh
 
     config = tiny_config(tmp_path, "killed", episodes=7)
     search = Search(config, parts=shared_parts)
-    evaluator = shared_parts.env.evaluator
+    env = search.parts.env  # the search's own environment (it borrows only the evaluator)
+    evaluator = env.evaluator
     calls = {"n": 0}
 
     def dying(policy):
@@ -202,12 +203,9 @@ def test_killed_search_resumes_without_losing_or_repeating_episodes(tmp_path, sh
             raise Crash
         return evaluator(policy)
 
-    shared_parts.env.evaluator = dying
-    try:
-        with pytest.raises(Crash):
-            search.run()
-    finally:
-        shared_parts.env.evaluator = evaluator
+    env.evaluator = dying
+    with pytest.raises(Crash):
+        search.run()
     assert len(read_episodes(tmp_path / "killed")) == 4
     # a row written after the last checkpoint (killed between the CSV write and the checkpoint)
     with open(tmp_path / "killed" / "episodes.csv", "a", newline="") as fh:
