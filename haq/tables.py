@@ -71,13 +71,8 @@ class TableSpec:
         if data["constraint"] not in CONSTRAINTS:
             raise ValueError(f"{path}: constraint must be one of {list(CONSTRAINTS)}, got {data['constraint']!r}")
         for key in ("hardware", "budgets", "baselines", "methods"):
-            if not isinstance(data[key], list) or not data[key]:
-                raise ValueError(f"{path}: {key} must be a non-empty list")
-        for b in [*data["budgets"], *data["baselines"]]:
-            try:
-                budget_kind(str(b))
-            except ValueError as exc:
-                raise ValueError(f"{path}: {exc}") from None
+            _check_list(data, key, str(path))
+        _check_budgets([*data["budgets"], *data["baselines"]], str(path))
         bad = [m for m in data["methods"] if m not in METHODS]
         if bad:
             raise ValueError(f"{path}: unknown method(s) {bad}; valid: {list(METHODS)}")
@@ -94,16 +89,11 @@ class TableSpec:
                     raise ValueError(f"{where}: {model!r} is not one of the scale's models {sc['models']}")
                 if not isinstance(pm, dict) or set(pm) - PER_MODEL_KEYS:
                     raise ValueError(f"{where}: must be a mapping with keys from {sorted(PER_MODEL_KEYS)}")
-                if "seeds" in pm and (not isinstance(pm["seeds"], list) or not pm["seeds"]):
-                    raise ValueError(f"{where}: seeds must be a non-empty list")
+                for key in ("seeds", "budgets"):
+                    if key in pm:
+                        _check_list(pm, key, where)
                 if "budgets" in pm:
-                    if not isinstance(pm["budgets"], list) or not pm["budgets"]:
-                        raise ValueError(f"{where}: budgets must be a non-empty list")
-                    for b in pm["budgets"]:
-                        try:
-                            budget_kind(str(b))
-                        except ValueError as exc:
-                            raise ValueError(f"{where}: {exc}") from None
+                    _check_budgets(pm["budgets"], where)
         for b in data["baselines"]:
             if budget_kind(str(b))[0] != "uniform":
                 raise ValueError(f"{path}: baseline {b!r} must be a uniform policy like w4a4")
@@ -145,6 +135,19 @@ class TableSpec:
         if method == "random":
             cfg = dataclasses.replace(cfg, warmup=cfg.episodes)
         return cfg
+
+
+def _check_list(data: dict[str, Any], key: str, where: str) -> None:
+    if not isinstance(data[key], list) or not data[key]:
+        raise ValueError(f"{where}: {key} must be a non-empty list")
+
+
+def _check_budgets(budgets: list[Any], where: str) -> None:
+    for b in budgets:
+        try:
+            budget_kind(str(b))
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
 
 
 def _slug(text: str) -> str:
