@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from haq.config import SearchConfig
-from haq.search import Search, build_parts
+from haq.search import Search, build_evaluator
 
 
 def main() -> None:
@@ -51,9 +51,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = SearchConfig.from_dict({**cfg.to_dict(), **changes, "out": str(Path(tmp) / "run")})
         t0 = time.perf_counter()
-        parts = build_parts(cfg)
+        evaluator = build_evaluator(cfg)
         t_setup = time.perf_counter() - t0
-        search = Search(cfg, parts=parts)
+        search = Search(cfg, evaluator=evaluator)
         t_workers = time.perf_counter() - t0 - t_setup
         finish_started: list[float] = []
         original_finish = search.finish

@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from haq.config import PAPER_AGENT, SearchConfig
-from haq.search import Search, SearchParts, build_parts
+from haq.evaluator import QuantEvaluator
+from haq.search import Search, build_evaluator
 from haq.train import FinetuneConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,13 +108,13 @@ def main() -> None:
         render(old, args.episodes)
         return
     rows = []
-    built: dict[FinetuneConfig, SearchParts] = {}  # model, data and calibration, one per finetune
+    built: dict[FinetuneConfig, QuantEvaluator] = {}  # model, data and calibration, one per finetune
     for seed in args.seeds:
         for method in args.methods:
             cfg = method_config(method, seed, args.episodes, args.runs)
             if cfg.finetune not in built:
-                built[cfg.finetune] = build_parts(cfg)
-            summary = Search(cfg, parts=built[cfg.finetune]).run()  # its own environment, the shared evaluator
+                built[cfg.finetune] = build_evaluator(cfg)
+            summary = Search(cfg, evaluator=built[cfg.finetune]).run()  # its own environment, the shared evaluator
             uniform = {b["policy"]: b["accuracy"] for b in summary["uniform_baselines"]}
             rows.append({"method": method, "seed": seed, "episodes": summary["episodes"],
                          "best_accuracy": summary["best"]["accuracy"], "best_cost_ratio": summary["best"]["cost_ratio"],

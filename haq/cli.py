@@ -243,9 +243,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         print(render_table(spec, args.scale, pd.read_csv(csv_path, keep_default_na=False), out, tag))
         return 0
     seeds = args.seeds  # None: each model's own
-    n_searches = sum(len(seeds or spec.seeds(args.scale, m)) * len(spec.model_budgets(args.scale, m))
-                     for m in sc["models"]) * len(spec.hardware) * len(spec.methods)
-    bar = tqdm(total=n_searches, desc=f"table {spec.name} ({args.scale})", unit="search", file=sys.stderr)
+    bar = tqdm(total=len(spec.cells(args.scale, seeds)), desc=f"table {spec.name} ({args.scale})", unit="search", file=sys.stderr)
     episode_bar: list[tqdm] = []
 
     def on_search(name: str, cfg: Any) -> None:
@@ -472,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("table", help="reproduce one of the paper's tables (latency, energy, size)")
     t.add_argument("table", help="latency | energy | size (experiments/configs/<table>.yaml)")
     t.add_argument("--scale", choices=["mini", "paper"], default="mini",
-                   help="mini: digits on a CPU in minutes; paper: ImageNet-100 and the paper's models on a GPU")
+                   help="mini: the digits models on CPU (minutes a search, hours a table); paper: ImageNet-100 and the paper's models on a GPU")
     t.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the scale's)")
     t.add_argument("--episodes", type=int, help="override the episodes of every search")
     t.add_argument("--data-root", dest="data_root", help="local ImageNet folder (paper scale)")

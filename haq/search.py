@@ -224,15 +224,20 @@ class _Recorder(BaseCallback):
 
 
 class Search:
-    """A search in a run directory; `run` it, or `Search.resume(run_dir)` to continue one."""
+    """A search in a run directory; `run` it, or `Search.resume(run_dir)` to continue one.
+
+    `evaluator` lends a prebuilt `QuantEvaluator` (`build_evaluator`; the model, data and
+    calibration: the slow part of the setup) to several searches of the same model; it must
+    match the config (`check_evaluator`).
+    """
 
     def __init__(self, config: SearchConfig, run_dir: str | os.PathLike[str] | None = None,
-                 on_episode: EpisodeCallback | None = None, parts: SearchParts | None = None) -> None:
+                 on_episode: EpisodeCallback | None = None, evaluator: QuantEvaluator | None = None) -> None:
         self.config = config
         self.run_dir = Path(run_dir or config.out or default_run_dir(config))
         self.on_episode = on_episode
-        # prebuilt parts lend their evaluator; the environment is always this config's
-        self.parts = build_parts(config, parts.evaluator if parts is not None else None)
+        # a prebuilt evaluator (model, data, calibration) is borrowed; the environment is this config's
+        self.parts = build_parts(config, evaluator)
         self.pool: Any = None
         if config.workers > 1:
             from haq.parallel import BatchEvalVecEnv, RayEvaluatorPool
@@ -381,9 +386,9 @@ class Search:
     # ------------------------------------------------------------------ resume
     @classmethod
     def resume(cls, run_dir: str | os.PathLike[str], on_episode: EpisodeCallback | None = None,
-               episodes: int | None = None, parts: SearchParts | None = None) -> Search:
+               episodes: int | None = None, evaluator: QuantEvaluator | None = None) -> Search:
         """Continue a search from its last complete checkpoint (no episode lost or repeated);
-        `parts` lend a prebuilt evaluator, as for a new `Search`."""
+        a prebuilt `evaluator` is borrowed, as for a new `Search`."""
         run_dir = Path(run_dir)
         cfg_path = run_dir / "config.yaml"
         if not cfg_path.is_file():
@@ -391,7 +396,7 @@ class Search:
         config = SearchConfig.from_run(cfg_path)
         if episodes is not None:
             config = dataclasses.replace(config, episodes=episodes)
-        search = cls(config, run_dir, on_episode, parts)
+        search = cls(config, run_dir, on_episode, evaluator)
         pointer = run_dir / "checkpoint.json"
         rows = read_episodes(run_dir)
         if not pointer.is_file():

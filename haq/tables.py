@@ -16,19 +16,21 @@ table with an edge and a cloud model, ``<table>-<scale>-policies.png`` (HAQ Figu
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 import hw_models
 from haq.config import CONSTRAINTS, SearchConfig, budget_kind, load_yaml
-from haq.search import Search, build_parts
+from haq.evaluator import QuantEvaluator
+from haq.search import Search, build_evaluator, build_parts
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,16 @@ TABLES = ("latency", "energy", "size")
 SCALES = ("mini", "paper")
 METHODS = ("haq", "random")
 PER_MODEL_KEYS = {"seeds", "budgets", "search"}
+
+
+class Cell(NamedTuple):
+    """One search of a table: a model on a hardware model under a budget, one method and seed."""
+
+    model: str
+    hw: str
+    budget: str
+    method: str
+    seed: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +128,16 @@ class TableSpec:
         """The search budgets of `model` at `scale` (its ``per_model`` entry, else the table's)."""
         return tuple(str(b) for b in self._per_model(scale, model).get("budgets", self.budgets))
 
+    def cells(self, scale: str, seeds: list[int] | None = None) -> list[Cell]:
+        """Every search of the table at `scale`, in the order `run_table` runs them (model by
+        model, so one evaluator serves a model's searches); `seeds` replaces every model's."""
+        return [Cell(model, hw, budget, method, seed)
+                for model in self.scale(scale)["models"]
+                for hw in self.hardware
+                for budget in self.model_budgets(scale, model)
+                for seed in (list(seeds) if seeds is not None else self.seeds(scale, model))
+                for method in self.methods]
+
     def _per_model(self, scale: str, model: str) -> dict[str, Any]:
         return dict((self.scale(scale).get("per_model") or {}).get(model) or {})
 
@@ -165,54 +187,50 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
     `tag` (e.g. ``"-distill"``) keeps a variant's run directories and results apart.
     `seeds` replaces every model's seeds.
     """
-    sc = spec.scale(scale)
     base = Path(runs_dir) / f"{spec.name}-{scale}{tag}"
     rows: list[dict[str, Any]] = []
-    for model in sc["models"]:
-        parts = None
-        model_seeds = list(seeds) if seeds is not None else spec.seeds(scale, model)
-        budgets = spec.model_budgets(scale, model)
-        for hw in spec.hardware:
-            for budget in budgets:
-                for seed in model_seeds:
-                    for method in spec.methods:
-                        run_dir = base / _slug(f"{model}-{hw}-{budget}-{method}-seed{seed}")
-                        cfg = spec.config(scale, model, hw, budget, method, seed, run_dir, overrides)
-                        if on_search is not None:
-                            on_search(run_dir.name, cfg)
-                        summary_path = run_dir / "summary.json"
-                        if summary_path.is_file():
-                            _check_same_config(run_dir, cfg, method)
-                            summary = json.loads(summary_path.read_text())
-                        else:
-                            if parts is None:
-                                parts = build_parts(cfg)  # its evaluator serves every search of the model
-                            if (run_dir / "checkpoint.json").is_file():
-                                search = Search.resume(run_dir, on_episode, parts=parts)
-                            else:
-                                search = Search(cfg, on_episode=on_episode, parts=parts)
-                            summary = search.run()
-                        rows.append(_search_row(spec, scale, model, hw, budget, method, seed, summary, cfg.warmup))
-            # fixed-bit baselines: accuracy per seed with the same finetune, cost on this hardware
-            for seed in model_seeds:
-                cfg = spec.config(scale, model, hw, budgets[0], "haq", seed, base / "unused", overrides)
-                cache = base / _slug(f"baselines-{model}-{hw}-seed{seed}.json")
-                done = json.loads(cache.read_text()) if cache.is_file() else {}
-                if any(b not in done for b in spec.baselines):  # this hardware's env, the model's evaluator
-                    parts = build_parts(cfg, parts.evaluator if parts is not None else None)
-                for b in spec.baselines:
-                    if b not in done:
-                        pol = [budget_kind(b)[1]] * len(parts.layers)
-                        done[b] = {"accuracy": parts.evaluator(pol), "cost": parts.env.cost(pol),
-                                   "w8a8_cost": parts.env.reference_cost, "fp_accuracy": parts.env.fp_accuracy}
-                        cache.parent.mkdir(parents=True, exist_ok=True)
-                        cache.write_text(json.dumps(done, indent=2) + "\n")
-                    d = done[b]
-                    rows.append({"table": spec.name, "scale": scale, "model": model, "hw": hw, "budget": "",
-                                 "method": "fixed", "policy": b, "seed": seed, "accuracy": d["accuracy"],
-                                 "cost": d["cost"], "cost_ratio": d["cost"] / d["w8a8_cost"],
-                                 "w8a8_over_cost": d["w8a8_cost"] / d["cost"], "fp_accuracy": d["fp_accuracy"],
-                                 "w_bits": "", "a_bits": "", "episodes": 0, "warmup": "", "best_episode": ""})
+    for model, model_cells in itertools.groupby(spec.cells(scale, seeds), key=lambda c: c.model):
+        evaluator: QuantEvaluator | None = None  # built on first need; serves all of the model's searches
+        cells = list(model_cells)
+        for _, hw, budget, method, seed in cells:
+            run_dir = base / _slug(f"{model}-{hw}-{budget}-{method}-seed{seed}")
+            cfg = spec.config(scale, model, hw, budget, method, seed, run_dir, overrides)
+            if on_search is not None:
+                on_search(run_dir.name, cfg)
+            summary_path = run_dir / "summary.json"
+            if summary_path.is_file():
+                _check_same_config(run_dir, cfg, method)
+                summary = json.loads(summary_path.read_text())
+            else:
+                evaluator = evaluator or build_evaluator(cfg)
+                if (run_dir / "checkpoint.json").is_file():
+                    search = Search.resume(run_dir, on_episode, evaluator=evaluator)
+                else:
+                    search = Search(cfg, on_episode=on_episode, evaluator=evaluator)
+                summary = search.run()
+            rows.append(_search_row(spec, scale, model, hw, budget, method, seed, summary, cfg.warmup))
+        # fixed-bit baselines: accuracy per seed with the same finetune, cost on each hardware model
+        for hw, seed in dict.fromkeys((c.hw, c.seed) for c in cells):
+            cfg = spec.config(scale, model, hw, spec.model_budgets(scale, model)[0], "haq", seed, base / "unused",
+                              overrides)
+            cache = base / _slug(f"baselines-{model}-{hw}-seed{seed}.json")
+            done = json.loads(cache.read_text()) if cache.is_file() else {}
+            missing = [b for b in spec.baselines if b not in done]
+            if missing:  # this hardware's env, the model's evaluator
+                parts = build_parts(cfg, evaluator)
+                evaluator = parts.evaluator
+                for b in missing:
+                    pol = [budget_kind(b)[1]] * len(parts.layers)
+                    done[b] = {"accuracy": parts.evaluator(pol), "cost": parts.env.cost(pol),
+                               "w8a8_cost": parts.env.reference_cost, "fp_accuracy": parts.env.fp_accuracy}
+                    cache.parent.mkdir(parents=True, exist_ok=True)
+                    cache.write_text(json.dumps(done, indent=2) + "\n")
+            rows += [{"table": spec.name, "scale": scale, "model": model, "hw": hw, "budget": "", "method": "fixed",
+                      "policy": b, "seed": seed, "accuracy": done[b]["accuracy"], "cost": done[b]["cost"],
+                      "cost_ratio": done[b]["cost"] / done[b]["w8a8_cost"],
+                      "w8a8_over_cost": done[b]["w8a8_cost"] / done[b]["cost"], "fp_accuracy": done[b]["fp_accuracy"],
+                      "w_bits": "", "a_bits": "", "episodes": 0, "warmup": "", "best_episode": ""}
+                     for b in spec.baselines]
     df = pd.DataFrame(rows)
     out = Path(results_dir or RESULTS_DIR)
     out.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,7 @@ def rows(run_dir):
 
 def test_search_writes_the_run_directory(tmp_path, shared_parts):
     config = tiny_config(tmp_path)
-    summary = Search(config, parts=shared_parts).run()
+    summary = Search(config, evaluator=shared_parts.evaluator).run()
     run = tmp_path / "run"
     for name in ("config.yaml", "episodes.csv", "best_policy.json", "summary.json", "policy.png", "progress.png",
                  "checkpoint.json"):
@@ -66,28 +66,28 @@ def test_search_writes_the_run_directory(tmp_path, shared_parts):
     assert SearchConfig.from_yaml(run / "config.yaml") == config
 
 
-def test_prebuilt_parts_lend_their_evaluator_but_not_their_environment(tmp_path, shared_parts):
+def test_a_borrowed_evaluator_is_checked_and_the_environment_is_the_configs(tmp_path, shared_parts):
     import dataclasses
 
     other = "sequential" if shared_parts.env.enforcement == "highest-first" else "highest-first"
     config = dataclasses.replace(tiny_config(tmp_path), enforcement=other, budget="w6a6", seed=3)
-    search = Search(config, parts=shared_parts)
+    search = Search(config, evaluator=shared_parts.evaluator)
     assert search.parts.evaluator is shared_parts.evaluator and search.parts.evaluator.seed == 3
     assert search.parts.env.enforcement == other and search.parts.env.budget > shared_parts.env.budget
     # an evaluator that would price policies otherwise is refused, naming what differs
     with pytest.raises(ValueError, match=r"evaluator does not match the config in \['finetune'\]"):
-        Search(tiny_config(tmp_path, finetune=FinetuneConfig(max_train_images=64)), parts=shared_parts)
+        Search(tiny_config(tmp_path, finetune=FinetuneConfig(max_train_images=64)), evaluator=shared_parts.evaluator)
     with pytest.raises(ValueError, match=r"evaluator does not match the config in \['quant'\]"):
-        Search(tiny_config(tmp_path, quant=QuantConfig(calib_images=64)), parts=shared_parts)
+        Search(tiny_config(tmp_path, quant=QuantConfig(calib_images=64)), evaluator=shared_parts.evaluator)
     with pytest.raises(ValueError, match=r"evaluator does not match the config in \['model'\]"):
-        Search(tiny_config(tmp_path, model="digits32-mbv2"), parts=shared_parts)
+        Search(tiny_config(tmp_path, model="digits32-mbv2"), evaluator=shared_parts.evaluator)
 
 
 def test_a_fresh_search_refuses_a_directory_that_holds_one(tmp_path, shared_parts):
-    Search(tiny_config(tmp_path, episodes=3), parts=shared_parts).run()
+    Search(tiny_config(tmp_path, episodes=3), evaluator=shared_parts.evaluator).run()
     before = (tmp_path / "run" / "episodes.csv").read_text()
     with pytest.raises(FileExistsError, match="--resume"):
-        Search(tiny_config(tmp_path, episodes=3), parts=shared_parts).run()
+        Search(tiny_config(tmp_path, episodes=3), evaluator=shared_parts.evaluator).run()
     assert (tmp_path / "run" / "episodes.csv").read_text() == before
 
 
@@ -173,12 +173,12 @@ def test_final_layer_init_starts_every_action_mid_range():
 
 
 def test_same_seed_same_policies_and_rewards(tmp_path, shared_parts):
-    a = Search(tiny_config(tmp_path, "a"), parts=shared_parts)
+    a = Search(tiny_config(tmp_path, "a"), evaluator=shared_parts.evaluator)
     a.run()
-    b = Search(tiny_config(tmp_path, "b"), parts=shared_parts)
+    b = Search(tiny_config(tmp_path, "b"), evaluator=shared_parts.evaluator)
     b.run()
     assert rows(tmp_path / "a") == rows(tmp_path / "b")
-    c = Search(tiny_config(tmp_path, "c", seed=1), parts=shared_parts)
+    c = Search(tiny_config(tmp_path, "c", seed=1), evaluator=shared_parts.evaluator)
     c.run()
     assert rows(tmp_path / "c") != rows(tmp_path / "a")
 
@@ -188,11 +188,11 @@ class Crash(Exception):
 
 
 def test_killed_search_resumes_without_losing_or_repeating_episodes(tmp_path, shared_parts):
-    reference = Search(tiny_config(tmp_path, "ref", episodes=7), parts=shared_parts)
+    reference = Search(tiny_config(tmp_path, "ref", episodes=7), evaluator=shared_parts.evaluator)
     reference.run()
 
     config = tiny_config(tmp_path, "killed", episodes=7)
-    search = Search(config, parts=shared_parts)
+    search = Search(config, evaluator=shared_parts.evaluator)
     env = search.parts.env  # the search's own environment (it borrows only the evaluator)
     evaluator = env.evaluator
     calls = {"n": 0}
@@ -328,12 +328,12 @@ def test_cli_search_and_resume_as_a_user_runs_them(tmp_path):
 
 def test_two_ray_workers_give_the_requested_distinct_episodes_deterministically(tmp_path, shared_parts):
     pytest.importorskip("ray")
-    one = Search(tiny_config(tmp_path, "one", episodes=5), parts=shared_parts)
+    one = Search(tiny_config(tmp_path, "one", episodes=5), evaluator=shared_parts.evaluator)
     one.run()
     runs = []
     for name in ("two-a", "two-b"):
         cfg = tiny_config(tmp_path, name, episodes=5, workers=2)
-        Search(cfg, parts=shared_parts).run()  # 3 rounds of 2; the 6th episode is not recorded
+        Search(cfg, evaluator=shared_parts.evaluator).run()  # 3 rounds of 2; the 6th episode is not recorded
         runs.append(read_episodes(tmp_path / name))
     a, b = runs
     assert [int(r["episode"]) for r in a] == [1, 2, 3, 4, 5]

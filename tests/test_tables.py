@@ -8,7 +8,7 @@ import yaml
 
 from haq import tables
 from haq.cli import main
-from haq.tables import TableSpec, render_table, run_table
+from haq.tables import Cell, TableSpec, render_table, run_table
 
 TINY = {
     "title": "tiny latency table", "constraint": "latency", "hardware": ["bismo-edge", "bismo-cloud"],
@@ -106,6 +106,13 @@ def test_per_model_settings_override_the_scale_for_that_model_only(tmp_path):
     # command-line overrides still win over the model's own settings
     cli = spec.config("mini", "digits32-mbv2", "bismo-edge", "w5a5", "haq", 5, tmp_path, {"episodes": 7})
     assert cli.episodes == 7 and cli.finetune.epochs == 2
+    # the searches, in run order: model by model, each with its own budgets and seeds ...
+    hw = spec.hardware
+    assert spec.cells("mini") == [Cell("digits-mbv2", h, "w4a4", m, 0) for h in hw for m in spec.methods] + [
+        Cell("digits32-mbv2", h, b, m, 5) for h in hw for b in ("w5a5", "w6a6") for m in spec.methods]
+    # ... and --seeds replaces every model's seeds
+    assert {c.seed for c in spec.cells("mini", [1, 2])} == {1, 2} and len(spec.cells("mini", [1, 2])) == 2 * len(
+        spec.cells("mini"))
 
 
 @pytest.mark.parametrize("per_model, message", [
