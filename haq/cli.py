@@ -217,6 +217,17 @@ def cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -233,6 +244,9 @@ def cmd_table(args: argparse.Namespace) -> int:
     if args.scale == "paper" and not (args.data_root or (sc.get("search") or {}).get("data_root")):
         raise UsageError(f"--scale paper searches {sc.get('search', {}).get('dataset', 'ImageNet')} with "
                          f"{', '.join(sc['models'])}: give --data-root (a local ImageNet folder; nothing is downloaded)")
+    if args.jobs > 1 and (args.workers or 1) > 1:
+        raise UsageError(f"--jobs {args.jobs} runs whole searches in parallel and --workers {args.workers} the policies "
+                         "of one search: choose one")
     if args.render_only:
         import pandas as pd
 
@@ -247,9 +261,6 @@ def cmd_table(args: argparse.Namespace) -> int:
     episode_bar: list[tqdm] = []
 
     def on_search(name: str, cfg: Any) -> None:
-        if episode_bar:
-            episode_bar.pop().close()
-            bar.update(1)
         episode_bar.append(tqdm(total=cfg.episodes, desc=name, unit="ep", leave=False, file=sys.stderr))
 
     def on_episode(rec: dict[str, Any]) -> None:
@@ -257,9 +268,16 @@ def cmd_table(args: argparse.Namespace) -> int:
             episode_bar[0].update(1)
             episode_bar[0].set_postfix(best_acc=f"{rec['best_accuracy']:.1f}")
 
+    def on_finished(name: str) -> None:
+        while episode_bar:
+            episode_bar.pop().close()
+        bar.update(1)
+        bar.set_postfix_str(name)
+
     try:
         df = run_table(spec, args.scale, seeds=seeds, runs_dir=args.runs, results_dir=args.results,
-                       overrides=overrides, tag=tag, on_search=on_search, on_episode=on_episode)
+                       overrides=overrides, tag=tag, jobs=args.jobs, on_search=on_search, on_episode=on_episode,
+                       on_finished=on_finished)
     finally:
         for b in episode_bar:
             b.close()
@@ -475,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--episodes", type=int, help="override the episodes of every search")
     t.add_argument("--data-root", dest="data_root", help="local ImageNet folder (paper scale)")
     t.add_argument("--device", help="cpu, cuda, ... (default: the scale's)")
+    t.add_argument("--jobs", type=positive_int, default=1,
+                   help="run this many searches at once, each in its own process with cores/N threads (default 1)")
     t.add_argument("--workers", type=int, help="evaluate this many policies at once on Ray workers")
     t.add_argument("--ray-address", dest="ray_address", help="Ray cluster to join (default: a local Ray instance)")
     t.add_argument("--runs", default="runs/tables", help="where the searches' run directories go")

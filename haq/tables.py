@@ -30,7 +30,7 @@ import pandas as pd
 import hw_models
 from haq.config import CONSTRAINTS, SearchConfig, budget_kind, load_yaml
 from haq.evaluator import QuantEvaluator
-from haq.search import Search, build_evaluator, build_parts
+from haq.search import Search, build_evaluator, build_parts, check_evaluator
 
 log = logging.getLogger(__name__)
 
@@ -178,65 +178,179 @@ def _slug(text: str) -> str:
 
 def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None = None,
               runs_dir: str | os.PathLike[str] = "runs/tables", results_dir: str | os.PathLike[str] | None = None,
-              overrides: dict[str, Any] | None = None, tag: str = "",
+              overrides: dict[str, Any] | None = None, tag: str = "", jobs: int = 1,
               on_search: Callable[[str, SearchConfig], None] | None = None,
-              on_episode: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
+              on_episode: Callable[[dict[str, Any]], None] | None = None,
+              on_finished: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Run (or finish) every search and baseline of a table; write its CSV, markdown and figure.
 
     Returns the per-seed rows (also written to ``<results_dir>/<table>-<scale><tag>.csv``).
     `tag` (e.g. ``"-distill"``) keeps a variant's run directories and results apart.
-    `seeds` replaces every model's seeds.
+    `seeds` replaces every model's seeds. `jobs` > 1 runs that many searches (and baseline
+    sets) at once, each in a process of its own with ``threads // jobs`` torch threads; a
+    search's result depends only on its config and its thread count, so ``jobs=2`` on 2 cores
+    gives what two one-thread tables give. `on_search` and `on_episode` are called (in this
+    process) only with ``jobs=1``; `on_finished` gets each search's name as it ends or is read back.
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     base = Path(runs_dir) / f"{spec.name}-{scale}{tag}"
-    rows: list[dict[str, Any]] = []
-    for model, model_cells in itertools.groupby(spec.cells(scale, seeds), key=lambda c: c.model):
-        evaluator: QuantEvaluator | None = None  # built on first need; serves all of the model's searches
-        cells = list(model_cells)
-        for _, hw, budget, method, seed in cells:
-            run_dir = base / _slug(f"{model}-{hw}-{budget}-{method}-seed{seed}")
-            cfg = spec.config(scale, model, hw, budget, method, seed, run_dir, overrides)
-            if on_search is not None:
-                on_search(run_dir.name, cfg)
-            summary_path = run_dir / "summary.json"
-            if summary_path.is_file():
-                _check_same_config(run_dir, cfg, method)
-                summary = json.loads(summary_path.read_text())
-            else:
-                evaluator = evaluator or build_evaluator(cfg)
-                if (run_dir / "checkpoint.json").is_file():
-                    search = Search.resume(run_dir, on_episode, evaluator=evaluator)
-                else:
-                    search = Search(cfg, on_episode=on_episode, evaluator=evaluator)
-                summary = search.run()
-            rows.append(_search_row(spec, scale, model, hw, budget, method, seed, summary, cfg.warmup))
-        # fixed-bit baselines: accuracy per seed with the same finetune, cost on each hardware model
-        for hw, seed in dict.fromkeys((c.hw, c.seed) for c in cells):
-            cfg = spec.config(scale, model, hw, spec.model_budgets(scale, model)[0], "haq", seed, base / "unused",
-                              overrides)
-            cache = base / _slug(f"baselines-{model}-{hw}-seed{seed}.json")
-            done = json.loads(cache.read_text()) if cache.is_file() else {}
-            missing = [b for b in spec.baselines if b not in done]
-            if missing:  # this hardware's env, the model's evaluator
-                parts = build_parts(cfg, evaluator)
+    cells = spec.cells(scale, seeds)
+    configs = {c: spec.config(scale, c.model, c.hw, c.budget, c.method, c.seed, _run_dir(base, c), overrides)
+               for c in cells}
+    summaries: dict[Cell, dict[str, Any]] = {}
+    for cell, cfg in configs.items():  # finished searches are read back
+        summary_path = _run_dir(base, cell) / "summary.json"
+        if summary_path.is_file():
+            _check_same_config(summary_path.parent, cfg, cell.method)
+            summaries[cell] = json.loads(summary_path.read_text())
+    # one baseline set per (model, hardware, seed): the same finetune as the searches, this hardware's cost
+    baseline_sets = {(c.model, c.hw, c.seed): spec.config(scale, c.model, c.hw, spec.model_budgets(scale, c.model)[0],
+                                                          "haq", c.seed, base / "unused", overrides) for c in cells}
+    baselines: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for key in baseline_sets:
+        cache = _baseline_cache(base, *key)
+        baselines[key] = json.loads(cache.read_text()) if cache.is_file() else {}
+
+    def save_baselines(key: tuple[str, str, int], values: dict[str, Any]) -> None:
+        baselines[key].update(values)
+        cache = _baseline_cache(base, *key)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(baselines[key], indent=2) + "\n")
+
+    todo_baselines = {k: [b for b in spec.baselines if b not in baselines[k]] for k in baseline_sets}
+    todo_baselines = {k: v for k, v in todo_baselines.items() if v}
+    if jobs == 1:
+        for model, model_cells in itertools.groupby(cells, key=lambda c: c.model):
+            evaluator: QuantEvaluator | None = None  # built on first need; serves all of the model's searches
+            for cell in model_cells:
+                cfg, run_dir = configs[cell], _run_dir(base, cell)
+                if on_search is not None:
+                    on_search(run_dir.name, cfg)
+                if cell not in summaries:
+                    evaluator = evaluator or build_evaluator(cfg)
+                    if (run_dir / "checkpoint.json").is_file():
+                        search = Search.resume(run_dir, on_episode, evaluator=evaluator)
+                    else:
+                        search = Search(cfg, on_episode=on_episode, evaluator=evaluator)
+                    summaries[cell] = search.run()
+                if on_finished is not None:
+                    on_finished(run_dir.name)
+            for key in [k for k in todo_baselines if k[0] == model]:
+                parts = build_parts(baseline_sets[key], evaluator)  # this hardware's env, the model's evaluator
                 evaluator = parts.evaluator
-                for b in missing:
-                    pol = [budget_kind(b)[1]] * len(parts.layers)
-                    done[b] = {"accuracy": parts.evaluator(pol), "cost": parts.env.cost(pol),
-                               "w8a8_cost": parts.env.reference_cost, "fp_accuracy": parts.env.fp_accuracy}
-                    cache.parent.mkdir(parents=True, exist_ok=True)
-                    cache.write_text(json.dumps(done, indent=2) + "\n")
-            rows += [{"table": spec.name, "scale": scale, "model": model, "hw": hw, "budget": "", "method": "fixed",
-                      "policy": b, "seed": seed, "accuracy": done[b]["accuracy"], "cost": done[b]["cost"],
-                      "cost_ratio": done[b]["cost"] / done[b]["w8a8_cost"],
-                      "w8a8_over_cost": done[b]["w8a8_cost"] / done[b]["cost"], "fp_accuracy": done[b]["fp_accuracy"],
-                      "w_bits": "", "a_bits": "", "episodes": 0, "warmup": "", "best_episode": ""}
-                     for b in spec.baselines]
+                for b in todo_baselines[key]:
+                    save_baselines(key, {b: _baseline(parts, b)})
+    else:
+        _run_parallel(base, configs, summaries, baseline_sets, todo_baselines, save_baselines, jobs, on_finished)
+
+    rows = [_search_row(spec, scale, *cell, summaries[cell], configs[cell].warmup) for cell in cells]
+    for (model, hw, seed), done in baselines.items():
+        rows += [{"table": spec.name, "scale": scale, "model": model, "hw": hw, "budget": "", "method": "fixed",
+                  "policy": b, "seed": seed, "accuracy": done[b]["accuracy"], "cost": done[b]["cost"],
+                  "cost_ratio": done[b]["cost"] / done[b]["w8a8_cost"],
+                  "w8a8_over_cost": done[b]["w8a8_cost"] / done[b]["cost"], "fp_accuracy": done[b]["fp_accuracy"],
+                  "w_bits": "", "a_bits": "", "episodes": 0, "warmup": "", "best_episode": ""}
+                 for b in spec.baselines]
     df = pd.DataFrame(rows)
     out = Path(results_dir or RESULTS_DIR)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / f"{spec.name}-{scale}{tag}.csv", index=False, float_format="%.5g")
     render_table(spec, scale, df, out, tag)
     return df
+
+
+def _run_dir(base: Path, cell: Cell) -> Path:
+    return base / _slug(f"{cell.model}-{cell.hw}-{cell.budget}-{cell.method}-seed{cell.seed}")
+
+
+def _baseline_cache(base: Path, model: str, hw: str, seed: int) -> Path:
+    return base / _slug(f"baselines-{model}-{hw}-seed{seed}.json")
+
+
+def _baseline(parts: Any, policy: str) -> dict[str, float]:
+    """Accuracy (the model's finetune) and cost (this hardware) of one uniform policy."""
+    pol = [budget_kind(policy)[1]] * len(parts.layers)
+    return {"accuracy": parts.evaluator(pol), "cost": parts.env.cost(pol),
+            "w8a8_cost": parts.env.reference_cost, "fp_accuracy": parts.env.fp_accuracy}
+
+
+def _run_parallel(base: Path, configs: dict[Cell, SearchConfig], summaries: dict[Cell, dict[str, Any]],
+                  baseline_sets: dict[tuple[str, str, int], SearchConfig],
+                  todo_baselines: dict[tuple[str, str, int], list[str]],
+                  save_baselines: Callable[[tuple[str, str, int], dict[str, Any]], None], jobs: int,
+                  on_finished: Callable[[str], None] | None) -> None:
+    """The table's unfinished searches and baseline sets on `jobs` processes (spawned: a
+    forked process would inherit the OpenMP state of this one). A failure stops the table;
+    the searches that ran keep their checkpoints, so the next run resumes them."""
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    for cell in configs:
+        if cell in summaries and on_finished is not None:
+            on_finished(_run_dir(base, cell).name)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures: dict[Future[Any], Any] = {}
+        for cell, cfg in configs.items():
+            if cell not in summaries:
+                run_dir = _run_dir(base, cell)
+                futures[pool.submit(_search_job, cfg.to_dict(), str(run_dir), threads)] = cell
+        for key, todo in todo_baselines.items():
+            futures[pool.submit(_baseline_job, baseline_sets[key].to_dict(), todo, threads)] = key
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for fut in done:
+                    what = futures[fut]
+                    result = fut.result()  # re-raises a worker's error here
+                    if isinstance(what, Cell):
+                        summaries[what] = result
+                        if on_finished is not None:
+                            on_finished(_run_dir(base, what).name)
+                    else:
+                        save_baselines(what, result)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+_JOB_EVALUATORS: dict[str, QuantEvaluator] = {}  # per worker process: one evaluator per model
+
+
+def _job_evaluator(cfg: SearchConfig, threads: int) -> QuantEvaluator:
+    import torch
+
+    torch.set_num_threads(threads)
+    ev = _JOB_EVALUATORS.get(cfg.model)
+    if ev is not None:
+        try:
+            check_evaluator(cfg, ev)
+        except ValueError:
+            ev = None
+    if ev is None:
+        _JOB_EVALUATORS.clear()  # one model's evaluator at a time per worker
+        ev = _JOB_EVALUATORS[cfg.model] = build_evaluator(cfg)
+    return ev
+
+
+def _search_job(config: dict[str, Any], run_dir: str, threads: int) -> dict[str, Any]:
+    """One search of a table in a worker process; its summary."""
+    cfg = SearchConfig.from_dict(config, f"table search {run_dir}")
+    ev = _job_evaluator(cfg, threads)
+    if (Path(run_dir) / "checkpoint.json").is_file():
+        return Search.resume(run_dir, evaluator=ev).run()
+    return Search(cfg, evaluator=ev).run()
+
+
+def _baseline_job(config: dict[str, Any], policies: list[str], threads: int) -> dict[str, Any]:
+    """The fixed-bit baselines of one (model, hardware, seed) in a worker process."""
+    cfg = SearchConfig.from_dict(config, "table baselines")
+    parts = build_parts(cfg, _job_evaluator(cfg, threads))
+    return {b: _baseline(parts, b) for b in policies}
 
 
 def _check_same_config(run_dir: Path, cfg: SearchConfig, method: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from haq import tables
@@ -113,6 +114,25 @@ def test_per_model_settings_override_the_scale_for_that_model_only(tmp_path):
     # ... and --seeds replaces every model's seeds
     assert {c.seed for c in spec.cells("mini", [1, 2])} == {1, 2} and len(spec.cells("mini", [1, 2])) == 2 * len(
         spec.cells("mini"))
+
+
+@pytest.mark.slow
+def test_jobs_run_a_tables_searches_in_parallel_processes_with_the_same_results(tmp_path):
+    spec = TableSpec.load("tiny", write_spec(tmp_path, hardware=["bismo-edge"]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # each of 2 jobs gets threads // 2 (at least 1): compare like with like
+    try:
+        one = run_table(spec, "mini", runs_dir=tmp_path / "one", results_dir=tmp_path / "r1")
+        finished: list[str] = []
+        two = run_table(spec, "mini", runs_dir=tmp_path / "two", results_dir=tmp_path / "r2", jobs=2,
+                        on_finished=finished.append)
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(finished) == ["digits-mbv2-bismo-edge-w4a4-haq-seed0", "digits-mbv2-bismo-edge-w4a4-random-seed0"]
+    assert (tmp_path / "two" / "tiny-mini" / "baselines-digits-mbv2-bismo-edge-seed0.json").is_file()
+    pd.testing.assert_frame_equal(two, one)  # the same searches, policies, accuracies and baselines
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        run_table(spec, "mini", runs_dir=tmp_path / "two", jobs=0)
 
 
 @pytest.mark.parametrize("per_model, message", [
