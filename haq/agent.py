@@ -31,6 +31,10 @@ from stable_baselines3.common.utils import update_learning_rate
 from torch import nn
 from torch.nn import functional as F
 
+from envs import OBS_FEATURES
+
+IS_WEIGHT = OBS_FEATURES.index("is_weight")
+
 
 class TruncatedNormalNoise(ActionNoise):
     """Exploration noise of HAQ: a normal around the actor's action, truncated to the
@@ -43,13 +47,25 @@ class TruncatedNormalNoise(ActionNoise):
     `__call__` returns an untruncated normal sample (the plain `ActionNoise` contract);
     `perturb` draws the truncated sample around a given action. Sigma is in units of the
     environment's action space.
+
+    `offset_sigma` > 0 (not the paper's) adds exploration that is consistent within an
+    episode, in the spirit of parameter-space noise (Plappert et al. 2018): each episode draws
+    one offset per kind of step (weight, activation) from N(0, offset_sigma), decayed like
+    sigma, and every step of that kind is perturbed around the actor's action plus its
+    kind's offset. Per-step noise alone almost never moves all 2L requests the same way, so
+    whole-network trades such as "one weight bit less, one activation bit more everywhere"
+    go unexplored.
     """
 
     def __init__(self, sigma: float = 0.5, decay: float = 0.99, warmup: int = 20, seed: int | None = None,
-                 dim: int = 1) -> None:
+                 dim: int = 1, offset_sigma: float = 0.0) -> None:
         super().__init__()
-        if sigma <= 0 or not 0 < decay <= 1:
-            raise ValueError(f"noise needs sigma > 0 and 0 < decay <= 1, got sigma={sigma}, decay={decay}")
+        if sigma <= 0 or not 0 < decay <= 1 or offset_sigma < 0:
+            raise ValueError(f"noise needs sigma > 0, 0 < decay <= 1 and offset_sigma >= 0, got sigma={sigma}, "
+                             f"decay={decay}, offset_sigma={offset_sigma}")
+        self.offset_sigma = float(offset_sigma)
+        self.offsets = np.zeros(2)
+        self._offset_episode: int | None = None
         self.initial_sigma = float(sigma)
         self.decay = float(decay)
         self.warmup = int(warmup)
@@ -66,10 +82,17 @@ class TruncatedNormalNoise(ActionNoise):
     def __call__(self) -> np.ndarray:
         return self.rng.normal(0.0, self.sigma, self.dim).astype(np.float32)
 
-    def perturb(self, action: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-        """Sample from N(action, sigma) truncated to [low, high]."""
+    def perturb(self, action: np.ndarray, low: np.ndarray, high: np.ndarray, kind: int = 0) -> np.ndarray:
+        """Sample from N(action, sigma) truncated to [low, high]; with `offset_sigma`, around
+        the action plus this episode's offset for `kind` (0: weight step, 1: activation)."""
         sigma = self.sigma
-        mu = np.clip(np.asarray(action, dtype=np.float64), low, high)
+        mu = np.asarray(action, dtype=np.float64)
+        if self.offset_sigma > 0:
+            if self._offset_episode != self.episodes:  # a new episode: new offsets
+                self.offsets = self.rng.normal(0.0, self.offset_sigma * sigma / self.initial_sigma, 2)
+                self._offset_episode = self.episodes
+            mu = mu + self.offsets[kind]
+        mu = np.clip(mu, low, high)
         a, b = (low - mu) / sigma, (high - mu) / sigma
         sample = truncnorm.rvs(a, b, loc=mu, scale=sigma, random_state=self.rng)
         return np.clip(sample, low, high).astype(np.float32)
@@ -273,7 +296,9 @@ class HAQDDPG(DDPG):
                 for i, n in enumerate(noises):
                     n.use_stream(i)
                     n.episodes = self._episode_num
-                action = np.concatenate([n.perturb(action[i:i + 1], low, high) for i, n in enumerate(noises)])
+                kinds = [0 if self._last_obs[i, IS_WEIGHT] > 0.5 else 1 for i in range(len(noises))]
+                action = np.concatenate([n.perturb(action[i:i + 1], low, high, kinds[i])
+                                         for i, n in enumerate(noises)])
             elif action_noise is not None:
                 action = np.clip(action + action_noise(), low, high)
         return action, self.policy.scale_action(action)

@@ -58,6 +58,10 @@ class AgentConfig:
             U(-x, x), DDPG's initialisation (Lillicrap et al. 2016, x = 3e-3, the default),
             so the first learnt actions sit mid-range (5 bits on 2..8) on every layer; 0
             keeps PyTorch's initialisation (the paper does not say which it uses).
+        noise_offset_sigma: if > 0, exploration also shifts every weight step of an episode
+            by one shared offset and every activation step by another, each drawn per episode
+            from N(0, x) and decayed like the noise (`TruncatedNormalNoise`); 0 (the default,
+            and the paper) explores each step independently.
     """
 
     actor_lr: float = 1e-4
@@ -75,14 +79,15 @@ class AgentConfig:
     updates_per_transition: int = 1
     over_budget_penalty: float = 1.0
     final_layer_init: float = 3e-3
+    noise_offset_sigma: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if min(self.actor_lr, self.critic_lr, self.tau, self.noise_sigma) <= 0 or self.batch_size < 1:
             raise ValueError("agent: learning rates, tau, noise_sigma must be > 0 and batch_size >= 1")
-        if self.over_budget_penalty < 0 or self.final_layer_init < 0:
-            raise ValueError(f"agent: over_budget_penalty and final_layer_init must be >= 0, got "
-                             f"{self.over_budget_penalty}, {self.final_layer_init}")
+        if min(self.over_budget_penalty, self.final_layer_init, self.noise_offset_sigma) < 0:
+            raise ValueError(f"agent: over_budget_penalty, final_layer_init and noise_offset_sigma must be >= 0, "
+                             f"got {self.over_budget_penalty}, {self.final_layer_init}, {self.noise_offset_sigma}")
         if self.updates_per_transition < 1:
             raise ValueError(f"agent: updates_per_transition must be >= 1, got {self.updates_per_transition}")
         if not 0 <= self.gamma <= 1 or not 0 <= self.baseline_decay < 1 or not 0 < self.noise_decay <= 1:

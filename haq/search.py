@@ -153,7 +153,8 @@ def make_agent(config: SearchConfig, env: Any, steps: int) -> HAQDDPG:
     """
     a = config.agent
     n = config.workers
-    noise = TruncatedNormalNoise(a.noise_sigma, a.noise_decay, config.warmup, seed=config.seed)
+    noise = TruncatedNormalNoise(a.noise_sigma, a.noise_decay, config.warmup, seed=config.seed,
+                                 offset_sigma=a.noise_offset_sigma)
     return HAQDDPG(
         "MlpPolicy", env,
         learning_rate=a.actor_lr, critic_learning_rate=a.critic_lr, warmup_episodes=config.warmup,

@@ -259,6 +259,24 @@ def test_noise_and_replay_buffer_follow_haq():
     noise.episodes = 4
     assert noise.sigma == pytest.approx(0.5 * 0.99**2)
 
+    # episode offsets (opt-in): every step of a kind in an episode is shifted by the same draw
+    lo, hi = np.array([0.0]), np.array([1.0])
+    off = TruncatedNormalNoise(sigma=1e-6, decay=0.5, warmup=0, seed=0, offset_sigma=0.2)
+    off.episodes = 0
+    w = [off.perturb(np.array([0.5]), lo, hi, kind=0)[0] for _ in range(5)]
+    a = [off.perturb(np.array([0.5]), lo, hi, kind=1)[0] for _ in range(5)]
+    assert np.ptp(w) < 1e-4 and np.ptp(a) < 1e-4 and abs(w[0] - a[0]) > 1e-3
+    assert w[0] == pytest.approx(np.clip(0.5 + off.offsets[0], 0, 1), abs=1e-4)
+    off.episodes = 1  # the next episode draws new offsets, decayed with sigma
+    w1 = off.perturb(np.array([0.5]), lo, hi, kind=0)[0]
+    assert abs(w1 - w[0]) > 1e-3
+    # ... and without offsets the random stream is the one the recorded searches used
+    plain, zero = (TruncatedNormalNoise(0.5, 0.99, 2, seed=3), TruncatedNormalNoise(0.5, 0.99, 2, seed=3, offset_sigma=0))
+    assert [plain.perturb(np.array([0.3]), lo, hi)[0] for _ in range(3)] == [
+        zero.perturb(np.array([0.3]), lo, hi, kind=1)[0] for _ in range(3)]
+    with pytest.raises(ValueError, match="offset_sigma >= 0"):
+        TruncatedNormalNoise(offset_sigma=-0.1)
+
     from gymnasium import spaces
 
     buf = EpisodeRewardReplayBuffer(100, spaces.Box(0, 1, (2,)), spaces.Box(-1, 1, (1,)), baseline_decay=0.5)
