@@ -229,11 +229,7 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
                     on_search(run_dir.name, cfg)
                 if cell not in summaries:
                     evaluator = evaluator or build_evaluator(cfg)
-                    if (run_dir / "checkpoint.json").is_file():
-                        search = Search.resume(run_dir, on_episode, evaluator=evaluator)
-                    else:
-                        search = Search(cfg, on_episode=on_episode, evaluator=evaluator)
-                    summaries[cell] = search.run()
+                    summaries[cell] = _run_search(cfg, run_dir, evaluator, on_episode)
                 if on_finished is not None:
                     on_finished(run_dir.name)
             for key in [k for k in todo_baselines if k[0] == model]:
@@ -258,6 +254,14 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
     df.to_csv(out / f"{spec.name}-{scale}{tag}.csv", index=False, float_format="%.5g")
     render_table(spec, scale, df, out, tag)
     return df
+
+
+def _run_search(cfg: SearchConfig, run_dir: Path, evaluator: QuantEvaluator,
+                on_episode: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Resume the search in `run_dir` from its checkpoint, or start it; its summary."""
+    if (run_dir / "checkpoint.json").is_file():
+        return Search.resume(run_dir, on_episode, evaluator=evaluator).run()
+    return Search(cfg, on_episode=on_episode, evaluator=evaluator).run()
 
 
 def _run_dir(base: Path, cell: Cell) -> Path:
@@ -340,10 +344,7 @@ def _job_evaluator(cfg: SearchConfig, threads: int) -> QuantEvaluator:
 def _search_job(config: dict[str, Any], run_dir: str, threads: int) -> dict[str, Any]:
     """One search of a table in a worker process; its summary."""
     cfg = SearchConfig.from_dict(config, f"table search {run_dir}")
-    ev = _job_evaluator(cfg, threads)
-    if (Path(run_dir) / "checkpoint.json").is_file():
-        return Search.resume(run_dir, evaluator=ev).run()
-    return Search(cfg, evaluator=ev).run()
+    return _run_search(cfg, Path(run_dir), _job_evaluator(cfg, threads))
 
 
 def _baseline_job(config: dict[str, Any], policies: list[str], threads: int) -> dict[str, Any]:
