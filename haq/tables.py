@@ -296,7 +296,8 @@ def _run_parallel(base: Path, configs: dict[Cell, SearchConfig], summaries: dict
     for cell in configs:
         if cell in summaries and on_finished is not None:
             on_finished(_run_dir(base, cell).name)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_job_init,
+                             initargs=(os.getpid(),)) as pool:
         futures: dict[Future[Any], Any] = {}
         for cell, cfg in configs.items():
             if cell not in summaries:
@@ -320,6 +321,20 @@ def _run_parallel(base: Path, configs: dict[Cell, SearchConfig], summaries: dict
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+def _job_init(parent: int) -> None:
+    """Worker start-up: exit when the table's process is gone (killed, not interrupted), so an
+    orphaned worker never keeps writing to a run directory the next table run resumes."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 _JOB_EVALUATORS: dict[str, QuantEvaluator] = {}  # per worker process: one evaluator per model
