@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pandas as pd
 import pytest
 import torch
@@ -133,6 +139,50 @@ def test_jobs_run_a_tables_searches_in_parallel_processes_with_the_same_results(
     pd.testing.assert_frame_equal(two, one)  # the same searches, policies, accuracies and baselines
     with pytest.raises(ValueError, match="jobs must be >= 1"):
         run_table(spec, "mini", runs_dir=tmp_path / "two", jobs=0)
+
+
+_PARENT = """
+import multiprocessing, os, time
+from concurrent.futures import ProcessPoolExecutor
+from haq.tables import _job_init
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx, initializer=_job_init, initargs=(os.getpid(),)) as pool:
+        print(pool.submit(os.getpid).result(), flush=True)
+        pool.submit(time.sleep, 600)  # the worker is busy, as in a search, when its parent dies
+        time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads process states from /proc")
+def test_table_workers_exit_when_the_table_process_is_killed(tmp_path):
+    """`haq table --jobs N` killed (not interrupted) must not leave workers writing run folders."""
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT)
+    with open(tmp_path / "stderr.txt", "w") as err:  # the killed parent's resource tracker complains there
+        parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        line = parent.stdout.readline()
+        assert line.strip().isdigit(), (tmp_path / "stderr.txt").read_text()
+        worker = int(line)
+        assert _running(worker)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while _running(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _running(worker):
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the worker outlived its killed parent")
 
 
 @pytest.mark.parametrize("per_model, message", [
