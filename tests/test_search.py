@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy.stats import truncnorm
 
-from haq.agent import EpisodeRewardReplayBuffer, TruncatedNormalNoise
+from haq.agent import EpisodeRewardReplayBuffer, TruncatedNormalNoise, _GradientStep
 from haq.cli import main
 from haq.config import AgentConfig, SearchConfig
 from haq.qmodel import QuantConfig
@@ -149,6 +149,15 @@ def test_episode_target_updates_equal_sb3s_ddpg_updates():
     for a, b in ((ours.actor, sb3s.actor), (ours.critic, sb3s.critic)):
         for (name, p), q in zip(a.named_parameters(), b.parameters()):
             assert torch.equal(p, q), name
+        # the optimiser's state too (so checkpoints are the same); after the first step the
+        # update ran through torch's functional adam, not Optimizer.step
+        assert _GradientStep(a.optimizer).direct
+        mine, theirs = a.optimizer.state_dict(), b.optimizer.state_dict()
+        assert mine["param_groups"] == theirs["param_groups"]
+        for i, st in theirs["state"].items():
+            assert set(mine["state"][i]) == set(st)
+            for key, value in st.items():
+                assert torch.equal(mine["state"][i][key], value), (i, key)
     assert not torch.equal(next(sb3s.actor_target.parameters()), next(sb3s.actor.parameters()))
 
 
