@@ -548,6 +548,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # training a registered model on first use takes a minute or two: say so, even without -v
+    logging.getLogger("haq.models").setLevel(logging.INFO)
     try:
         return int(args.func(args))
     except (UsageError, ValueError, FileNotFoundError, FileExistsError, TypeError) as exc:

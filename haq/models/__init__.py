@@ -168,7 +168,8 @@ def train_on_digits(name: str, recipe: dict[str, Any]) -> nn.Module:
             return model
         except ValueError as exc:
             log.warning("cached %s weights are unusable (%s); training again", name, exc)
-    log.info("training %s on digits (first use; cached at %s)", name, path)
+    log.info("training %s on digits for %d epochs (first use only; the weights are cached at %s)",
+             name, recipe["epochs"], path)
     torch.manual_seed(recipe["seed"])
     model = entry.factory()
     acc = fit(model, load_digits_data(**entry.data), epochs=recipe["epochs"], lr=recipe["lr"],
