@@ -35,6 +35,9 @@ METHODS = {
     "haq-paper-agent": "the paper's agent (`haq.config.PAPER_AGENT`) with the defaults' highest-first enforcement: "
                        "what the enforcement alone changes",
     "haq-distill": "the engine's defaults with knowledge distillation from the float model in every finetune",
+    "haq-offset": "the engine's defaults with `agent.noise_offset_sigma: 0.2` (not the paper's): each episode "
+                  "also draws one exploration offset for all weight steps and one for all activation steps, so "
+                  "whole-network trades such as w3a5 for w4a4 get explored",
     "random": "every action uniform random, no learning, the defaults' (highest-first) enforcement",
 }
 
@@ -46,6 +49,8 @@ def method_config(method: str, seed: int, episodes: int, runs: str) -> SearchCon
         agent, enforcement = PAPER_AGENT, "sequential"
     if method == "haq-paper-agent":
         agent = PAPER_AGENT
+    if method == "haq-offset":
+        agent = dataclasses.replace(agent, noise_offset_sigma=0.2)
     finetune = dataclasses.replace(base.finetune, distill=method == "haq-distill")
     return SearchConfig(episodes=episodes, seed=seed, out=f"{runs}/{method}-seed{seed}", agent=agent,
                         enforcement=enforcement,

@@ -212,8 +212,8 @@ class _GradientStep:
     come from ``torch.autograd.grad`` (nothing else is differentiated), and for a plain
     `torch.optim.Adam` whose state exists they go straight to torch's own functional
     ``adam`` with the optimiser's settings and state, skipping ``Optimizer.step``'s hooks,
-    profiler records and state lookups (a fifth of a DDPG gradient step on the 300-300
-    MLPs on CPU; docs/performance.md). Any other case (first step, another optimiser,
+    profiler records and state lookups (6-8% of a DDPG gradient step on the 300-300
+    MLPs on 2 CPU cores; docs/performance.md). Any other case (first step, another optimiser,
     AMSGrad, a parameter without gradient) goes through ``optimizer.step()``. Parameters,
     optimiser state and checkpoints are exactly those of the plain loop (tested).
     """
