@@ -1,10 +1,11 @@
 """Ablation: does `agent.noise_offset_sigma: 0.2` (per-episode exploration offsets for all
-weight and all activation steps) help the search where the default agent loses to costlier
-fixed-bit baselines? Runs (or reads back) the two ablation tables in
-experiments/configs/ablations/ (the main tables' w4a4 latency searches and digits32's 0.8
-energy searches, with the offset) and compares them, seed by seed, with the same searches of the
-main tables (experiments/results/latency-mini.csv, energy-mini.csv: same budgets, episodes,
-finetune and seeds, no offset). Writes experiments/results/ablations/noise-offset.md.
+weight and all activation steps, the default since this ablation) help the search at the tight
+budgets where the agent without them lost to costlier fixed-bit baselines? Runs (or reads back)
+the two ablation tables in experiments/configs/ablations/ (the main tables' w4a4 latency
+searches and digits32's 0.8 energy searches, *without* the offsets: `noise_offset_sigma: 0`,
+the former default) and compares them, seed by seed, with the same searches of the main tables
+(experiments/results/latency-mini.csv, energy-mini.csv: same budgets, episodes, finetune and
+seeds, with the offsets). Writes experiments/results/ablations/noise-offset.md.
 
     OMP_NUM_THREADS=1 python experiments/noise_offset.py [--jobs 2] [--render-only]
 """
@@ -36,34 +37,34 @@ def _beats_costlier(v: pd.DataFrame, model: str, hw: str, budget: str) -> pd.Ser
 
 
 def compare(ablation: pd.DataFrame, main: pd.DataFrame) -> tuple[list[str], list[str], list[float]]:
-    """Markdown rows and verdicts: each (model, hardware, budget) of the ablation against the
-    main table's default search and its fixed-bit baselines."""
+    """Markdown rows and verdicts: each (model, hardware, budget) of the ablation (no offsets)
+    against the main table's default search (offsets) and its fixed-bit baselines."""
     lines, verdicts, diffs = [], [], []
     # the main tables' rule (haq.tables.verdicts): each seed against that seed's fixed-bit rows
-    off_verdicts, main_verdicts = tables.verdicts(ablation), tables.verdicts(main)
-    for (model, hw, budget), off in ablation[ablation["method"] == "haq"].groupby(["model", "hw", "budget"],
-                                                                                 sort=False):
-        base = main[(main["method"] == "haq") & (main["model"] == model) & (main["hw"] == hw)
-                    & (main["budget"].astype(str) == str(budget))]
+    off_verdicts, plain_verdicts = tables.verdicts(main), tables.verdicts(ablation)
+    for (model, hw, budget), base in ablation[ablation["method"] == "haq"].groupby(["model", "hw", "budget"],
+                                                                                  sort=False):
+        off = main[(main["method"] == "haq") & (main["model"] == model) & (main["hw"] == hw)
+                   & (main["budget"].astype(str) == str(budget))]
         fixed = main[(main["method"] == "fixed") & (main["model"] == model) & (main["hw"] == hw)]
         fixed_mean = fixed.groupby("policy")[["accuracy", "cost_ratio"]].mean()
-        pair = off.merge(base, on="seed", suffixes=("_offset", "_default"))
+        pair = off.merge(base, on="seed", suffixes=("_offset", "_plain"))
         if pair.empty:
             continue
 
         for r in pair.itertuples():
-            lines.append(f"| {model} | {hw} | {budget} | {r.seed} | {r.accuracy_default:.2f} ({r.cost_ratio_default:.3f}) "
+            lines.append(f"| {model} | {hw} | {budget} | {r.seed} | {r.accuracy_plain:.2f} ({r.cost_ratio_plain:.3f}) "
                          f"| {r.accuracy_offset:.2f} ({r.cost_ratio_offset:.3f}) | "
-                         f"{_signed(r.accuracy_offset - r.accuracy_default)} |")
-        diffs.extend(pair["accuracy_offset"] - pair["accuracy_default"])
-        wins = int((pair["accuracy_offset"] >= pair["accuracy_default"] - 1e-3).sum())
+                         f"{_signed(r.accuracy_offset - r.accuracy_plain)} |")
+        diffs.extend(pair["accuracy_offset"] - pair["accuracy_plain"])
+        wins = int((pair["accuracy_offset"] >= pair["accuracy_plain"] - 1e-3).sum())
         n = len(pair)
         listed = ", ".join(f"{p} {a:.2f}" for p, a in fixed_mean.sort_values("cost_ratio")["accuracy"].items())
-        b_off, b_def = (int(_beats_costlier(v, model, hw, budget).sum()) for v in (off_verdicts, main_verdicts))
-        lines.append(f"| {model} | {hw} | {budget} | mean +- std | {pair['accuracy_default'].mean():.2f} +- "
-                     f"{pair['accuracy_default'].std():.2f} | {pair['accuracy_offset'].mean():.2f} +- "
+        b_off, b_def = (int(_beats_costlier(v, model, hw, budget).sum()) for v in (off_verdicts, plain_verdicts))
+        lines.append(f"| {model} | {hw} | {budget} | mean +- std | {pair['accuracy_plain'].mean():.2f} +- "
+                     f"{pair['accuracy_plain'].std():.2f} | {pair['accuracy_offset'].mean():.2f} +- "
                      f"{pair['accuracy_offset'].std():.2f} | "
-                     f"{_signed((pair['accuracy_offset'] - pair['accuracy_default']).mean())} |")
+                     f"{_signed((pair['accuracy_offset'] - pair['accuracy_plain']).mean())} |")
         verdicts.append(f"- {model} on {hw}, budget {budget}: with offsets at least as accurate as without in {wins} "
                         f"of {n} seeds; at least as accurate as every fixed-bit baseline that costs as much or more "
                         f"(fixed-bit mean top-1 over seeds: {listed}; each seed is compared with its own) in {b_def} of {n} seeds without offsets, {b_off} of {n} "
@@ -74,12 +75,14 @@ def compare(ablation: pd.DataFrame, main: pd.DataFrame) -> tuple[list[str], list
 def render(frames: dict[str, pd.DataFrame]) -> str:
     lines = ["<!-- generated by experiments/noise_offset.py; do not edit by hand -->",
              "# Ablation: per-episode exploration offsets (`agent.noise_offset_sigma: 0.2`)", "",
-             "Each search of the main mini tables (default agent: per-step truncated-normal noise, sigma 0.1) "
-             "is rerun with the same seed, budget, episodes and finetune plus one exploration offset per episode "
-             "for all weight steps and one for all activation steps (N(0, 0.2), decayed like sigma). Top-1 (%) of "
-             "the best policy on the search-validation split, its cost over w8a8's in brackets. Sources: "
-             "`experiments/results/ablations/noise-offset-*-mini.csv` and the main tables' CSVs.", "",
-             "| model | hardware | budget | seed | default agent | with offsets | difference |",
+             "The main mini tables' searches at their tightest budgets, with the default agent (per-step "
+             "truncated-normal noise, sigma 0.1, plus one exploration offset per episode for all weight steps and "
+             "one for all activation steps, N(0, 0.2), decayed like sigma), against the same seed, budget, "
+             "episodes and finetune without the offsets (`noise_offset_sigma: 0`, the default before this "
+             "ablation). Top-1 (%) of the best policy on the search-validation split, its cost over w8a8's in "
+             "brackets. Sources: the main tables' CSVs and `experiments/results/ablations/noise-offset-*-mini.csv` "
+             "(without offsets).", "",
+             "| model | hardware | budget | seed | without offsets | with offsets (default) | difference |",
              "|---|---|---|---|---|---|---|"]
     verdicts: list[str] = []
     diffs: list[float] = []

@@ -58,10 +58,12 @@ class AgentConfig:
             U(-x, x), DDPG's initialisation (Lillicrap et al. 2016, x = 3e-3, the default),
             so the first learnt actions sit mid-range (5 bits on 2..8) on every layer; 0
             keeps PyTorch's initialisation (the paper does not say which it uses).
-        noise_offset_sigma: if > 0, exploration also shifts every weight step of an episode
-            by one shared offset and every activation step by another, each drawn per episode
-            from N(0, x) and decayed like the noise (`TruncatedNormalNoise`); 0 (the default,
-            and the paper) explores each step independently.
+        noise_offset_sigma: if > 0 (default 0.2, not the paper's), exploration also shifts
+            every weight step of an episode by one shared offset and every activation step by
+            another, each drawn per episode from N(0, x) and decayed like the noise
+            (`TruncatedNormalNoise`), so whole-network trades such as w3a5 for w4a4 get
+            explored; 0 (the paper) explores each step independently. Measured in
+            experiments/results/ablations/noise-offset.md and docs/search.md.
     """
 
     actor_lr: float = 1e-4
@@ -79,7 +81,7 @@ class AgentConfig:
     updates_per_transition: int = 1
     over_budget_penalty: float = 1.0
     final_layer_init: float = 3e-3
-    noise_offset_sigma: float = 0.0
+    noise_offset_sigma: float = 0.2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -95,9 +97,10 @@ class AgentConfig:
 
 
 PAPER_AGENT = AgentConfig(noise_sigma=0.5, noise_decay=0.99, episode_targets=False, store_taken_actions=False,
-                          over_budget_penalty=0.0, final_layer_init=0.0)
-"""The paper's agent (Section 3.4): sigma 0.5 decaying 0.99 per episode, bootstrapped targets
-with gamma = 1, the plain reward, PyTorch's initialisation, the requested actions stored. Use
+                          over_budget_penalty=0.0, final_layer_init=0.0, noise_offset_sigma=0.0)
+"""The paper's agent (Section 3.4): sigma 0.5 decaying 0.99 per episode, independent noise on
+every step, bootstrapped targets with gamma = 1, the plain reward, PyTorch's initialisation, the
+requested actions stored. Use
 it with ``enforcement="sequential"``; experiments/configs/paper_agent.yaml is the same as a
 ``--config`` file."""
 
@@ -230,10 +233,12 @@ class SearchConfig:
 
 RUN_LEGACY: dict[str, Any] = {
     "enforcement": "sequential",
-    "agent": {"final_layer_init": 0.0, "over_budget_penalty": 0.0, "store_taken_actions": False},
+    "agent": {"final_layer_init": 0.0, "over_budget_penalty": 0.0, "store_taken_actions": False,
+              "noise_offset_sigma": 0.0},
 }
 """What runs written before a key existed did: the paper's sequential enforcement, PyTorch's
-init, no penalty, the requested actions stored (``episode_targets`` has always been written)."""
+init, no penalty, the requested actions stored, no exploration offsets (``episode_targets`` has
+always been written)."""
 
 
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
