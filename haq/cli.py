@@ -269,15 +269,21 @@ def cmd_table(args: argparse.Namespace) -> int:
             episode_bar[0].set_postfix(best_acc=f"{rec['best_accuracy']:.1f}")
 
     def on_finished(name: str) -> None:
-        while episode_bar:
-            episode_bar.pop().close()
+        if args.jobs == 1:
+            while episode_bar:
+                episode_bar.pop().close()
         bar.update(1)
         bar.set_postfix_str(name)
+
+    def on_progress(done: int, total: int) -> None:  # --jobs > 1: episodes over all running searches
+        if not episode_bar:
+            episode_bar.append(tqdm(total=total, desc="episodes", unit="ep", leave=False, file=sys.stderr))
+        episode_bar[0].update(done - episode_bar[0].n)
 
     try:
         df = run_table(spec, args.scale, seeds=seeds, runs_dir=args.runs, results_dir=args.results,
                        overrides=overrides, tag=tag, jobs=args.jobs, on_search=on_search, on_episode=on_episode,
-                       on_finished=on_finished)
+                       on_finished=on_finished, on_progress=on_progress)
     finally:
         for b in episode_bar:
             b.close()

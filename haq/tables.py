@@ -181,7 +181,8 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
               overrides: dict[str, Any] | None = None, tag: str = "", jobs: int = 1,
               on_search: Callable[[str, SearchConfig], None] | None = None,
               on_episode: Callable[[dict[str, Any]], None] | None = None,
-              on_finished: Callable[[str], None] | None = None) -> pd.DataFrame:
+              on_finished: Callable[[str], None] | None = None,
+              on_progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Run (or finish) every search and baseline of a table; write its CSV, markdown and figure.
 
     Returns the per-seed rows (also written to ``<results_dir>/<table>-<scale><tag>.csv``).
@@ -191,6 +192,8 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
     search's result depends only on its config and its thread count, so ``jobs=2`` on 2 cores
     gives what two one-thread tables give. `on_search` and `on_episode` are called (in this
     process) only with ``jobs=1``; `on_finished` gets each search's name as it ends or is read back.
+    With ``jobs`` > 1, `on_progress` gets (episodes run, episodes in all) over the table's searches,
+    read from their run directories every few seconds and once when all have ended.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
@@ -238,7 +241,8 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
                 for b in todo_baselines[key]:
                     save_baselines(key, {b: _baseline(parts, b)})
     else:
-        _run_parallel(base, configs, summaries, baseline_sets, todo_baselines, save_baselines, jobs, on_finished)
+        _run_parallel(base, configs, summaries, baseline_sets, todo_baselines, save_baselines, jobs, on_finished,
+                      on_progress)
 
     rows = [_search_row(spec, scale, *cell, summaries[cell], configs[cell].warmup) for cell in cells]
     for (model, hw, seed), done in baselines.items():
@@ -283,7 +287,8 @@ def _run_parallel(base: Path, configs: dict[Cell, SearchConfig], summaries: dict
                   baseline_sets: dict[tuple[str, str, int], SearchConfig],
                   todo_baselines: dict[tuple[str, str, int], list[str]],
                   save_baselines: Callable[[tuple[str, str, int], dict[str, Any]], None], jobs: int,
-                  on_finished: Callable[[str], None] | None) -> None:
+                  on_finished: Callable[[str], None] | None,
+                  on_progress: Callable[[int, int], None] | None = None, poll_s: float = 5.0) -> None:
     """The table's unfinished searches and baseline sets on `jobs` processes (spawned: a
     forked process would inherit the OpenMP state of this one). A failure stops the table;
     the searches that ran keep their checkpoints, so the next run resumes them."""
@@ -306,9 +311,18 @@ def _run_parallel(base: Path, configs: dict[Cell, SearchConfig], summaries: dict
         for key, todo in todo_baselines.items():
             futures[pool.submit(_baseline_job, baseline_sets[key].to_dict(), todo, threads)] = key
         pending = set(futures)
+        total = sum(cfg.episodes for cfg in configs.values())
+
+        def progress() -> None:
+            if on_progress is not None:
+                on_progress(sum(min(cfg.episodes, _episodes_run(_run_dir(base, c))) for c, cfg in configs.items()),
+                            total)
+
         try:
             while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                progress()
+                done, pending = wait(pending, timeout=poll_s if on_progress is not None else None,
+                                     return_when=FIRST_EXCEPTION)
                 for fut in done:
                     what = futures[fut]
                     result = fut.result()  # re-raises a worker's error here
@@ -321,6 +335,16 @@ def _run_parallel(base: Path, configs: dict[Cell, SearchConfig], summaries: dict
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+    progress()
+
+
+def _episodes_run(run_dir: Path) -> int:
+    """Episodes a run directory has recorded so far (rows of its ``episodes.csv``)."""
+    try:
+        with open(run_dir / "episodes.csv", "rb") as fh:
+            return max(0, sum(1 for _ in fh) - 1)
+    except FileNotFoundError:
+        return 0
 
 
 def _job_init(parent: int) -> None:

@@ -130,11 +130,16 @@ def test_jobs_run_a_tables_searches_in_parallel_processes_with_the_same_results(
     try:
         one = run_table(spec, "mini", runs_dir=tmp_path / "one", results_dir=tmp_path / "r1")
         finished: list[str] = []
+        progress: list[tuple[int, int]] = []
         two = run_table(spec, "mini", runs_dir=tmp_path / "two", results_dir=tmp_path / "r2", jobs=2,
-                        on_finished=finished.append)
+                        on_finished=finished.append, on_progress=lambda done, total: progress.append((done, total)))
     finally:
         torch.set_num_threads(threads)
     assert sorted(finished) == ["digits-mbv2-bismo-edge-w4a4-haq-seed0", "digits-mbv2-bismo-edge-w4a4-random-seed0"]
+    # episodes over both searches, counted from their run folders, ending complete
+    episodes = 2 * int(one[one["method"] != "fixed"]["episodes"].iloc[0])
+    assert {t for _, t in progress} == {episodes} and progress[-1] == (episodes, episodes)
+    assert [d for d, _ in progress] == sorted(d for d, _ in progress)
     assert (tmp_path / "two" / "tiny-mini" / "baselines-digits-mbv2-bismo-edge-seed0.json").is_file()
     pd.testing.assert_frame_equal(two, one)  # the same searches, policies, accuracies and baselines
     with pytest.raises(ValueError, match="jobs must be >= 1"):
