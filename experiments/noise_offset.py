@@ -1,11 +1,10 @@
 """Ablation: does `agent.noise_offset_sigma: 0.2` (per-episode exploration offsets for all
-weight and all activation steps, the default since this ablation) help the search at the tight
-budgets where the agent without them lost to costlier fixed-bit baselines? Runs (or reads back)
-the two ablation tables in experiments/configs/ablations/ (the main tables' w4a4 latency
-searches and digits32's 0.8 energy searches, *without* the offsets: `noise_offset_sigma: 0`,
-the former default) and compares them, seed by seed, with the same searches of the main tables
-(experiments/results/latency-mini.csv, energy-mini.csv: same budgets, episodes, finetune and
-seeds, with the offsets). Writes experiments/results/ablations/noise-offset.md.
+weight and all activation steps, the default since this ablation) help the search? Runs (or
+reads back) the ablation tables in experiments/configs/ablations/: every search of the main mini
+tables *without* the offsets (`noise_offset_sigma: 0`, the former default), and compares them,
+seed by seed, with the same searches of the main tables (experiments/results/<table>-mini.csv:
+same budgets, episodes, finetune and seeds, with the offsets). Writes
+experiments/results/ablations/noise-offset.md.
 
     OMP_NUM_THREADS=1 python experiments/noise_offset.py [--jobs 2] [--render-only]
 """
@@ -24,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "experiments" / "configs" / "ablations"
 RESULTS = ROOT / "experiments" / "results"
 OUT = RESULTS / "ablations"
-ABLATIONS = {"noise-offset-latency": "latency-mini.csv", "noise-offset-energy": "energy-mini.csv"}
+ABLATIONS = {"noise-offset-latency": "latency-mini.csv", "noise-offset-energy": "energy-mini.csv",
+             "noise-offset-size": "size-mini.csv"}
 
 
 def _signed(x: float) -> str:
@@ -33,13 +33,16 @@ def _signed(x: float) -> str:
 
 def _beats_costlier(v: pd.DataFrame, model: str, hw: str, budget: str) -> pd.Series:
     rows = v[(v["model"] == model) & (v["hw"] == hw) & (v["budget"].astype(str) == str(budget))]
-    return rows["beats_all_costlier"]
+    return rows.set_index("seed")["beats_all_costlier"]
 
 
-def compare(ablation: pd.DataFrame, main: pd.DataFrame) -> tuple[list[str], list[str], list[float]]:
+def compare(ablation: pd.DataFrame, main: pd.DataFrame) -> tuple[list[str], list[str], pd.DataFrame]:
     """Markdown rows and verdicts: each (model, hardware, budget) of the ablation (no offsets)
-    against the main table's default search (offsets) and its fixed-bit baselines."""
-    lines, verdicts, diffs = [], [], []
+    against the main table's default search (offsets) and its fixed-bit baselines; and one row
+    per paired search (difference in top-1, whether each beat every costlier fixed-bit row)."""
+    lines: list[str] = []
+    verdicts: list[str] = []
+    paired: list[pd.DataFrame] = []
     # the main tables' rule (haq.tables.verdicts): each seed against that seed's fixed-bit rows
     off_verdicts, plain_verdicts = tables.verdicts(main), tables.verdicts(ablation)
     for (model, hw, budget), base in ablation[ablation["method"] == "haq"].groupby(["model", "hw", "budget"],
@@ -56,11 +59,15 @@ def compare(ablation: pd.DataFrame, main: pd.DataFrame) -> tuple[list[str], list
             lines.append(f"| {model} | {hw} | {budget} | {r.seed} | {r.accuracy_plain:.2f} ({r.cost_ratio_plain:.3f}) "
                          f"| {r.accuracy_offset:.2f} ({r.cost_ratio_offset:.3f}) | "
                          f"{_signed(r.accuracy_offset - r.accuracy_plain)} |")
-        diffs.extend(pair["accuracy_offset"] - pair["accuracy_plain"])
+        beats = {k: _beats_costlier(v, model, hw, budget) for k, v in (("off", off_verdicts), ("plain", plain_verdicts))}
+        paired.append(pd.DataFrame({"search": [f"{model} {hw} {budget} seed {s}" for s in pair["seed"]],
+                                    "diff": (pair["accuracy_offset"] - pair["accuracy_plain"]).to_numpy(),
+                                    "beats_off": beats["off"].reindex(pair["seed"]).to_numpy(),
+                                    "beats_plain": beats["plain"].reindex(pair["seed"]).to_numpy()}))
         wins = int((pair["accuracy_offset"] >= pair["accuracy_plain"] - 1e-3).sum())
         n = len(pair)
         listed = ", ".join(f"{p} {a:.2f}" for p, a in fixed_mean.sort_values("cost_ratio")["accuracy"].items())
-        b_off, b_def = (int(_beats_costlier(v, model, hw, budget).sum()) for v in (off_verdicts, plain_verdicts))
+        b_off, b_def = int(beats["off"].sum()), int(beats["plain"].sum())
         lines.append(f"| {model} | {hw} | {budget} | mean +- std | {pair['accuracy_plain'].mean():.2f} +- "
                      f"{pair['accuracy_plain'].std():.2f} | {pair['accuracy_offset'].mean():.2f} +- "
                      f"{pair['accuracy_offset'].std():.2f} | "
@@ -69,13 +76,13 @@ def compare(ablation: pd.DataFrame, main: pd.DataFrame) -> tuple[list[str], list
                         f"of {n} seeds; at least as accurate as every fixed-bit baseline that costs as much or more "
                         f"(fixed-bit mean top-1 over seeds: {listed}; each seed is compared with its own) in {b_def} of {n} seeds without offsets, {b_off} of {n} "
                         "with.")
-    return lines, verdicts, diffs
+    return lines, verdicts, pd.concat(paired) if paired else pd.DataFrame()
 
 
 def render(frames: dict[str, pd.DataFrame]) -> str:
     lines = ["<!-- generated by experiments/noise_offset.py; do not edit by hand -->",
              "# Ablation: per-episode exploration offsets (`agent.noise_offset_sigma: 0.2`)", "",
-             "The main mini tables' searches at their tightest budgets, with the default agent (per-step "
+             "Every search of the main mini tables, with the default agent (per-step "
              "truncated-normal noise, sigma 0.1, plus one exploration offset per episode for all weight steps and "
              "one for all activation steps, N(0, 0.2), decayed like sigma), against the same seed, budget, "
              "episodes and finetune without the offsets (`noise_offset_sigma: 0`, the default before this "
@@ -85,17 +92,23 @@ def render(frames: dict[str, pd.DataFrame]) -> str:
              "| model | hardware | budget | seed | without offsets | with offsets (default) | difference |",
              "|---|---|---|---|---|---|---|"]
     verdicts: list[str] = []
-    diffs: list[float] = []
+    paired: list[pd.DataFrame] = []
     for name, main_csv in ABLATIONS.items():
         if name in frames:
-            rows, said, d = compare(frames[name], pd.read_csv(RESULTS / main_csv))
+            rows, said, p = compare(frames[name], pd.read_csv(RESULTS / main_csv))
             lines += rows
             verdicts += said
-            diffs += d
-    if diffs:
-        verdicts.append(f"- All {len(diffs)} paired searches: with offsets at least as accurate in "
-                        f"{sum(d >= -1e-3 for d in diffs)}, mean difference {_signed(sum(diffs) / len(diffs))} points "
-                        "(one validation image is 0.29 points).")
+            paired.append(p)
+    if paired:
+        p = pd.concat(paired, ignore_index=True)
+        worst = p.loc[p["diff"].idxmin()]
+        verdicts.append(f"- All {len(p)} paired searches: with offsets at least as accurate in "
+                        f"{int((p['diff'] >= -1e-3).sum())}, mean difference {_signed(p['diff'].mean())} points, median "
+                        f"{_signed(p['diff'].median())} (one validation image is 0.29 points); largest loss "
+                        f"{_signed(worst['diff'])} ({worst['search']}), largest gain {_signed(p['diff'].max())}. At least "
+                        "as accurate as every fixed-bit baseline that costs as much or more: "
+                        f"{int(p['beats_plain'].sum())} of {len(p)} searches without offsets, "
+                        f"{int(p['beats_off'].sum())} with.")
     return "\n".join(lines + ["", "Measured:", ""] + verdicts) + "\n"
 
 

@@ -201,8 +201,8 @@ def render(df: pd.DataFrame, episodes: int) -> None:
         diff = pair["best_accuracy"] - pair["best_accuracy_no"]
         lines += ["Why the defaults explore with per-episode offsets: on these seeds the defaults (`haq`) are at "
                   f"least as accurate as without offsets (`haq-no-offset`) on {int((diff >= -1e-3).sum())} of "
-                  f"{len(pair)}, {diff.mean():+.2f} points on average; the mini tables' tightest budgets measure the same "
-                  "pair seed by seed (experiments/results/ablations/noise-offset.md). Independent per-step noise rarely moves every "
+                  f"{len(pair)}, {diff.mean():+.2f} points on average; the mini tables measure the same pair on all "
+                  "their searches, seed by seed (experiments/results/ablations/noise-offset.md). Independent per-step noise rarely moves every "
                   "layer's bits together, so whole-network trades such as w3a5 for w4a4 go unexplored.", ""]
 
     def last_fifth(method: str) -> str:
