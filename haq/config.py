@@ -100,9 +100,8 @@ PAPER_AGENT = AgentConfig(noise_sigma=0.5, noise_decay=0.99, episode_targets=Fal
                           over_budget_penalty=0.0, final_layer_init=0.0, noise_offset_sigma=0.0)
 """The paper's agent (Section 3.4): sigma 0.5 decaying 0.99 per episode, independent noise on
 every step, bootstrapped targets with gamma = 1, the plain reward, PyTorch's initialisation, the
-requested actions stored. Use
-it with ``enforcement="sequential"``; experiments/configs/paper_agent.yaml is the same as a
-``--config`` file."""
+requested actions stored. Use it with ``enforcement="sequential"``;
+experiments/configs/paper_agent.yaml is the same as a ``--config`` file."""
 
 
 @dataclasses.dataclass(frozen=True)
