@@ -67,14 +67,14 @@ def compare(ablation: pd.DataFrame, main: pd.DataFrame) -> tuple[list[str], list
         wins = int((pair["accuracy_offset"] >= pair["accuracy_plain"] - 1e-3).sum())
         n = len(pair)
         listed = ", ".join(f"{p} {a:.2f}" for p, a in fixed_mean.sort_values("cost_ratio")["accuracy"].items())
-        b_off, b_def = int(beats["off"].sum()), int(beats["plain"].sum())
+        b_off, b_plain = int(beats["off"].sum()), int(beats["plain"].sum())
         lines.append(f"| {model} | {hw} | {budget} | mean +- std | {pair['accuracy_plain'].mean():.2f} +- "
                      f"{pair['accuracy_plain'].std():.2f} | {pair['accuracy_offset'].mean():.2f} +- "
                      f"{pair['accuracy_offset'].std():.2f} | "
                      f"{_signed((pair['accuracy_offset'] - pair['accuracy_plain']).mean())} |")
         verdicts.append(f"- {model} on {hw}, budget {budget}: with offsets at least as accurate as without in {wins} "
                         f"of {n} seeds; at least as accurate as every fixed-bit baseline that costs as much or more "
-                        f"(fixed-bit mean top-1 over seeds: {listed}; each seed is compared with its own) in {b_def} of {n} seeds without offsets, {b_off} of {n} "
+                        f"(fixed-bit mean top-1 over seeds: {listed}; each seed is compared with its own) in {b_plain} of {n} seeds without offsets, {b_off} of {n} "
                         "with.")
     return lines, verdicts, pd.concat(paired) if paired else pd.DataFrame()
 

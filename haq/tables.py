@@ -30,7 +30,7 @@ import pandas as pd
 import hw_models
 from haq.config import CONSTRAINTS, SearchConfig, budget_kind, load_yaml
 from haq.evaluator import QuantEvaluator
-from haq.search import Search, build_evaluator, build_parts, check_evaluator
+from haq.search import Search, build_evaluator, build_parts, check_evaluator, read_episodes
 
 log = logging.getLogger(__name__)
 
@@ -313,10 +313,11 @@ def _run_parallel(base: Path, configs: dict[Cell, SearchConfig], summaries: dict
         pending = set(futures)
         total = sum(cfg.episodes for cfg in configs.values())
 
-        def progress() -> None:
+        def progress() -> None:  # finished searches count whole; running ones by their episodes.csv rows
             if on_progress is not None:
-                on_progress(sum(min(cfg.episodes, _episodes_run(_run_dir(base, c))) for c, cfg in configs.items()),
-                            total)
+                done = sum(cfg.episodes if c in summaries else min(cfg.episodes, len(read_episodes(_run_dir(base, c))))
+                           for c, cfg in configs.items())
+                on_progress(done, total)
 
         try:
             while pending:
@@ -337,14 +338,6 @@ def _run_parallel(base: Path, configs: dict[Cell, SearchConfig], summaries: dict
             raise
     progress()
 
-
-def _episodes_run(run_dir: Path) -> int:
-    """Episodes a run directory has recorded so far (rows of its ``episodes.csv``)."""
-    try:
-        with open(run_dir / "episodes.csv", "rb") as fh:
-            return max(0, sum(1 for _ in fh) - 1)
-    except FileNotFoundError:
-        return 0
 
 
 def _job_init(parent: int) -> None:
