@@ -11,8 +11,11 @@ Prints a table of seconds and ratios and writes it as JSON:
 
 Presets:
   cpu-digits   the embedded default on the CPU (real digits data)
+  cpu-digits32 the mini tables' CIFAR-sized MobileNetV2 (53 layers) on 32x32 digits, with their
+               finetune settings (256 training images an epoch, validation batches of 64)
   gpu-mbv2     MobileNetV2 at 224 px, a synthetic ImageNet-100-sized split (20k / 10k) held on
                the GPU as uint8 (the DESIGN.md setup; random labels, timings only)
+  cpu-mbv2-tiny  the gpu-mbv2 model and input size on the CPU with 256 / 128 images (a smoke run)
 
     python benchmarks/episode.py --preset cpu-digits [--compile] [--json out.json]
 
@@ -52,6 +55,8 @@ def synthetic(n_train: int, n_val: int, size: int, classes: int, device: str) ->
 
 PRESETS = {
     "cpu-digits": dict(model="digits-mbv2", device="cpu", batch=64),
+    # the mini tables' CIFAR-sized MobileNetV2 (53 layers) with their finetune settings
+    "cpu-digits32": dict(model="digits32-mbv2", device="cpu", batch=64, max_train_images=256, eval_batch=64),
     "gpu-mbv2": dict(model="mobilenet_v2", device="cuda", batch=128, n_train=20000, n_val=10000, size=224, classes=100),
     "cpu-mbv2-tiny": dict(model="mobilenet_v2", device="cpu", batch=32, n_train=256, n_val=128, size=224, classes=100),
 }
@@ -117,10 +122,13 @@ def main() -> None:
     device = torch.device(p["device"])
     if p["model"] == "digits-mbv2":
         data, model = load_digits_data(), create_model("digits-mbv2")
+    elif p["model"] == "digits32-mbv2":
+        data, model = load_digits_data(size=32), create_model("digits32-mbv2")
     else:
         data = synthetic(p["n_train"], p["n_val"], p["size"], p["classes"], p["device"])
         model = create_model(p["model"], num_classes=p["classes"])
-    ft = FinetuneConfig(batch_size=p["batch"], eval_batch_size=max(256, p["batch"]), compile=args.compile)
+    ft = FinetuneConfig(batch_size=p["batch"], eval_batch_size=p.get("eval_batch", max(256, p["batch"])),
+                        max_train_images=p.get("max_train_images"), compile=args.compile)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -131,7 +139,7 @@ def main() -> None:
     ev.qmodel.apply(policy)  # fills the clip cache for these bits
     gen = torch.Generator(device=device).manual_seed(0)
 
-    fmodel = create_model(p["model"], **({} if p["model"] == "digits-mbv2" else {"num_classes": p["classes"]}))
+    fmodel = create_model(p["model"], **({"num_classes": p["classes"]} if "classes" in p else {}))
     fmodel = fmodel.to(device)
     ft = ev.finetune  # bf16 / channels_last as the evaluator resolved them for this device: the same for both
     if ft.channels_last:
@@ -180,6 +188,7 @@ def main() -> None:
         "peak_gpu_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
         "preset": args.preset, "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
         "threads": torch.get_num_threads(), "train_images": len(data.train), "val_images": len(data.val),
+        "max_train_images": ft.max_train_images,
         "torch": torch.__version__,
     })
     try:

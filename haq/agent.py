@@ -180,6 +180,22 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
             self.baseline = float(final) if self.baseline is None else self.baseline + (1 - self.baseline_decay) * (
                 float(final) - self.baseline)
 
+    def sample_targets(self, batch_size: int) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """Observations, actions and rewards of a batch drawn exactly as `sample` draws it
+        (same calls on NumPy's global random state, same rows, same values), without building
+        the next observations and done flags that episode targets never read, and indexing
+        tensor views of the buffer instead of copying each field through NumPy first."""
+        if self.optimize_memory_usage:
+            data = self.sample(batch_size)
+            return data.observations, data.actions, data.rewards
+        upper_bound = self.buffer_size if self.full else self.pos
+        batch_inds = np.random.randint(0, upper_bound, size=batch_size)
+        env_indices = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
+        rows, cols = th.from_numpy(batch_inds), th.from_numpy(env_indices)
+        obs, act, rew = (th.from_numpy(a) for a in (self.observations, self.actions, self.rewards))
+        return (obs[rows, cols].to(self.device), act[rows, cols].to(self.device),
+                rew[rows, cols].reshape(-1, 1).to(self.device))
+
     @staticmethod
     def overrun(info: dict[str, Any] | None) -> float:
         """How far the requested policy overshot the budget, as a fraction of it (0 if within)."""
@@ -249,6 +265,23 @@ class _GradientStep:
             p.grad = None
 
 
+def _run_mlp(net: nn.Sequential, x: th.Tensor) -> th.Tensor:
+    """``net(x)`` for SB3's MLPs, calling the functional form of their linear, ReLU and
+    tanh layers directly (the same kernels, hence the same values) instead of going through
+    ``Module.__call__`` for each; any other layer is called as a module."""
+    for m in net:
+        kind = type(m)
+        if kind is nn.Linear:
+            x = F.linear(x, m.weight, m.bias)
+        elif kind is nn.ReLU:
+            x = F.relu(x, inplace=m.inplace)
+        elif kind is nn.Tanh:
+            x = th.tanh(x)
+        else:
+            x = m(x)
+    return x
+
+
 class HAQDDPG(DDPG):
     """SB3 DDPG with a separate critic learning rate and HAQ's action sampling.
 
@@ -288,7 +321,10 @@ class HAQDDPG(DDPG):
         docs/performance.md). The target networks keep their initial weights; nothing reads
         them. Each step differentiates only the parameters its optimiser updates (the actor's
         loss leaves the critic's weight gradients alone; SB3 computes and discards them) and
-        applies Adam without `Optimizer.step`'s per-call bookkeeping (`_GradientStep`)."""
+        applies Adam without `Optimizer.step`'s per-call bookkeeping (`_GradientStep`); batches
+        come from `EpisodeRewardReplayBuffer.sample_targets` (SB3's draws, only the fields read)
+        and the MLPs run through `_run_mlp` (no per-layer module calls). Same parameters,
+        optimiser state and random-state draws as SB3's update (tested)."""
         buffer = self.replay_buffer
         if not (isinstance(buffer, EpisodeRewardReplayBuffer) and buffer.episode_targets):
             super().train(gradient_steps, batch_size)
@@ -296,16 +332,26 @@ class HAQDDPG(DDPG):
         self.policy.set_training_mode(True)
         self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])
         critic_step, actor_step = _GradientStep(self.critic.optimizer), _GradientStep(self.actor.optimizer)
+        sample = buffer.sample_targets if self._vec_normalize_env is None else None
+        actor, critic = self.actor, self.critic
         actor_losses, critic_losses = [], []
         for _ in range(gradient_steps):
             self._n_updates += 1
-            data = buffer.sample(batch_size, env=self._vec_normalize_env)
-            critic_loss = sum(F.mse_loss(q, data.rewards) for q in self.critic(data.observations, data.actions))
+            if sample is not None:
+                observations, actions, rewards = sample(batch_size)
+            else:
+                data = buffer.sample(batch_size, env=self._vec_normalize_env)
+                observations, actions, rewards = data.observations, data.actions, data.rewards
+            critic_in = th.cat([critic.extract_features(observations, critic.features_extractor), actions], dim=1)
+            critic_loss = sum(F.mse_loss(_run_mlp(q_net, critic_in), rewards) for q_net in critic.q_networks)
             assert isinstance(critic_loss, th.Tensor)
             critic_losses.append(critic_loss.item())
             critic_step(critic_loss)
             if self._n_updates % self.policy_delay == 0:
-                actor_loss = -self.critic.q1_forward(data.observations, self.actor(data.observations)).mean()
+                policy_actions = _run_mlp(actor.mu, actor.extract_features(observations, actor.features_extractor))
+                with th.no_grad():
+                    features = critic.extract_features(observations, critic.features_extractor)
+                actor_loss = -_run_mlp(critic.q_networks[0], th.cat([features, policy_actions], dim=1)).mean()
                 actor_losses.append(actor_loss.item())
                 actor_step(actor_loss)  # differentiates the actor's parameters only, not the critic's
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
@@ -320,6 +366,19 @@ class HAQDDPG(DDPG):
         update_learning_rate(self.actor.optimizer, lr)
         update_learning_rate(self.critic.optimizer, self.critic_learning_rate)
 
+    def _actor_action(self, obs: np.ndarray) -> np.ndarray:
+        """The actor's deterministic actions for a batch of observations, in the action space's
+        units: what ``self.predict(obs, deterministic=True)[0]`` returns, without its per-call
+        checks and without switching the networks to eval mode on every step (only when they
+        are not already; `train` switches them back once per episode). Same values (tested)."""
+        if self.policy.training:
+            self.policy.set_training_mode(False)
+        with th.no_grad():
+            scaled = self.actor(th.as_tensor(np.asarray(obs).reshape((-1, *self.observation_space.shape)),
+                                             device=self.device))
+        assert isinstance(self.action_space, spaces.Box)
+        return self.policy.unscale_action(scaled.cpu().numpy().reshape((-1, *self.action_space.shape)))
+
     def _sample_action(self, learning_starts: int, action_noise: ActionNoise | None = None,
                        n_envs: int = 1) -> tuple[np.ndarray, np.ndarray]:
         assert isinstance(self.action_space, spaces.Box)
@@ -328,7 +387,7 @@ class HAQDDPG(DDPG):
             action = np.array([self.action_space.sample() for _ in range(n_envs)])
         else:
             assert self._last_obs is not None
-            action, _ = self.predict(self._last_obs, deterministic=True)
+            action = self._actor_action(self._last_obs)
             noises = action_noise.noises if isinstance(action_noise, VectorizedActionNoise) else [action_noise]
             if all(isinstance(n, TruncatedNormalNoise) for n in noises):
                 for i, n in enumerate(noises):

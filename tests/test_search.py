@@ -143,9 +143,12 @@ def test_episode_target_updates_equal_sb3s_ddpg_updates():
                 agent.replay_buffer.add(obs[t], obs[t + 1], act[t], np.array([final if last else 0.0]),
                                         np.array([last]), [{}])
     np.random.seed(3)
-    ours.train(5, batch_size=8)
+    ours.train(5, batch_size=8)  # our batches are drawn by EpisodeRewardReplayBuffer.sample_targets
+    after_ours = np.random.get_state()
     np.random.seed(3)
-    DDPG.train(sb3s, 5, batch_size=8)  # SB3's own update, target networks included
+    DDPG.train(sb3s, 5, batch_size=8)  # SB3's own update and sampler, target networks included
+    # the same draws from NumPy's global random state, so later batches stay the same too
+    assert all(np.array_equal(x, y) for x, y in zip(after_ours, np.random.get_state()))
     for a, b in ((ours.actor, sb3s.actor), (ours.critic, sb3s.critic)):
         for (name, p), q in zip(a.named_parameters(), b.parameters()):
             assert torch.equal(p, q), name
@@ -159,6 +162,26 @@ def test_episode_target_updates_equal_sb3s_ddpg_updates():
             for key, value in st.items():
                 assert torch.equal(mine["state"][i][key], value), (i, key)
     assert not torch.equal(next(sb3s.actor_target.parameters()), next(sb3s.actor.parameters()))
+
+
+def test_actor_actions_are_sb3s_predictions():
+    """The action path used while searching gives what SB3's `predict` gives, bit for bit,
+    whether the policy was last left in training mode or not."""
+    from stable_baselines3.common.monitor import Monitor
+
+    import hw_models as H
+    from envs import MixedPrecisionEnv
+    from haq.search import make_agent
+    layers = [H.LayerSpec("c0", "conv", 3, 16, kernel=3, in_h=8, in_w=8, out_h=8, out_w=8), H.LayerSpec("fc", "fc", 16, 10)]
+    env = MixedPrecisionEnv(layers, H.create_hw_model("bismo-edge"), 1.0, lambda policy: 90.0, fp_accuracy=95.0)
+    agent = make_agent(SearchConfig(), Monitor(env), env.n_steps)
+    obs = np.random.default_rng(0).random((20, 10)).astype(np.float32)
+    for training in (True, False):
+        agent.policy.set_training_mode(training)
+        mine = agent._actor_action(obs)
+        theirs, _ = agent.predict(obs, deterministic=True)
+        assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs)
+        assert np.array_equal(agent._actor_action(obs[:1]), theirs[:1])
 
 
 def test_final_layer_init_starts_every_action_mid_range():
