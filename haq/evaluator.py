@@ -33,6 +33,15 @@ class QuantEvaluator:
     Each call restores the float weights, applies the policy, finetunes for
     ``finetune.epochs`` on search-train and evaluates on search-val.
 
+    An evaluation is a function of the policy: the finetune's shuffling is seeded from the
+    base seed and the policy's bits (`policy_seed`) and every call starts from the float
+    weights and the same calibration. So a call (the accuracy a search's reward reads)
+    returns the recorded top-1 when the same policy was already evaluated with the same seed,
+    quantizer and finetune settings, instead of finetuning again: the same number, without the
+    finetune (a search repeats a policy often once its exploration noise has decayed).
+    `evaluate` always runs and leaves `qmodel` holding that policy's finetuned weights, for
+    callers that export or inspect the model. ``memo = False`` turns the reuse off.
+
     Args:
         model: the trained float model (left untouched).
         data: the search splits.
@@ -58,7 +67,10 @@ class QuantEvaluator:
         n_calib = min(self.qmodel.config.calib_images, len(self.data.train))
         calib = [x for x, _ in batches(self.data.train.subset(range(n_calib)), self.data, 256)]
         self.qmodel.calibrate(calib)
-        self.calls = 0
+        self.calls = 0  # evaluations run
+        self.reused = 0  # calls answered from an earlier identical evaluation
+        self.memo = True
+        self._top1: dict[tuple[Any, ...], float] = {}
         self.run_model: nn.Module = self.qmodel.model
         if self.finetune.compile:
             self.qmodel.use_tensor_bits()
@@ -109,4 +121,14 @@ class QuantEvaluator:
         return evaluate(model, self.data, getattr(self.data, split), cfg.eval_batch_size, cfg.bf16, cfg.channels_last)
 
     def __call__(self, policy: Policy | Sequence[tuple[int, int]]) -> float:
-        return self.evaluate(policy)["top1"]
+        """Top-1 (percent) of `policy` after the finetune; an identical earlier evaluation's
+        result when there is one (see the class docstring)."""
+        policy = self.as_policy(policy)
+        key = (policy.bits, self.seed, self.finetune, self.qmodel.config)
+        if self.memo and key in self._top1:
+            self.reused += 1
+            return self._top1[key]
+        top1 = self.evaluate(policy)["top1"]
+        if self.memo:
+            self._top1[key] = top1
+        return top1

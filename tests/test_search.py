@@ -16,6 +16,7 @@ from scipy.stats import truncnorm
 from haq.agent import EpisodeRewardReplayBuffer, TruncatedNormalNoise, _GradientStep
 from haq.cli import main
 from haq.config import AgentConfig, SearchConfig
+from haq.policy import Policy
 from haq.qmodel import QuantConfig
 from haq.search import Search, build_parts, read_episodes
 from haq.train import FinetuneConfig
@@ -33,8 +34,12 @@ def tiny_config(tmp_path, name="run", **kw) -> SearchConfig:
 
 @pytest.fixture(scope="module")
 def shared_parts(tmp_path_factory):
-    """Model, data and calibration built once for the module (the same for every tiny config)."""
-    return build_parts(tiny_config(tmp_path_factory.mktemp("parts")))
+    """Model, data and calibration built once for the module (the same for every tiny config).
+    Its evaluator finetunes every policy it is given (no reuse of earlier results), so the
+    tests that compare two searches compare two computations; the reuse has its own test."""
+    parts = build_parts(tiny_config(tmp_path_factory.mktemp("parts")))
+    parts.evaluator.memo = False
+    return parts
 
 
 def rows(run_dir):
@@ -63,6 +68,7 @@ def test_search_writes_the_run_directory(tmp_path, shared_parts):
     assert best["reward"] == max(float(r["reward"]) for r in episodes)
     assert summary["best"]["reward"] == best["reward"]
     assert {b["policy"] for b in summary["uniform_baselines"]} == {"w2a2", "w3a3", "w4a4"}
+    assert summary["distinct_policies"] == len({(r["w_bits"], r["a_bits"]) for r in episodes})
     assert SearchConfig.from_yaml(run / "config.yaml") == config
 
 
@@ -202,6 +208,29 @@ def test_final_layer_init_starts_every_action_mid_range():
     obs = np.random.default_rng(0).random((20, 10)).astype(np.float32)
     actions, _ = agent.predict(obs, deterministic=True)
     assert np.all(np.abs(actions - 0.5) < 0.01)  # 5 bits on 2..8, whatever the layer
+
+
+def test_an_evaluation_is_a_function_of_the_policy_and_a_repeat_is_reused(shared_parts):
+    """Evaluating a policy again, after others, gives the same metrics (the finetune is seeded
+    by the policy and starts from the float weights), which is what makes answering a repeated
+    policy from the first evaluation exact; a call does so, `evaluate` never does."""
+    ev = shared_parts.evaluator
+    ev.memo, ev.seed, calls, reused = True, 0, ev.calls, ev.reused
+    try:
+        p, q = Policy.uniform(ev.layers, 4, 4), Policy.uniform(ev.layers, 3, 5)
+        first = ev.evaluate(p)
+        ev.evaluate(q)
+        assert ev.evaluate(p) == first
+        assert ev(p) == first["top1"] and (ev.calls - calls, ev.reused - reused) == (4, 0)
+        assert ev(p) == first["top1"] and (ev.calls - calls, ev.reused - reused) == (4, 1)  # from the memo
+        ev.seed = 1  # another finetune seed is another evaluation
+        ev(p)
+        assert (ev.calls - calls, ev.reused - reused) == (5, 1)
+        ev.memo = False
+        ev(p)
+        assert (ev.calls - calls, ev.reused - reused) == (6, 1)
+    finally:
+        ev.memo, ev.seed = False, 0
 
 
 def test_same_seed_same_policies_and_rewards(tmp_path, shared_parts):
