@@ -76,6 +76,7 @@ def main() -> None:
         "seconds_per_episode": round(t_search / cfg.episodes, 3), "finish_s": round(t_end - finish_started[0], 2),
         "total_s": round(t_end - t0, 2), "peak_rss_mb": round(peak_mb, 1),
         "best_accuracy": summary["best"]["accuracy"], "best_cost_ratio": summary["best"]["cost_ratio"],
+        "distinct_policies": summary["distinct_policies"],  # finetuned; the other episodes reuse one
     }
     print(json.dumps(result, indent=2))
     if args.json:

@@ -494,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("table", help="reproduce one of the paper's tables (latency, energy, size)")
     t.add_argument("table", help="latency | energy | size (experiments/configs/<table>.yaml)")
     t.add_argument("--scale", choices=["mini", "paper"], default="mini",
-                   help="mini: the digits models on CPU (minutes a search, hours a table); paper: ImageNet-100 and the paper's models on a GPU")
+                   help="mini: the digits models on CPU (minutes a search, 20 minutes to hours a table); paper: ImageNet-100 and the paper's models on a GPU")
     t.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the scale's)")
     t.add_argument("--episodes", type=int, help="override the episodes of every search")
     t.add_argument("--data-root", dest="data_root", help="local ImageNet folder (paper scale)")
