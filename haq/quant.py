@@ -78,18 +78,20 @@ _CPU_VECTORISED_MIN_NUMEL = 32768
 
 
 class _FakeQuantAffine(torch.autograd.Function):
-    """``torch.fake_quantize_per_{tensor,channel}_affine`` with zero point 0, as three
+    """``torch.fake_quantize_per_{tensor,channel}_affine`` with zero point 0, as a few
     vectorised elementwise passes: the same arithmetic (``round(x * (1 / scale))``, clamp,
-    times scale) and the same gradient mask, hence bit-identical outputs (tested). On CPU
+    times scale) and the same gradient mask (taken as "clamping changed nothing", one
+    comparison instead of two and an and), hence bit-identical outputs (tested). On CPU
     it is about 2.5x faster than PyTorch's kernel on activation-sized tensors; and with
     `scale`, `qmin`, `qmax` as tensors a compiled graph does not depend on the bitwidth."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, qmin: int | torch.Tensor,
                 qmax: int | torch.Tensor) -> torch.Tensor:
-        q = torch.round(x * torch.reciprocal(scale))
-        ctx.save_for_backward((q >= qmin) & (q <= qmax))
-        return torch.clamp(q, qmin, qmax).mul_(scale)
+        q = (x * torch.reciprocal(scale)).round_()
+        out = torch.clamp(q, qmin, qmax)
+        ctx.save_for_backward(q == out)  # on the grid iff clamping left it alone: (q >= qmin) & (q <= qmax)
+        return out.mul_(scale)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
