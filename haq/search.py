@@ -374,7 +374,7 @@ class Search:
             "mean_reward_warmup": _mean([r["reward"] for r in self.records[: self.config.warmup]]),
             "mean_reward_last_fifth": _mean([r["reward"] for r in self.records[-max(1, len(self.records) // 5):]]),
             "seconds_per_episode": _mean([r["wall_s"] for r in self.records]),
-            # policies finetuned; the other episodes repeated one of them (QuantEvaluator reuses it)
+            # the other episodes repeated one of these (QuantEvaluator reuses its accuracy)
             "distinct_policies": len({(r["w_bits"], r["a_bits"]) for r in self.records}),
         }
         _atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
