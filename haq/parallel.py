@@ -84,6 +84,8 @@ class RayEvaluatorPool:
                              "(or pip install ray)") from exc
         self._ray = ray
         self._owns = False
+        self.known: dict[tuple[tuple[int, int], ...], float] = {}  # accuracy of every policy evaluated
+        self.dispatched = 0  # evaluations sent to the workers
         gpu = config.device.startswith("cuda")
         threads = max(1, (os.cpu_count() or 1) // workers)
         env_vars = {"OMP_NUM_THREADS": str(threads)}
@@ -105,9 +107,17 @@ class RayEvaluatorPool:
         log.info("%d Ray workers ready (float top-1 %s)", workers, fps)
 
     def map(self, policies: list[Policy]) -> list[float]:
-        """Accuracies of the policies, evaluated round-robin on the workers, in order."""
-        futures = [self.workers[i % len(self.workers)].evaluate.remote(p) for i, p in enumerate(policies)]
-        return [float(a) for a in self._ray.get(futures)]
+        """Accuracies of the policies, in order. Policies not evaluated before are sent
+        round-robin to the workers, each once; a repeat (in this batch or an earlier one) takes
+        the recorded accuracy, since an evaluation is a function of the policy (see
+        `QuantEvaluator`), whichever worker ran it."""
+        keys = [tuple((int(w), int(a)) for w, a in p) for p in policies]
+        new = [k for k in dict.fromkeys(keys) if k not in self.known]
+        futures = [self.workers[i % len(self.workers)].evaluate.remote(list(k)) for i, k in enumerate(new)]
+        for k, acc in zip(new, self._ray.get(futures)):
+            self.known[k] = float(acc)
+        self.dispatched += len(new)
+        return [self.known[k] for k in keys]
 
     def close(self) -> None:
         for w in self.workers:

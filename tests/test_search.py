@@ -425,3 +425,13 @@ def test_two_ray_workers_give_the_requested_distinct_episodes_deterministically(
         assert float(r["accuracy"]) == pytest.approx(shared_parts.evaluator(pol), abs=0.6)
     summary = json.loads((tmp_path / "two-a" / "summary.json").read_text())
     assert summary["episodes"] == 5
+    # the pool sends each distinct policy to a worker once; repeats take the recorded accuracy
+    from haq.parallel import RayEvaluatorPool
+    pool = RayEvaluatorPool(tiny_config(tmp_path, "pool", workers=2), 2)
+    try:
+        p, q = [(4, 4)] * len(shared_parts.layers), [(3, 5)] * len(shared_parts.layers)
+        first = pool.map([p, q, p])
+        assert first[0] == first[2] and pool.dispatched == 2
+        assert pool.map([q, p]) == [first[1], first[0]] and pool.dispatched == 2
+    finally:
+        pool.close()
