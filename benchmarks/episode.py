@@ -35,10 +35,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from haq.data import ImageSplit, SearchData, load_digits_data
+from haq.data import ImageSplit, SearchData
 from haq.evaluator import QuantEvaluator
 from haq.models import create_model
 from haq.policy import Policy
+from haq.search import load_model_and_data
 from haq.train import FinetuneConfig, evaluate, train_epochs
 
 
@@ -120,10 +121,8 @@ def main() -> None:
     p = PRESETS[args.preset]
     repeats = args.repeats or (1 if p["device"] == "cuda" else 3)
     device = torch.device(p["device"])
-    if p["model"] == "digits-mbv2":
-        data, model = load_digits_data(), create_model("digits-mbv2")
-    elif p["model"] == "digits32-mbv2":
-        data, model = load_digits_data(size=32), create_model("digits32-mbv2")
+    if "n_train" not in p:  # a registered digits model on its own data (input size from the registry)
+        model, data, _ = load_model_and_data(p["model"])
     else:
         data = synthetic(p["n_train"], p["n_val"], p["size"], p["classes"], p["device"])
         model = create_model(p["model"], num_classes=p["classes"])

@@ -339,7 +339,6 @@ def _run_parallel(base: Path, configs: dict[Cell, SearchConfig], summaries: dict
     progress()
 
 
-
 def _job_init(parent: int) -> None:
     """Worker start-up: exit when the table's process is gone (killed, not interrupted), so an
     orphaned worker never keeps writing to a run directory the next table run resumes."""

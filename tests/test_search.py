@@ -215,7 +215,8 @@ def test_an_evaluation_is_a_function_of_the_policy_and_a_repeat_is_reused(shared
     by the policy and starts from the float weights), which is what makes answering a repeated
     policy from the first evaluation exact; a call does so, `evaluate` never does."""
     ev = shared_parts.evaluator
-    ev.memo, ev.seed, calls, reused = True, 0, ev.calls, ev.reused
+    seed0, calls, reused = ev.seed, ev.calls, ev.reused
+    ev.memo, ev.seed = True, 0
     try:
         p, q = Policy.uniform(ev.layers, 4, 4), Policy.uniform(ev.layers, 3, 5)
         first = ev.evaluate(p)
@@ -230,7 +231,7 @@ def test_an_evaluation_is_a_function_of_the_policy_and_a_repeat_is_reused(shared
         ev(p)
         assert (ev.calls - calls, ev.reused - reused) == (6, 1)
     finally:
-        ev.memo, ev.seed = False, 0
+        ev.memo, ev.seed = False, seed0
 
 
 def test_same_seed_same_policies_and_rewards(tmp_path, shared_parts):
