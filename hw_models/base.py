@@ -110,7 +110,27 @@ def make_config(config_cls: type, preset: Any, overrides: dict[str, Any]) -> Any
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
         raise TypeError(f"unknown parameter(s) {unknown} for {config_cls.__name__}; valid: {valid}")
+    for name, value in overrides.items():
+        _check_type(config_cls.__name__, name, getattr(preset, name), value)
     return dataclasses.replace(preset, **overrides)
+
+
+def _check_type(owner: str, name: str, default: Any, value: Any) -> None:
+    """Raise TypeError when an override's type does not fit the field's default (an int
+    field takes an int, a float field an int or a float, a string field a string), so
+    ``--hw-param batch=x`` is refused by name instead of failing deep in a formula."""
+    if isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    elif isinstance(default, str):
+        ok, want = isinstance(value, str), "a string"
+    else:
+        return
+    if not ok:
+        raise TypeError(f"{owner}.{name} must be {want} (default {default!r}), got {value!r}")
 
 
 def positive(config: Any, *fields: str) -> None:

@@ -138,6 +138,13 @@ def test_registry_errors_and_user_models():
         H.create_hw_model("bismo-cloud", bach=4)
     with pytest.raises(ValueError, match="batch must be > 0"):
         H.create_hw_model("bismo-edge", batch=0)
+    with pytest.raises(TypeError, match=r"BismoConfig.batch must be an integer \(default 1\), got 'x'"):
+        H.create_hw_model("bismo-edge", batch="x")
+    with pytest.raises(TypeError, match="batch must be an integer"):
+        H.create_hw_model("bismo-edge", batch=2.5)
+    with pytest.raises(TypeError, match="freq_mhz must be a number"):
+        H.create_hw_model("bismo-edge", freq_mhz=True)
+    assert H.create_hw_model("bismo-edge", freq_mhz=100).config.freq_mhz == 100  # an int is a number
     model = H.create_hw_model("hw_models.simple:RooflineModel", batch=2)
     assert model.config.batch == 2
     with pytest.raises(ValueError, match="has no attribute"):

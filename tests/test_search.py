@@ -375,6 +375,9 @@ def test_cli_lists_and_costs(capsys):
     (["cost", "--model", "digits-mbv2", "--policy", "missing.json"], "missing.json does not exist"),
     (["cost", "--model", "digits-mbv2", "--hw-param", "batch"], "--hw-param expects KEY=VALUE"),
     (["cost", "--model", "digits-mbv2", "--hw-param", "bach=2"], "unknown parameter(s) ['bach']"),
+    (["cost", "--model", "digits-mbv2", "--hw-param", "batch=x"], "BismoConfig.batch must be an integer (default 1), got 'x'"),
+    (["cost", "--model", "digits-mbv2", "--hw", "roofline", "--hw-param", "scaling=8"],
+     "RooflineConfig.scaling must be a string"),
 ])
 def test_cli_errors_are_one_line_with_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
