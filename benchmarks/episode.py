@@ -73,12 +73,12 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t
 
 
-def agent_overhead(layers: list) -> float:
-    """Seconds of one episode of the default search without the finetune: the engine's own
-    agent (`make_agent` with the default `SearchConfig`) on a `MixedPrecisionEnv` of these
-    layers priced by bismo-edge, with a constant evaluator: env steps, actor and noise, budget
-    enforcement and cost lookups, the replay buffer, and the 2L gradient steps after the
-    episode (median of 5 episodes once the agent learns)."""
+def agent_episode(layers: list) -> Callable[[], object]:
+    """One episode of the default search without the finetune, as a callable to time: the
+    engine's own agent (`make_agent` with the default `SearchConfig`) on a `MixedPrecisionEnv`
+    of these layers priced by bismo-edge, with a constant evaluator: env steps, actor and
+    noise, budget enforcement and cost lookups, the replay buffer, and the 2L gradient steps
+    after the episode. Warm-up episodes and a few learning ones are run before (untimed)."""
     from stable_baselines3.common.monitor import Monitor
 
     import hw_models
@@ -93,12 +93,10 @@ def agent_overhead(layers: list) -> float:
     agent = make_agent(cfg, Monitor(env), env.n_steps)
     agent.learn(total_timesteps=4 * env.n_steps)  # warm-up episodes, then learning ones (untimed)
 
-    def one_episode() -> float:
-        t = time.perf_counter()
-        agent.learn(total_timesteps=env.n_steps, reset_num_timesteps=False)
-        return time.perf_counter() - t
+    def one_episode() -> object:
+        return agent.learn(total_timesteps=env.n_steps, reset_num_timesteps=False)
 
-    return float(np.median([one_episode() for _ in range(5)]))
+    return one_episode
 
 
 def _has_sb3() -> bool:
@@ -115,11 +113,11 @@ def main() -> None:
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the float and the quantized model (finetune.compile)")
-    parser.add_argument("--repeats", type=int, help="timed repeats of each part, median kept (default: 3 on "
+    parser.add_argument("--repeats", type=int, help="timed rounds of all parts, medians kept (default: 5 on "
                         "CPU, 1 on GPU); one untimed warm-up run of each epoch comes first")
     args = parser.parse_args()
     p = PRESETS[args.preset]
-    repeats = args.repeats or (1 if p["device"] == "cuda" else 3)
+    repeats = args.repeats or (1 if p["device"] == "cuda" else 5)
     device = torch.device(p["device"])
     if "n_train" not in p:  # a registered digits model on its own data (input size from the registry)
         model, data, _ = load_model_and_data(p["model"])
@@ -162,20 +160,27 @@ def main() -> None:
     validation()
     t_compile = time.perf_counter() - t_compile
 
-    def median(fn: Callable[[], object]) -> float:
-        return float(np.median([timed(fn, device) for _ in range(repeats)]))
-
-    # float and quantized epochs interleaved, so that a machine's drift hits both alike
-    pairs = [(timed(float_epoch, device), timed(quant_epoch, device)) for _ in range(repeats)]
+    # Rounds of every part once (two agent episodes), medians over the rounds: the machine's
+    # speed drifts between minutes, and interleaving makes the drift hit every part alike.
+    agent = agent_episode(layers) if _has_sb3() else None
+    parts: dict[str, list[float]] = {k: [] for k in ("float", "quant", "calibration", "validation", "agent")}
+    for _ in range(repeats):
+        parts["float"].append(timed(float_epoch, device))
+        parts["quant"].append(timed(quant_epoch, device))
+        parts["calibration"].append(timed(lambda: ev.qmodel.apply(policy), device))
+        parts["validation"].append(timed(validation, device))
+        if agent is not None:
+            parts["agent"] += [timed(agent, device) for _ in range(2)]
     res = {
-        "float_epoch_s": float(np.median([f for f, _ in pairs])),
-        "calibration_s": median(lambda: ev.qmodel.apply(policy)),
-        "quant_epoch_s": float(np.median([q for _, q in pairs])),
-        "validation_s": median(validation),
-        "agent_and_env_s": agent_overhead(layers) if _has_sb3() else float("nan"),
+        "float_epoch_s": float(np.median(parts["float"])),
+        "calibration_s": float(np.median(parts["calibration"])),
+        "quant_epoch_s": float(np.median(parts["quant"])),
+        "validation_s": float(np.median(parts["validation"])),
+        "agent_and_env_s": float(np.median(parts["agent"])) if agent is not None else float("nan"),
         "setup_s": setup,
         "compile": bool(ft.compile),
         "warmup_s": t_compile,  # one untimed float epoch, quantized epoch and validation (+ compilation)
+        "rounds": repeats,
     }
     rest = 0.0 if np.isnan(res["agent_and_env_s"]) else res["agent_and_env_s"]
     episode = res["calibration_s"] + res["quant_epoch_s"] + res["validation_s"] + rest

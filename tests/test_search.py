@@ -124,7 +124,7 @@ def test_replay_buffer_charges_requests_over_the_budget():
     np.testing.assert_allclose(buf.rewards[:4, 0], [-2.0, -2.0, 1.5, 1.5])
 
 
-def test_episode_target_updates_equal_sb3s_ddpg_updates():
+def test_episode_target_updates_equal_sb3s_ddpg_updates(tmp_path):
     """The target-network-free update used with episode targets is SB3's update, exactly."""
     from stable_baselines3 import DDPG
     from stable_baselines3.common.logger import configure
@@ -150,11 +150,16 @@ def test_episode_target_updates_equal_sb3s_ddpg_updates():
                                         np.array([last]), [{}])
     np.random.seed(3)
     ours.train(5, batch_size=8)  # our batches are drawn by EpisodeRewardReplayBuffer.sample_targets
+    ours.train(3, batch_size=8)  # a second call finds the parameters already laid out in one buffer
     after_ours = np.random.get_state()
     np.random.seed(3)
     DDPG.train(sb3s, 5, batch_size=8)  # SB3's own update and sampler, target networks included
+    DDPG.train(sb3s, 3, batch_size=8)
     # the same draws from NumPy's global random state, so later batches stay the same too
     assert all(np.array_equal(x, y) for x, y in zip(after_ours, np.random.get_state()))
+    # Adam ran over one contiguous buffer per network, whose slices the modules hold
+    params = list(ours.actor.parameters())
+    assert all(p.untyped_storage().data_ptr() == params[0].untyped_storage().data_ptr() for p in params)
     for a, b in ((ours.actor, sb3s.actor), (ours.critic, sb3s.critic)):
         for (name, p), q in zip(a.named_parameters(), b.parameters()):
             assert torch.equal(p, q), name
@@ -168,6 +173,18 @@ def test_episode_target_updates_equal_sb3s_ddpg_updates():
             for key, value in st.items():
                 assert torch.equal(mine["state"][i][key], value), (i, key)
     assert not torch.equal(next(sb3s.actor_target.parameters()), next(sb3s.actor.parameters()))
+    # a checkpoint of the flat layout saves and loads as the plain one does, and training goes on the same
+    ours.save(tmp_path / "agent.zip")
+    ours.save_replay_buffer(tmp_path / "replay.pkl")
+    resumed = type(ours).load(tmp_path / "agent.zip", env=Monitor(env), device="cpu")
+    resumed.load_replay_buffer(tmp_path / "replay.pkl")
+    resumed.set_logger(configure(None, [""]))
+    for agent in (resumed, sb3s):
+        np.random.seed(4)
+        agent.train(3, batch_size=8) if agent is resumed else DDPG.train(agent, 3, batch_size=8)
+    for a, b in ((resumed.actor, sb3s.actor), (resumed.critic, sb3s.critic)):
+        for (name, p), q in zip(a.named_parameters(), b.parameters()):
+            assert torch.equal(p, q), name
 
 
 def test_actor_actions_are_sb3s_predictions():
