@@ -93,6 +93,15 @@ class QuantEvaluator:
     def evaluate(self, policy: Policy | Sequence[tuple[int, int]], epochs: int | None = None,
                  split: str = "val") -> dict[str, float]:
         """Top-1 / top-5 (percent) and final training loss after quantizing and finetuning."""
+        return self.evaluate_splits(policy, (split,), epochs)[split]
+
+    def evaluate_splits(self, policy: Policy | Sequence[tuple[int, int]], splits: Sequence[str] = ("val", "test"),
+                        epochs: int | None = None) -> dict[str, dict[str, float]]:
+        """`evaluate` on several splits of the same finetuned network: ``{split: metrics}``
+        (one finetune; each split's metrics as `evaluate` gives them)."""
+        for split in splits:
+            if split not in ("train", "val", "test"):
+                raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
         policy = self.as_policy(policy)
         self.calls += 1
         self.qmodel.apply(policy)
@@ -104,9 +113,11 @@ class QuantEvaluator:
             gen = torch.Generator(device=self.device).manual_seed(seed)
             loss = train_epochs(self.run_model, self.qmodel.parameters(), self.data, self.data.train, cfg, gen,
                                 teacher_logits=self.teacher_logits if cfg.distill else None)
-        metrics = self._evaluate(self.run_model, split, cfg)
-        metrics["train_loss"] = float(loss)
-        return metrics
+        out = {}
+        for split in splits:
+            out[split] = self._evaluate(self.run_model, split, cfg)
+            out[split]["train_loss"] = float(loss)
+        return out
 
     @torch.no_grad()
     def _teacher_logits(self, float_model: nn.Module) -> torch.Tensor:

@@ -252,12 +252,91 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
                   "w8a8_over_cost": done[b]["w8a8_cost"] / done[b]["cost"], "fp_accuracy": done[b]["fp_accuracy"],
                   "w_bits": "", "a_bits": "", "episodes": 0, "warmup": "", "best_episode": ""}
                  for b in spec.baselines]
-    df = pd.DataFrame(rows)
+    df = held_out(spec, scale, pd.DataFrame(rows), base, overrides, jobs)
     out = Path(results_dir or RESULTS_DIR)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / f"{spec.name}-{scale}{tag}.csv", index=False, float_format="%.5g")
     render_table(spec, scale, df, out, tag)
     return df
+
+
+def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, overrides: dict[str, Any] | None = None,
+             jobs: int = 1) -> pd.DataFrame:
+    """`df` with ``test_accuracy``: each row's policy finetuned again (the same finetune its
+    ``accuracy`` came from: an evaluation is a function of the policy, model, seed and thread
+    count) and measured on the held-out test split, which no search ever sees. The search
+    picks its best policy by search-validation accuracy, so that number is biased upwards
+    for searched rows and not for fixed-bit ones; the test split has no such bias (the
+    paper, likewise, reports accuracy on ImageNet's validation set, not on its search split).
+    Results are kept in ``<base>/held-out.json``; rows whose finetune did not reproduce the
+    row's search-validation accuracy (another thread count) are logged."""
+    cache_path = base / "held-out.json"
+    cache: dict[str, dict[str, float]] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    keys = [_held_out_key(r) for r in df.to_dict("records")]
+    todo: dict[tuple[str, int], dict[str, str | tuple[str, str]]] = {}
+    for r, key in zip(df.to_dict("records"), keys):
+        if key not in cache:
+            policy = r["policy"] if r["method"] == "fixed" else (r["w_bits"], r["a_bits"])
+            todo.setdefault((r["model"], int(r["seed"])), {})[key] = policy
+    if todo:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        import torch
+
+        configs = {(m, seed): spec.config(scale, m, spec.hardware[0], spec.model_budgets(scale, m)[0], "haq", seed,
+                                          base / "unused", overrides) for m, seed in todo}
+        threads = max(1, torch.get_num_threads() // jobs)
+        if jobs == 1:
+            for group, policies in todo.items():
+                cache.update(_held_out_job(configs[group].to_dict(), policies, threads))
+                _write_json(cache_path, cache)
+            _JOB_EVALUATORS.clear()  # in this process: do not keep the model and data alive
+        else:
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_job_init,
+                                     initargs=(os.getpid(),)) as pool:
+                futures = [pool.submit(_held_out_job, configs[g].to_dict(), p, threads) for g, p in todo.items()]
+                for future in as_completed(futures):
+                    cache.update(future.result())
+                    _write_json(cache_path, cache)
+    out = df.copy()
+    out["test_accuracy"] = [cache[k]["test"] for k in keys]
+    out["reproduced"] = [abs(cache[k]["val"] - float(acc)) <= 1e-3 for k, acc in zip(keys, df["accuracy"])]
+    if not out["reproduced"].all():
+        log.warning("%d of %d rows of %s-%s: the finetune run again gave another search-validation top-1 than the "
+                    "row's (another torch thread count or engine version?), e.g. %s", (~out["reproduced"]).sum(),
+                    len(keys), spec.name, scale, keys[int(np.argmin(out["reproduced"]))])
+    return out
+
+
+def _held_out_key(row: dict[str, Any]) -> str:
+    policy = row["policy"] if row["method"] == "fixed" else f"{row['w_bits']}|{row['a_bits']}"
+    return f"{row['model']}|seed {int(row['seed'])}|{policy}"
+
+
+def _held_out_job(config: dict[str, Any], policies: dict[str, str | tuple[str, str]],
+                  threads: int) -> dict[str, dict[str, float]]:
+    """Search-validation and test top-1 of each policy (a uniform spec or (w_bits, a_bits)
+    strings) after the model's finetune; in a worker process or in this one."""
+    cfg = SearchConfig.from_dict(config, "held-out evaluation")
+    ev = _job_evaluator(cfg, threads)
+    ev.seed = cfg.seed  # the finetune's shuffling is seeded by the search's seed and the policy
+    out = {}
+    for key, policy in policies.items():
+        if isinstance(policy, str):
+            bits = [budget_kind(policy)[1]] * len(ev.layers)
+        else:
+            bits = list(zip((int(b) for b in policy[0].split()), (int(b) for b in policy[1].split())))
+        metrics = ev.evaluate_splits(bits, ("val", "test"))
+        out[key] = {"val": metrics["val"]["top1"], "test": metrics["test"]["top1"]}
+    return out
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
 
 
 def _run_search(cfg: SearchConfig, run_dir: Path, evaluator: QuantEvaluator,
@@ -450,6 +529,7 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
     else:
         seeds = "Seeds " + "; ".join(f"{', '.join(map(str, v))} ({m})" for m, v in by_model.items())
     units = hw_models.METRIC_UNITS[CONSTRAINTS[spec.constraint]]
+    test = "test_accuracy" in df.columns
     flag = " --distill" if tag == "-distill" else ""
     own = [f"`{m}` is searched with {_flat(pm['search'])}" for m, pm in (spec.scale(scale).get("per_model") or {}).items()
            if m in by_model and pm.get("search")]
@@ -459,9 +539,13 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
              f"the same 1-epoch finetune for every policy of a model, mean +- std over seeds. `{spec.constraint} / w8a8` "
              f"is the policy's {spec.constraint} ({units}) over uniform w8a8's; `w8a8 / cost` the saving. Source: "
              f"`{spec.name}-{scale}{tag}.csv` (beside this file)." + (f" {'; '.join(own)} (its baselines too)."
-                                                                      if own else ""), "",
-             "| model | hardware | policy | top-1 (%) | float top-1 | " + f"{spec.constraint} / w8a8 | w8a8 / cost |",
-             "|---|---|---|---|---|---|---|"]
+                                                                      if own else "")
+             + (" `held-out` is the same finetuned network's top-1 on the test split, which no search sees: the "
+                "searches pick their best policy by search-validation top-1, which flatters the searched rows; "
+                "the held-out split does not." if test else ""), "",
+             "| model | hardware | policy | top-1 (%) | " + ("held-out top-1 (%) | " if test else "")
+             + f"float top-1 | {spec.constraint} / w8a8 | w8a8 / cost |",
+             "|---|---|---|---|---|---|---|" + ("---|" if test else "")]
     search = spec.scale(scale).get("search") or {}
     kmeans = (search.get("quant") or {}).get("mode") == "kmeans"
 
@@ -474,9 +558,20 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
     for (model, hw), g in df.groupby(["model", "hw"], sort=False):
         for (method, policy, budget), h in g.groupby(["method", "policy", "budget"], sort=False):
             label = fixed_label(policy) if method == "fixed" else f"{method} search, budget {budget}"
-            lines.append(f"| {model} | {hw} | {label} | {_pm(h['accuracy'])} | {h['fp_accuracy'].mean():.2f} | "
-                         f"{_pm(h['cost_ratio'], '.3f')} | {h['w8a8_over_cost'].mean():.2f}x |")
+            lines.append(f"| {model} | {hw} | {label} | {_pm(h['accuracy'])} | "
+                         + (f"{_pm(h['test_accuracy'])} | " if test else "")
+                         + f"{h['fp_accuracy'].mean():.2f} | {_pm(h['cost_ratio'], '.3f')} | "
+                         f"{h['w8a8_over_cost'].mean():.2f}x |")
     v = verdicts(df)
+    held = verdicts(df.assign(accuracy=df["test_accuracy"])) if test else None
+    if test and "reproduced" in df.columns:
+        stale = df[~df["reproduced"].astype(str).isin(["True", "true", "1"])]
+        if len(stale):
+            lines += ["", f"{len(stale)} of {len(df)} rows did not come out the same when their policy was finetuned "
+                      "again for the held-out column (their search ran with another thread count or engine "
+                      "version): " + "; ".join(f"{r['model']} {r['hw']} {r['method']} {r['budget'] or r['policy']} "
+                                               f"seed {r['seed']}" for r in stale.to_dict("records"))
+                      + ". Their held-out top-1 is that of the finetune as it runs now."]
     lines += ["", f"Paper: {spec.paper}", ""]
     for (model, hw, budget), g in v.groupby(["model", "hw", "budget"], sort=False):
         haq = df[(df["method"] == "haq") & (df["model"] == model) & (df["hw"] == hw) & (df["budget"] == budget)]
@@ -491,6 +586,12 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
         line += (f"at least as accurate as every fixed-bit baseline that costs as much or more in "
                  f"{int(g['beats_all_costlier'].sum())} of {len(g)} seeds"
                  + (f" (where not, it loses to {', '.join(lost)})" if lost else ""))
+        if held is not None:
+            hg = held.loc[g.index]
+            line += ("; on the held-out test split, " + (f"at least as accurate as uniform {budget} in "
+                                                          f"{int(hg['beats_budget_policy'].sum())} of {len(g)} "
+                                                          "and " if g["has_budget_policy"].all() else "")
+                     + f"as every costlier fixed-bit baseline in {int(hg['beats_all_costlier'].sum())} of {len(g)}")
         if not w8.empty:
             line += (f"; it costs {1 / haq['cost_ratio'].mean():.2f}x less than w8a8 at "
                      f"{haq['accuracy'].mean() - w8['accuracy'].mean():+.2f} points of top-1"

@@ -247,6 +247,12 @@ def test_an_evaluation_is_a_function_of_the_policy_and_a_repeat_is_reused(shared
         ev.memo = False
         ev(p)
         assert (ev.calls - calls, ev.reused - reused) == (6, 1)
+        # one finetune measured on several splits: each split's metrics as `evaluate` gives them
+        ev.seed = 0
+        both = ev.evaluate_splits(p, ("val", "test"))
+        assert both["val"] == first and both["test"] == ev.evaluate(p, split="test")
+        with pytest.raises(ValueError, match="split must be 'train', 'val' or 'test', got 'valid'"):
+            ev.evaluate_splits(p, ("valid",))
     finally:
         ev.memo, ev.seed = False, seed0
 

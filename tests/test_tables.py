@@ -15,6 +15,8 @@ import yaml
 
 from haq import tables
 from haq.cli import main
+from haq.config import budget_kind
+from haq.search import build_evaluator
 from haq.tables import Cell, TableSpec, render_table, run_table
 
 TINY = {
@@ -78,12 +80,28 @@ def test_tiny_table_end_to_end_and_read_back(tmp_path, monkeypatch):
     assert fixed.loc[("bismo-edge", "w8a8"), "cost_ratio"] == pytest.approx(1.0)
     md = (tmp_path / "results" / "tiny-mini.md").read_text()
     assert "haq search, budget w4a4" in md and "Paper: 1.4-1.95x" in md and "depthwise w" in md
+    assert "held-out top-1 (%)" in md and "on the held-out test split" in md
     assert (tmp_path / "results" / "tiny-mini-digits-mbv2-policies.png").stat().st_size > 0
 
-    # a finished table is read back, not searched again
+    # every row's policy, finetuned again, measured on the test split no search sees: the same
+    # finetune as the row's accuracy (which it reproduces), so a fresh evaluator gives the same numbers
+    ev = build_evaluator(spec.config("mini", "digits-mbv2", "bismo-edge", "w4a4", "haq", 0, tmp_path / "unused"))
+    for r in written[written["hw"] == "bismo-edge"].to_dict("records"):
+        if r["method"] == "fixed":
+            bits = [budget_kind(r["policy"])[1]] * len(ev.layers)
+        else:
+            bits = list(zip(map(int, r["w_bits"].split()), map(int, r["a_bits"].split())))
+        got = ev.evaluate_splits(bits, ("val", "test"))
+        assert got["val"]["top1"] == pytest.approx(r["accuracy"], abs=1e-3)
+        assert got["test"]["top1"] == pytest.approx(r["test_accuracy"], abs=1e-3)
+    cache = tmp_path / "runs" / "tiny-mini" / "held-out.json"
+    before = (cache.read_text(), cache.stat().st_mtime_ns)
+
+    # a finished table is read back, not searched (nor measured on the test split) again
     monkeypatch.setattr(tables.Search, "run", lambda self: pytest.fail("re-ran a finished search"))
     again = run_table(spec, "mini", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results")
     pd.testing.assert_frame_equal(again.reset_index(drop=True), df.reset_index(drop=True))
+    assert (cache.read_text(), cache.stat().st_mtime_ns) == before
 
     # ... unless the table's config changed: then the stale run is named, not reused
     changed = dict(TINY["scales"]["mini"], search={**TINY["scales"]["mini"]["search"], "episodes": 4})
