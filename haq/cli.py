@@ -134,14 +134,23 @@ def cmd_search(args: argparse.Namespace) -> int:
         summary = search.run()
     finally:
         bar.close()
+    if args.held_out:
+        print("measuring the best and the uniform policies on the held-out test split ...", file=sys.stderr)
+        summary = search.held_out(summary)
     best = summary["best"]
-    print(f"\nbest policy (episode {best['episode']}): top-1 {best['accuracy']:.2f}% "
+    held = f", held-out {best['test_accuracy']:.2f}%" if "test_accuracy" in best else ""
+    print(f"\nbest policy (episode {best['episode']}): top-1 {best['accuracy']:.2f}%{held} "
           f"(float {summary['fp_accuracy']:.2f}%), {cfg.constraint} {best['cost']:.5g} {summary['units']} "
           f"= {best['cost_ratio']:.3f} x w8a8 (budget {summary['budget_ratio']:.3f})")
     print(f"  w_bits: {best['w_bits']}\n  a_bits: {best['a_bits']}")
     if summary["uniform_baselines"]:
         print("uniform policies within the budget (same finetune):")
-        _print_table(summary["uniform_baselines"], ["policy", "accuracy", "cost_ratio"])
+        rows = [{**b, "held_out": b.get("test_accuracy", "")} for b in summary["uniform_baselines"]]
+        _print_table(rows, ["policy", "accuracy", "held_out", "cost_ratio"] if held
+                     else ["policy", "accuracy", "cost_ratio"])
+    if held:
+        print("(accuracy: top-1 on the search-validation split, from which the search picked its best policy; "
+              "held-out: on the test split, which it never saw)")
     print(f"results in {search.run_dir}/ (episodes.csv, best_policy.json, summary.json, policy.png, progress.png)")
     return 0
 
@@ -447,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a hardware model parameter (repeatable), e.g. batch=4")
     s.add_argument("--constraint", choices=["latency", "energy", "size"])
     s.add_argument("--budget", help="ratio of the w8a8 cost (0.5) or a uniform policy to match (w4a4)")
+    s.add_argument("--no-held-out", dest="held_out", action="store_false",
+                   help="skip measuring the best and the uniform policies on the held-out test split at the end "
+                        "(one more finetune each)")
     s.add_argument("--episodes", type=int, help="episodes in total, warm-up included (default 100)")
     s.add_argument("--warmup", type=int, help="random warm-up episodes (default 20)")
     s.add_argument("--seed", type=int)

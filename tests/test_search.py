@@ -18,7 +18,7 @@ from haq.cli import main
 from haq.config import AgentConfig, SearchConfig
 from haq.policy import Policy
 from haq.qmodel import QuantConfig
-from haq.search import Search, build_parts, read_episodes
+from haq.search import Search, build_evaluator, build_parts, read_episodes
 from haq.train import FinetuneConfig
 
 pytestmark = pytest.mark.slow
@@ -419,10 +419,20 @@ def test_cli_search_and_resume_as_a_user_runs_them(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "best policy" in done.stdout and "search" in done.stderr  # summary and progress bar
     assert len(read_episodes(run)) == 3
-    more = subprocess.run([sys.executable, "-m", "haq.cli", "search", "--resume", str(run), "--episodes", "4"],
-                          capture_output=True, text=True, timeout=600)
+    # the best and the uniform policies measured on the test split too: the same finetune again
+    summary = json.loads((run / "summary.json").read_text())
+    assert "held-out" in done.stdout and summary["uniform_baselines"]
+    evaluator = build_evaluator(SearchConfig.from_run(run / "config.yaml"))
+    best = summary["best"]
+    bits = list(zip(map(int, best["w_bits"].split()), map(int, best["a_bits"].split())))
+    again = evaluator.evaluate_splits(bits, ("val", "test"))
+    assert again["val"]["top1"] == best["accuracy"] and again["test"]["top1"] == best["test_accuracy"]
+    assert all(0 <= b["test_accuracy"] <= 100 for b in summary["uniform_baselines"])
+    more = subprocess.run([sys.executable, "-m", "haq.cli", "search", "--resume", str(run), "--episodes", "4",
+                           "--no-held-out"], capture_output=True, text=True, timeout=600)
     assert more.returncode == 0, more.stderr
     assert [int(r["episode"]) for r in read_episodes(run)] == [1, 2, 3, 4]
+    assert "held-out" not in more.stdout and "test_accuracy" not in (run / "summary.json").read_text()
     bad = subprocess.run([sys.executable, "-m", "haq.cli", "search", "--resume", str(run), "--hw", "bitfusion"],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "--resume continues a run" in bad.stderr
