@@ -240,6 +240,7 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
                 evaluator = parts.evaluator
                 for b in todo_baselines[key]:
                     save_baselines(key, {b: _baseline(parts, b)})
+        evaluator = parts = None  # free the last model and its data before `held_out` builds its own
     else:
         _run_parallel(base, configs, summaries, baseline_sets, todo_baselines, save_baselines, jobs, on_finished,
                       on_progress)
