@@ -269,8 +269,9 @@ def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, override
     picks its best policy by search-validation accuracy, so that number is biased upwards
     for searched rows and not for fixed-bit ones; the test split has no such bias (the
     paper, likewise, reports accuracy on ImageNet's validation set, not on its search split).
-    Results are kept in ``<base>/held-out.json``; rows whose finetune did not reproduce the
-    row's search-validation accuracy (another thread count) are logged."""
+    Results are kept in ``<base>/held-out.json``. ``reproduced`` says whether the finetune
+    gave the row's own search-validation top-1 again; rows where it did not (a search run
+    with another thread count or engine version) are logged and named in the markdown."""
     cache_path = base / "held-out.json"
     cache: dict[str, dict[str, float]] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     keys = [_held_out_key(r) for r in df.to_dict("records")]
