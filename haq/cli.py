@@ -289,12 +289,21 @@ def cmd_table(args: argparse.Namespace) -> int:
             episode_bar.append(tqdm(total=total, desc="episodes", unit="ep", leave=False, file=sys.stderr))
         episode_bar[0].update(done - episode_bar[0].n)
 
+    held_bar: list[tqdm] = []
+
+    def on_held_out(done: int, total: int) -> None:  # each row's policy on the held-out test split
+        if not held_bar:
+            for b in [*episode_bar, bar]:
+                b.close()
+            held_bar.append(tqdm(total=total, desc="held-out top-1", unit="policy", file=sys.stderr))
+        held_bar[0].update(done - held_bar[0].n)
+
     try:
         df = run_table(spec, args.scale, seeds=seeds, runs_dir=args.runs, results_dir=args.results,
                        overrides=overrides, tag=tag, jobs=args.jobs, on_search=on_search, on_episode=on_episode,
-                       on_finished=on_finished, on_progress=on_progress)
+                       on_finished=on_finished, on_progress=on_progress, on_held_out=on_held_out)
     finally:
-        for b in episode_bar:
+        for b in episode_bar + held_bar:
             b.close()
         bar.close()
     out = Path(args.results or RESULTS_DIR)

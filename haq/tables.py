@@ -182,7 +182,8 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
               on_search: Callable[[str, SearchConfig], None] | None = None,
               on_episode: Callable[[dict[str, Any]], None] | None = None,
               on_finished: Callable[[str], None] | None = None,
-              on_progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+              on_progress: Callable[[int, int], None] | None = None,
+              on_held_out: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Run (or finish) every search and baseline of a table; write its CSV, markdown and figure.
 
     Returns the per-seed rows (also written to ``<results_dir>/<table>-<scale><tag>.csv``).
@@ -194,6 +195,7 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
     process) only with ``jobs=1``; `on_finished` gets each search's name as it ends or is read back.
     With ``jobs`` > 1, `on_progress` gets (episodes run, episodes in all) over the table's searches,
     read from their run directories every few seconds and once when all have ended.
+    `on_held_out` gets (policies measured, policies to measure) on the held-out split (`held_out`).
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
@@ -253,7 +255,7 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
                   "w8a8_over_cost": done[b]["w8a8_cost"] / done[b]["cost"], "fp_accuracy": done[b]["fp_accuracy"],
                   "w_bits": "", "a_bits": "", "episodes": 0, "warmup": "", "best_episode": ""}
                  for b in spec.baselines]
-    df = held_out(spec, scale, pd.DataFrame(rows), base, overrides, jobs)
+    df = held_out(spec, scale, pd.DataFrame(rows), base, overrides, jobs, on_held_out)
     out = Path(results_dir or RESULTS_DIR)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / f"{spec.name}-{scale}{tag}.csv", index=False, float_format="%.5g")
@@ -262,7 +264,7 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
 
 
 def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, overrides: dict[str, Any] | None = None,
-             jobs: int = 1) -> pd.DataFrame:
+             jobs: int = 1, progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """`df` with ``test_accuracy``: each row's policy finetuned again (the same finetune its
     ``accuracy`` came from: an evaluation is a function of the policy, model, seed and thread
     count) and measured on the held-out test split, which no search ever sees. The search
@@ -271,7 +273,8 @@ def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, override
     paper, likewise, reports accuracy on ImageNet's validation set, not on its search split).
     Results are kept in ``<base>/held-out.json``. ``reproduced`` says whether the finetune
     gave the row's own search-validation top-1 again; rows where it did not (a search run
-    with another thread count or engine version) are logged and named in the markdown."""
+    with another thread count or engine version) are logged and named in the markdown.
+    `progress` gets (policies measured, policies to measure), after each model and seed."""
     cache_path = base / "held-out.json"
     cache: dict[str, dict[str, float]] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     keys = [_held_out_key(r) for r in df.to_dict("records")]
@@ -289,18 +292,28 @@ def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, override
         configs = {(m, seed): spec.config(scale, m, spec.hardware[0], spec.model_budgets(scale, m)[0], "haq", seed,
                                           base / "unused", overrides) for m, seed in todo}
         threads = max(1, torch.get_num_threads() // jobs)
+        total, done = sum(len(p) for p in todo.values()), 0
+        if progress is not None:
+            progress(0, total)
         if jobs == 1:
             for group, policies in todo.items():
                 cache.update(_held_out_job(configs[group].to_dict(), policies, threads))
                 _write_json(cache_path, cache)
+                done += len(policies)
+                if progress is not None:
+                    progress(done, total)
             _JOB_EVALUATORS.clear()  # in this process: do not keep the model and data alive
         else:
             with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_job_init,
                                      initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(_held_out_job, configs[g].to_dict(), p, threads) for g, p in todo.items()]
                 for future in as_completed(futures):
-                    cache.update(future.result())
+                    result = future.result()
+                    cache.update(result)
                     _write_json(cache_path, cache)
+                    done += len(result)
+                    if progress is not None:
+                        progress(done, total)
     out = df.copy()
     out["test_accuracy"] = [cache[k]["test"] for k in keys]
     out["reproduced"] = [abs(cache[k]["val"] - float(acc)) <= 1e-3 for k, acc in zip(keys, df["accuracy"])]

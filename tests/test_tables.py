@@ -69,8 +69,13 @@ def test_bad_table_specs_name_the_file_and_key(tmp_path):
 @pytest.mark.slow
 def test_tiny_table_end_to_end_and_read_back(tmp_path, monkeypatch):
     spec = TableSpec.load("tiny", write_spec(tmp_path))
-    df = run_table(spec, "mini", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results")
+    held: list[tuple[int, int]] = []
+    df = run_table(spec, "mini", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results",
+                   on_held_out=lambda done, total: held.append((done, total)))
     assert len(df) == 2 * 2 + 2 * 2  # (haq, random) and (w4a4, w8a8) on each hardware
+    # progress over the distinct policies measured held out (a fixed-bit row serves both presets)
+    assert held[0][0] == 0 and held[-1][0] == held[-1][1] == len(set(tables._held_out_key(r)
+                                                                     for r in df.to_dict("records")))
     written = pd.read_csv(tmp_path / "results" / "tiny-mini.csv", keep_default_na=False)
     assert len(written) == len(df)
     searched = written[written["method"] != "fixed"]
@@ -99,7 +104,8 @@ def test_tiny_table_end_to_end_and_read_back(tmp_path, monkeypatch):
 
     # a finished table is read back, not searched (nor measured on the test split) again
     monkeypatch.setattr(tables.Search, "run", lambda self: pytest.fail("re-ran a finished search"))
-    again = run_table(spec, "mini", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results")
+    again = run_table(spec, "mini", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results",
+                      on_held_out=lambda done, total: pytest.fail("measured a cached policy again"))
     pd.testing.assert_frame_equal(again.reset_index(drop=True), df.reset_index(drop=True))
     assert (cache.read_text(), cache.stat().st_mtime_ns) == before
 
