@@ -45,6 +45,10 @@ def compare(ablation: pd.DataFrame, main: pd.DataFrame) -> tuple[list[str], list
     paired: list[pd.DataFrame] = []
     # the main tables' rule (haq.tables.verdicts): each seed against that seed's fixed-bit rows
     off_verdicts, plain_verdicts = tables.verdicts(main), tables.verdicts(ablation)
+    held = None
+    if "test_accuracy" in main.columns and "test_accuracy" in ablation.columns:
+        held = (tables.verdicts(main.assign(accuracy=main["test_accuracy"])),
+                tables.verdicts(ablation.assign(accuracy=ablation["test_accuracy"])))
     for (model, hw, budget), base in ablation[ablation["method"] == "haq"].groupby(["model", "hw", "budget"],
                                                                                   sort=False):
         off = main[(main["method"] == "haq") & (main["model"] == model) & (main["hw"] == hw)
@@ -60,10 +64,16 @@ def compare(ablation: pd.DataFrame, main: pd.DataFrame) -> tuple[list[str], list
                          f"| {r.accuracy_offset:.2f} ({r.cost_ratio_offset:.3f}) | "
                          f"{_signed(r.accuracy_offset - r.accuracy_plain)} |")
         beats = {k: _beats_costlier(v, model, hw, budget) for k, v in (("off", off_verdicts), ("plain", plain_verdicts))}
-        paired.append(pd.DataFrame({"search": [f"{model} {hw} {budget} seed {s}" for s in pair["seed"]],
-                                    "diff": (pair["accuracy_offset"] - pair["accuracy_plain"]).to_numpy(),
-                                    "beats_off": beats["off"].reindex(pair["seed"]).to_numpy(),
-                                    "beats_plain": beats["plain"].reindex(pair["seed"]).to_numpy()}))
+        frame = pd.DataFrame({"search": [f"{model} {hw} {budget} seed {s}" for s in pair["seed"]],
+                              "diff": (pair["accuracy_offset"] - pair["accuracy_plain"]).to_numpy(),
+                              "beats_off": beats["off"].reindex(pair["seed"]).to_numpy(),
+                              "beats_plain": beats["plain"].reindex(pair["seed"]).to_numpy()})
+        if held is not None:  # the same on the held-out test split (haq.tables.held_out)
+            held_beats = {k: _beats_costlier(v, model, hw, budget) for k, v in zip(("off", "plain"), held)}
+            frame["test_diff"] = (pair["test_accuracy_offset"] - pair["test_accuracy_plain"]).to_numpy()
+            frame["test_beats_off"] = held_beats["off"].reindex(pair["seed"]).to_numpy()
+            frame["test_beats_plain"] = held_beats["plain"].reindex(pair["seed"]).to_numpy()
+        paired.append(frame)
         wins = int((pair["accuracy_offset"] >= pair["accuracy_plain"] - 1e-3).sum())
         n = len(pair)
         listed = ", ".join(f"{p} {a:.2f}" for p, a in fixed_mean.sort_values("cost_ratio")["accuracy"].items())
@@ -109,6 +119,13 @@ def render(frames: dict[str, pd.DataFrame]) -> str:
                         "as accurate as every fixed-bit baseline that costs as much or more: "
                         f"{int(p['beats_plain'].sum())} of {len(p)} searches without offsets, "
                         f"{int(p['beats_off'].sum())} with.")
+        if "test_diff" in p.columns and p["test_diff"].notna().all():
+            verdicts.append(f"- Held out (the test split no search sees, `haq.tables.held_out`): with offsets at "
+                            f"least as accurate in {int((p['test_diff'] >= -1e-3).sum())} of {len(p)}, mean "
+                            f"difference {_signed(p['test_diff'].mean())} points, median "
+                            f"{_signed(p['test_diff'].median())}; at least as accurate as every costlier fixed-bit "
+                            f"baseline in {int(p['test_beats_plain'].sum())} without offsets, "
+                            f"{int(p['test_beats_off'].sum())} with.")
     return "\n".join(lines + ["", "Measured:", ""] + verdicts) + "\n"
 
 
