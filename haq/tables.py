@@ -610,6 +610,8 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
         if not w8.empty:
             line += (f"; it costs {1 / haq['cost_ratio'].mean():.2f}x less than w8a8 at "
                      f"{haq['accuracy'].mean() - w8['accuracy'].mean():+.2f} points of top-1"
+                     + (f" ({haq['test_accuracy'].astype(float).mean() - w8['test_accuracy'].astype(float).mean():+.2f}"
+                        " held out)" if test else "")
                      + (f" (paper: {spec.paper_saving} less at negligible loss)" if spec.paper_saving else ""))
         if "best_episode" in haq.columns:  # a best policy from the warm-up: the agent did not improve on it
             early = haq[pd.to_numeric(haq["best_episode"]) <= pd.to_numeric(haq["warmup"])]
