@@ -441,6 +441,7 @@ def test_cli_search_and_resume_as_a_user_runs_them(tmp_path):
     assert ev.returncode == 0, ev.stderr
     result = json.loads(ev.stdout)
     assert 0 <= result["top1"] <= 100 and result["costs"]["latency_ms"]["ratio_to_w8a8"] < 1
+    assert 0 <= result["test_top1"] <= result["test_top5"] <= 100  # the same network on the held-out split
 
 
 def test_two_ray_workers_give_the_requested_distinct_episodes_deterministically(tmp_path, shared_parts):
