@@ -122,12 +122,16 @@ def main() -> None:
             cfg = method_config(method, seed, args.episodes, args.runs)
             if cfg.finetune not in built:
                 built[cfg.finetune] = build_evaluator(cfg)
-            summary = Search(cfg, evaluator=built[cfg.finetune]).run()  # its own environment, the shared evaluator
+            search = Search(cfg, evaluator=built[cfg.finetune])  # its own environment, the shared evaluator
+            summary = search.held_out(search.run())  # best and uniform policies on the held-out test split too
             uniform = {b["policy"]: b["accuracy"] for b in summary["uniform_baselines"]}
+            held = {b["policy"]: b["test_accuracy"] for b in summary["uniform_baselines"]}
             rows.append({"method": method, "seed": seed, "episodes": summary["episodes"],
                          "best_accuracy": summary["best"]["accuracy"], "best_cost_ratio": summary["best"]["cost_ratio"],
                          "budget_ratio": summary["budget_ratio"], "best_uniform_in_budget": max(uniform.values()),
                          "best_uniform_policy": max(uniform, key=uniform.get),
+                         "best_test_accuracy": summary["best"]["test_accuracy"],
+                         "best_uniform_test_accuracy": held[max(uniform, key=uniform.get)],
                          "mean_reward_warmup": summary["mean_reward_warmup"],
                          "mean_reward_last_fifth": summary["mean_reward_last_fifth"],
                          "seconds_per_episode": summary["seconds_per_episode"], "fp_accuracy": summary["fp_accuracy"],
@@ -152,14 +156,22 @@ def render(df: pd.DataFrame, episodes: int) -> None:
               "except in `haq-paper` (the paper's sequential decrease from the last layer). "
               "Source: `experiments/results/search-default.csv`. `s / episode` is wall time on a 2-core machine "
               "that often ran other work alongside; clean timings are in docs/performance.md.", "",
-              "| method | seed | best top-1 | its cost / w8a8 | best uniform in budget | bitwidths of the best "
-              "policy off that uniform one (of 34) | mean reward, warm-up | mean reward, last fifth | s / episode |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "`held out`: the same two policies' top-1 on the test split, which no search sees (measured since "
+              "session 11; n/a for rows run before).", "",
+              "| method | seed | best top-1 | its cost / w8a8 | best uniform in budget | held out: best / that uniform | "
+              "bitwidths of the best policy off that uniform one (of 34) | mean reward, warm-up | "
+              "mean reward, last fifth | s / episode |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for column in ("best_test_accuracy", "best_uniform_test_accuracy"):
+        if column not in df.columns:
+            df = df.assign(**{column: float("nan")})
     for r in df.sort_values(["seed", "method"], kind="stable").to_dict("records"):
         off = r.get("best_bits_off_uniform", float("nan"))
         off_s = "n/a" if pd.isna(off) else f"{off:.0f}"
+        held_s = ("n/a" if pd.isna(r["best_test_accuracy"])
+                  else f"{r['best_test_accuracy']:.2f} / {r['best_uniform_test_accuracy']:.2f}")
         lines.append(f"| {r['method']} | {r['seed']} | {r['best_accuracy']:.2f} | {r['best_cost_ratio']:.3f} | "
-                     f"{r['best_uniform_policy']} {r['best_uniform_in_budget']:.2f} | {off_s} | "
+                     f"{r['best_uniform_policy']} {r['best_uniform_in_budget']:.2f} | {held_s} | {off_s} | "
                      f"{r['mean_reward_warmup']:.2f} | {r['mean_reward_last_fifth']:.2f} | "
                      f"{r['seconds_per_episode']:.2f} |")
     def beats(method: str) -> str:
@@ -172,11 +184,16 @@ def render(df: pd.DataFrame, episodes: int) -> None:
         if sub.empty:
             continue
         lines.append(f"| {method}: mean +- std | | {sub['best_accuracy'].mean():.2f} +- {sub['best_accuracy'].std():.2f} "
-                     f"| | | | {sub['mean_reward_warmup'].mean():.2f} | {sub['mean_reward_last_fifth'].mean():.2f} | |")
+                     f"| | | | | {sub['mean_reward_warmup'].mean():.2f} | {sub['mean_reward_last_fifth'].mean():.2f} | |")
         learns = int((sub["mean_reward_last_fifth"] > sub["mean_reward_warmup"]).sum())
+        held = sub[sub["best_test_accuracy"].notna()]
+        held_s = (f"; held out, at least as accurate as that uniform policy in "
+                  f"{int((held['best_test_accuracy'] >= held['best_uniform_test_accuracy'] - 1e-9).sum())} of "
+                  f"{len(held)} (mean {held['best_test_accuracy'].mean():.2f} against "
+                  f"{held['best_uniform_test_accuracy'].mean():.2f})" if len(held) else "")
         verdicts.append(f"- `{method}`: last-fifth mean reward above the warm-up mean in {learns} of {len(sub)} seeds; "
                         f"best policy at least as accurate as every uniform policy within the budget in "
-                        f"{beats(method)} seeds.")
+                        f"{beats(method)} seeds{held_s}.")
     lines += ["", "Measured:", ""] + verdicts + [""]
     haq = df[(df["method"] == "haq") & df["best_bits_off_uniform"].notna()]
     if not haq.empty:
