@@ -41,7 +41,7 @@ def main() -> None:
                   Path(args.runs) / f"{spec.name}-{args.scale}", jobs=args.jobs)
     df.to_csv(csv_path, index=False, float_format="%.5g")
     render_table(spec, args.scale, df, Path(args.results))
-    logging.info("wrote %s and its markdown", csv_path)
+    logging.getLogger("held_out").info("wrote %s and its markdown", csv_path)
 
 
 if __name__ == "__main__":
