@@ -59,6 +59,11 @@ class Policy:
         return cls.uniform(layers, *parse_uniform(text))
 
     # ---------------------------------------------------------------- views
+    @classmethod
+    def from_strings(cls, layers: Sequence[LayerSpec], w_bits: str, a_bits: str) -> Policy:
+        """The inverse of `as_strings`: ``("8 4 4 6", "8 5 4 4")`` -> a policy over `layers`."""
+        return cls.from_bits(layers, zip(map(int, w_bits.split()), map(int, a_bits.split())))
+
     @property
     def w_bits(self) -> list[int]:
         return [w for w, _ in self.bits]

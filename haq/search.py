@@ -392,10 +392,9 @@ class Search:
         more (the same finetune as its search-validation top-1). The best policy is the best of
         many noisy measurements on the search-validation split, so its top-1 there flatters it;
         held out, it does not. Rewrites summary.json."""
+        assert self.best is not None
         ev, layers = self.parts.evaluator, self.parts.env.layers
-        best = summary["best"]
-        bits = list(zip(map(int, best["w_bits"].split()), map(int, best["a_bits"].split())))
-        best["test_accuracy"] = ev.evaluate(bits, split="test")["top1"]
+        summary["best"]["test_accuracy"] = ev.evaluate(self.best["policy"], split="test")["top1"]
         for b in summary["uniform_baselines"]:
             b["test_accuracy"] = ev.evaluate(Policy.from_string(layers, b["policy"]), split="test")["top1"]
         _atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -30,7 +30,8 @@ import pandas as pd
 import hw_models
 from haq.config import CONSTRAINTS, SearchConfig, budget_kind, load_yaml
 from haq.evaluator import QuantEvaluator
-from haq.search import Search, build_evaluator, build_parts, check_evaluator, read_episodes
+from haq.policy import Policy
+from haq.search import Search, _atomic_write, build_evaluator, build_parts, check_evaluator, read_episodes
 
 log = logging.getLogger(__name__)
 
@@ -292,13 +293,14 @@ def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, override
         configs = {(m, seed): spec.config(scale, m, spec.hardware[0], spec.model_budgets(scale, m)[0], "haq", seed,
                                           base / "unused", overrides) for m, seed in todo}
         threads = max(1, torch.get_num_threads() // jobs)
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
         total, done = sum(len(p) for p in todo.values()), 0
         if progress is not None:
             progress(0, total)
         if jobs == 1:
             for group, policies in todo.items():
                 cache.update(_held_out_job(configs[group].to_dict(), policies, threads))
-                _write_json(cache_path, cache)
+                _atomic_write(cache_path, json.dumps(cache, indent=1, sort_keys=True) + "\n")
                 done += len(policies)
                 if progress is not None:
                     progress(done, total)
@@ -310,7 +312,7 @@ def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, override
                 for future in as_completed(futures):
                     result = future.result()
                     cache.update(result)
-                    _write_json(cache_path, cache)
+                    _atomic_write(cache_path, json.dumps(cache, indent=1, sort_keys=True) + "\n")
                     done += len(result)
                     if progress is not None:
                         progress(done, total)
@@ -339,19 +341,12 @@ def _held_out_job(config: dict[str, Any], policies: dict[str, str | tuple[str, s
     out = {}
     for key, policy in policies.items():
         if isinstance(policy, str):
-            bits = [budget_kind(policy)[1]] * len(ev.layers)
+            pol = Policy.from_string(ev.layers, policy)
         else:
-            bits = list(zip((int(b) for b in policy[0].split()), (int(b) for b in policy[1].split())))
-        metrics = ev.evaluate_splits(bits, ("val", "test"))
+            pol = Policy.from_strings(ev.layers, *policy)
+        metrics = ev.evaluate_splits(pol, ("val", "test"))
         out[key] = {"val": metrics["val"]["top1"], "test": metrics["test"]["top1"]}
     return out
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
 
 
 def _run_search(cfg: SearchConfig, run_dir: Path, evaluator: QuantEvaluator,
@@ -661,7 +656,7 @@ def _edge_cloud(spec: TableSpec, scale: str, tag: str, df: pd.DataFrame, out: Pa
             dw_bits[hw] = float(diff.mean())
             per_seed[hw] = dict(zip(h["seed"], diff))
             first = h.sort_values("seed").iloc[0]
-            best[hw] = ([(int(w), int(a)) for w, a in zip(first["w_bits"].split(), first["a_bits"].split())],
+            best[hw] = (list(Policy.from_strings(layers, first["w_bits"], first["a_bits"]).bits),
                         f"{hw}, seed {first['seed']}: {first['accuracy']:.1f}%, {first['cost_ratio']:.3f}x w8a8")
         if len(dw_bits) == 2:
             (edge, e), (cloud, c) = dw_bits.items()

@@ -424,8 +424,8 @@ def test_cli_search_and_resume_as_a_user_runs_them(tmp_path):
     assert "held-out" in done.stdout and summary["uniform_baselines"]
     evaluator = build_evaluator(SearchConfig.from_run(run / "config.yaml"))
     best = summary["best"]
-    bits = list(zip(map(int, best["w_bits"].split()), map(int, best["a_bits"].split())))
-    again = evaluator.evaluate_splits(bits, ("val", "test"))
+    again = evaluator.evaluate_splits(Policy.from_strings(evaluator.layers, best["w_bits"], best["a_bits"]),
+                                      ("val", "test"))
     assert again["val"]["top1"] == best["accuracy"] and again["test"]["top1"] == best["test_accuracy"]
     assert all(0 <= b["test_accuracy"] <= 100 for b in summary["uniform_baselines"])
     more = subprocess.run([sys.executable, "-m", "haq.cli", "search", "--resume", str(run), "--episodes", "4",
@@ -459,7 +459,7 @@ def test_two_ray_workers_give_the_requested_distinct_episodes_deterministically(
     assert [(r["reward"], r["w_bits"], r["a_bits"]) for r in a] == [(r["reward"], r["w_bits"], r["a_bits"]) for r in b]
     assert len({(r["w_bits"], r["a_bits"]) for r in a}) == 5
     for r in a:  # each worker's accuracy is the one the local evaluator gives the same policy
-        pol = list(zip(map(int, r["w_bits"].split()), map(int, r["a_bits"].split())))
+        pol = Policy.from_strings(shared_parts.evaluator.layers, r["w_bits"], r["a_bits"])
         assert float(r["accuracy"]) == pytest.approx(shared_parts.evaluator(pol), abs=0.6)
     summary = json.loads((tmp_path / "two-a" / "summary.json").read_text())
     assert summary["episodes"] == 5

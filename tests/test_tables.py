@@ -15,7 +15,7 @@ import yaml
 
 from haq import tables
 from haq.cli import main
-from haq.config import budget_kind
+from haq.policy import Policy
 from haq.search import build_evaluator
 from haq.tables import Cell, TableSpec, render_table, run_table
 
@@ -74,8 +74,8 @@ def test_tiny_table_end_to_end_and_read_back(tmp_path, monkeypatch):
                    on_held_out=lambda done, total: held.append((done, total)))
     assert len(df) == 2 * 2 + 2 * 2  # (haq, random) and (w4a4, w8a8) on each hardware
     # progress over the distinct policies measured held out (a fixed-bit row serves both presets)
-    assert held[0][0] == 0 and held[-1][0] == held[-1][1] == len(set(tables._held_out_key(r)
-                                                                     for r in df.to_dict("records")))
+    assert held[0][0] == 0 and held[-1][0] == held[-1][1] == len({tables._held_out_key(r)
+                                                                  for r in df.to_dict("records")})
     written = pd.read_csv(tmp_path / "results" / "tiny-mini.csv", keep_default_na=False)
     assert len(written) == len(df)
     searched = written[written["method"] != "fixed"]
@@ -93,10 +93,10 @@ def test_tiny_table_end_to_end_and_read_back(tmp_path, monkeypatch):
     ev = build_evaluator(spec.config("mini", "digits-mbv2", "bismo-edge", "w4a4", "haq", 0, tmp_path / "unused"))
     for r in written[written["hw"] == "bismo-edge"].to_dict("records"):
         if r["method"] == "fixed":
-            bits = [budget_kind(r["policy"])[1]] * len(ev.layers)
+            policy = Policy.from_string(ev.layers, r["policy"])
         else:
-            bits = list(zip(map(int, r["w_bits"].split()), map(int, r["a_bits"].split())))
-        got = ev.evaluate_splits(bits, ("val", "test"))
+            policy = Policy.from_strings(ev.layers, r["w_bits"], r["a_bits"])
+        got = ev.evaluate_splits(policy, ("val", "test"))
         assert got["val"]["top1"] == pytest.approx(r["accuracy"], abs=1e-3)
         assert got["test"]["top1"] == pytest.approx(r["test_accuracy"], abs=1e-3)
     cache = tmp_path / "runs" / "tiny-mini" / "held-out.json"
