@@ -126,3 +126,90 @@ def plot_policies_side_by_side(layers: Sequence[LayerSpec], policies: dict[str, 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+_METHOD_STYLE = {"haq": ("o", "#3b6fb6", "haq search"), "random": ("^", "#e08a2c", "random search")}
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def plot_tradeoff(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], cost_label: str,
+                  title: str = "", fixed_name: str = "fixed bits, same finetune") -> None:
+    """Top-1 against cost (over uniform w8a8's) of every row of a table, one panel per model
+    and hardware: the fixed-bit baselines as a line, each search method's best policy per
+    budget as a point; mean +- std over seeds both ways. With a ``test_accuracy`` in the rows, a
+    second line of panels shows the held-out top-1 of the same networks. A searched point
+    above the line beats the fixed-bit policies of its cost, the paper's claim (HAQ Tables 2-4).
+    The axis spans the fixed-bit and haq points; others far below (w2a2, random search on a
+    deep network) are pinned to its bottom edge and their values listed in the corner."""
+    panels: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        panels.setdefault((str(r["model"]), str(r["hw"])), []).append(r)
+    held = bool(rows) and all(_number(r.get("test_accuracy")) is not None for r in rows)
+    kinds = [("accuracy", "top-1 (%), search-validation")] + ([("test_accuracy", "top-1 (%), held out")] if held else [])
+    fig, axes = plt.subplots(len(kinds), len(panels), figsize=(4.2 * len(panels), 3.6 * len(kinds)), squeeze=False)
+    for col, ((model, hw), prow) in enumerate(panels.items()):
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for r in prow:
+            label = str(r["policy"]) if r["method"] == "fixed" else str(r["budget"])
+            groups.setdefault((str(r["method"]), label), []).append(r)
+        fp = _number(prow[0].get("fp_accuracy"))
+        for line, (key, ylabel) in enumerate(kinds):
+            ax = axes[line, col]
+            pts = {g: (*_mean_std([float(r["cost_ratio"]) for r in rs]), *_mean_std([float(r[key]) for r in rs]))
+                   for g, rs in groups.items()}  # (x, x std, y, y std)
+            top = max(p[2] for p in pts.values())
+            framed = [p[2] - p[3] for g, p in pts.items() if g[0] in ("fixed", "haq")] or [top]
+            low = max(min(framed) - 0.5, top - 15.0)
+            below: list[str] = []
+            for method in dict.fromkeys(["fixed", *(m for m, _ in groups)]):
+                mine = sorted(((g[1], p) for g, p in pts.items() if g[0] == method), key=lambda t: t[1][0])
+                if not mine:
+                    continue
+                marker, color, name = (("s", "#555555", fixed_name) if method == "fixed" else
+                                       _METHOD_STYLE.get(method, ("D", "#6a9f3a", f"{method} search")))
+                inside = [(n, p) for n, p in mine if p[2] >= low]
+                if method == "fixed":
+                    ax.plot([p[0] for _, p in mine], [max(p[2], low) for _, p in mine], "-", color=color, lw=1.2)
+                if inside:
+                    ax.errorbar([p[0] for _, p in inside], [p[2] for _, p in inside],
+                                xerr=[p[1] for _, p in inside], yerr=[p[3] for _, p in inside], fmt=marker,
+                                color=color, ms=5 if method == "fixed" else 6, capsize=2, lw=0.8,
+                                label=name if method == "fixed" else f"{name} (best policy)")
+                for n, (x, _, y, _) in mine:
+                    if y < low:
+                        ax.plot([x], [low], "v", color=color, ms=6)
+                        below.append(f"{n}: {y:.1f}" if method == "fixed" else f"{method}, budget {n}: {y:.1f}")
+                    elif method == "fixed":
+                        ax.annotate(n, (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7, color=color)
+            if below:
+                ax.text(0.98, 0.03, "below the axis (v):\n" + "\n".join(below), transform=ax.transAxes, ha="right",
+                        va="bottom", fontsize=6, color="#333333",
+                        bbox={"facecolor": "white", "edgecolor": "#cccccc", "alpha": 0.9})
+            if fp is not None and key == "accuracy":
+                ax.axhline(fp, color="black", ls=":", lw=0.8, label="float model")
+            ax.set_ylim(low - 0.3, max(top, fp if fp is not None and key == "accuracy" else top) + 0.6)
+            ax.set_xlabel(cost_label, fontsize=8)
+            ax.set_ylabel(ylabel, fontsize=8)
+            ax.set_title(f"{model}, {hw}", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _number(value: Any) -> float | None:
+    """`value` as a float, or None when it is missing (None, NaN, an empty CSV cell)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if np.isnan(v) else v

@@ -9,8 +9,10 @@ with fewer episodes, say). Every search of a table runs in its
 own run directory under ``runs/tables/<table>-<scale>/``, so an interrupted table picks
 up where it stopped (finished searches are read back, unfinished ones resumed). Results:
 ``experiments/results/<table>-<scale>.csv`` (one row per seed and method),
-``<table>-<scale>.md`` (mean +- std over seeds, the paper's claim beside it) and, for a
-table with an edge and a cloud model, ``<table>-<scale>-policies.png`` (HAQ Figure 3/4).
+``<table>-<scale>.md`` (mean +- std over seeds, the paper's claim beside it),
+``<table>-<scale>-tradeoff.png`` (top-1 against cost, searched points over the fixed-bit
+line) and, for a table with an edge and a cloud model, ``<table>-<scale>-<model>-policies.png``
+(HAQ Figures 3-4).
 """
 
 from __future__ import annotations
@@ -532,7 +534,10 @@ def depthwise_bits(layers: list[hw_models.LayerSpec], w_bits: str, a_bits: str) 
 
 
 def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: str = "") -> str:
-    """Write ``<table>-<scale><tag>.md`` (and the edge/cloud policy figure) from the rows."""
+    """Write ``<table>-<scale><tag>.md``, its top-1 against cost figure and (for an edge and a
+    cloud model) the policy figure from the rows."""
+    from haq.report import plot_tradeoff
+
     by_model = {m: sorted(g["seed"].unique()) for m, g in df.groupby("model", sort=False)}
     if len({tuple(v) for v in by_model.values()}) == 1:
         seeds = f"Seeds {', '.join(map(str, next(iter(by_model.values()))))}"
@@ -582,6 +587,14 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
                       "version): " + "; ".join(f"{r['model']} {r['hw']} {r['method']} {r['budget'] or r['policy']} "
                                                f"seed {r['seed']}" for r in stale.to_dict("records"))
                       + ". Their held-out top-1 is that of the finetune as it runs now."]
+    figure = f"{spec.name}-{scale}{tag}-tradeoff.png"
+    plot_tradeoff(df.to_dict("records"), out / figure, f"{spec.constraint} / w8a8",
+                  title=f"{spec.title} ({scale} scale): top-1 against {spec.constraint}",
+                  fixed_name="uniform k-means, same finetune" if kmeans else "fixed bits, same finetune")
+    lines += ["", f"The same rows as a picture: one panel per model and hardware, mean +- std over seeds both ways; a "
+              f"searched point above the line of fixed-bit policies is more accurate than they are at its "
+              f"{spec.constraint}" + (" (bottom panels: held out)" if test else "") + ".", "",
+              f"![top-1 against {spec.constraint}]({figure})"]
     lines += ["", f"Paper: {spec.paper}", ""]
     for (model, hw, budget), g in v.groupby(["model", "hw", "budget"], sort=False):
         haq = df[(df["method"] == "haq") & (df["model"] == model) & (df["hw"] == hw) & (df["budget"] == budget)]

@@ -87,6 +87,8 @@ def test_tiny_table_end_to_end_and_read_back(tmp_path, monkeypatch):
     assert "haq search, budget w4a4" in md and "Paper: 1.4-1.95x" in md and "depthwise w" in md
     assert "held-out top-1 (%)" in md and "on the held-out test split" in md
     assert (tmp_path / "results" / "tiny-mini-digits-mbv2-policies.png").stat().st_size > 0
+    assert "![top-1 against latency](tiny-mini-tradeoff.png)" in md and "(bottom panels: held out)" in md
+    assert (tmp_path / "results" / "tiny-mini-tradeoff.png").stat().st_size > 0
 
     # every row's policy, finetuned again, measured on the test split no search sees: the same
     # finetune as the row's accuracy (which it reproduces), so a fresh evaluator gives the same numbers
@@ -241,7 +243,11 @@ def test_rendering_says_when_the_best_policy_came_from_the_warm_up(tmp_path):
     rows += [{**common, "budget": "", "method": "fixed", "policy": p, "seed": s, "accuracy": a, "cost": c,
               "cost_ratio": c / 4, "w8a8_over_cost": 4 / c, "w_bits": "", "a_bits": "", "episodes": 0, "warmup": "",
               "best_episode": ""} for s in (0, 1) for p, a, c in (("w4a4", 96.0, 1.0), ("w8a8", 98.0, 4.0))]
+    rows += [{**rows[-1], "policy": "w2a2", "seed": s, "accuracy": 11.0, "cost": 0.3, "cost_ratio": 0.075,
+              "w8a8_over_cost": 4 / 0.3} for s in (0, 1)]  # far below the rest: pinned to the figure's edge
     text = render_table(spec, "mini", pd.DataFrame(rows), tmp_path)
+    assert "![top-1 against latency](tiny-mini-tradeoff.png)" in text and "held out" not in text
+    assert (tmp_path / "tiny-mini-tradeoff.png").stat().st_size > 0
     assert "In 1 of 2 seeds the best policy came from the random warm-up (episode 1)" in text
     assert "at least as accurate as uniform w4a4 (same cost, the paper's comparison) in 2 of 2 seeds" in text
     assert "in 0 of 2 seeds (where not, it loses to w8a8)" in text
