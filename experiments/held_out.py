@@ -5,9 +5,17 @@ no search sees; `haq.tables.held_out`). A CSV from an earlier run, whose run fol
 gets the column from its own rows: the policy, model and seed of each row are enough, since an
 evaluation is a function of them and the thread count. Run it with the thread count the table
 ran with (the recorded mini tables: `--jobs 2` on 2 cores, one thread a process); rows whose
-search-validation top-1 does not come out the same are logged.
+search-validation top-1 does not come out the same are logged (``reproduced`` False: their search
+ran with another thread count or engine version than the rest of the table).
+
+`--rerun-stale` searches those rows again, as the table runs them now (the table's config for
+the cell, the same jobs and threads), replaces them in the CSV and measures the new policies held
+out. Their run folders go where `haq table` keeps them, so a later `haq table` reads them back;
+each is marked with a `rerun.json`, so an interrupted `--rerun-stale` resumes them instead of
+starting over.
 
     OMP_NUM_THREADS=1 python experiments/held_out.py latency --jobs 2
+    python experiments/held_out.py latency --rerun-stale --jobs 2
     python experiments/update_readme.py
     python experiments/held_out.py noise-decay-latency --config-dir experiments/configs/ablations \
         --results experiments/results/ablations --jobs 2
@@ -16,12 +24,54 @@ search-validation top-1 does not come out the same are logged.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import multiprocessing
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
+import torch
 
-from haq.tables import RESULTS_DIR, SCALES, TABLES, TableSpec, held_out, render_table
+from haq import tables
+from haq.tables import RESULTS_DIR, SCALES, TABLES, Cell, TableSpec, held_out, render_table
+
+log = logging.getLogger("held_out")
+HELD_OUT_COLUMNS = ["test_accuracy", "reproduced", "val_accuracy_refits", "test_accuracy_refits"]
+
+
+def rerun_stale(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, jobs: int) -> pd.DataFrame:
+    """`df` with each searched row that did not reproduce its top-1 replaced by a fresh search
+    of its cell (in `jobs` processes, threads // jobs torch threads each); held-out columns dropped."""
+    stale = df[(df["method"] != "fixed") & ~df["reproduced"].astype(str).isin(["True", "true", "1"])]
+    cells = [Cell(r["model"], r["hw"], str(r["budget"]), r["method"], int(r["seed"])) for r in stale.to_dict("records")]
+    configs = {c: spec.config(scale, *c, tables._run_dir(base, c)) for c in cells}
+    for cell, old in zip(cells, stale["accuracy"]):
+        run_dir = tables._run_dir(base, cell)
+        if (run_dir / "rerun.json").is_file():  # begun by an interrupted --rerun-stale: resumed
+            log.info("resuming the new search: %s", run_dir.name)
+            continue
+        if run_dir.exists():  # an older run of the cell is what did not reproduce
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        (run_dir / "rerun.json").write_text(json.dumps({"rerun_of_top1": float(old)}) + "\n")
+        log.info("searching again: %s", run_dir.name)
+    threads = max(1, torch.get_num_threads() // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=tables._job_init,
+                             initargs=(os.getpid(),)) as pool:
+        futures = {c: pool.submit(tables._search_job, configs[c].to_dict(), str(tables._run_dir(base, c)), threads)
+                   for c in cells}
+        summaries = {c: f.result() for c, f in futures.items()}
+    records = df.to_dict("records")
+    for index, cell in zip(stale.index, cells):
+        row = tables._search_row(spec, scale, *cell, summaries[cell], configs[cell].warmup)
+        i = df.index.get_loc(index)
+        log.info("%s: top-1 %.2f -> %.2f", tables._run_dir(base, cell).name, float(records[i]["accuracy"]),
+                 row["accuracy"])
+        records[i].update(row)
+    return pd.DataFrame(records, columns=df.columns).drop(columns=HELD_OUT_COLUMNS, errors="ignore")
 
 
 def main() -> None:
@@ -31,17 +81,23 @@ def main() -> None:
     parser.add_argument("--config-dir", help="where the table's YAML is (default: experiments/configs)")
     parser.add_argument("--results", default=str(RESULTS_DIR), help="where its CSV is (default: experiments/results)")
     parser.add_argument("--jobs", type=int, default=1, help="processes (each with threads // jobs torch threads)")
-    parser.add_argument("--runs", default="runs/tables", help="where the held-out cache is kept")
+    parser.add_argument("--runs", default="runs/tables", help="where the held-out cache and run folders are kept")
+    parser.add_argument("--rerun-stale", action="store_true",
+                        help="search again the searched rows whose top-1 did not reproduce, then measure them")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     spec = TableSpec.load(args.table, args.config_dir)
     csv_path = Path(args.results) / f"{spec.name}-{args.scale}.csv"
     df = pd.read_csv(csv_path, keep_default_na=False)
-    df = held_out(spec, args.scale, df.drop(columns=["test_accuracy", "reproduced"], errors="ignore"),
-                  Path(args.runs) / f"{spec.name}-{args.scale}", jobs=args.jobs)
+    base = Path(args.runs) / f"{spec.name}-{args.scale}"
+    if args.rerun_stale:
+        if "reproduced" not in df.columns:
+            raise SystemExit(f"{csv_path} has no 'reproduced' column yet: run this script without --rerun-stale first")
+        df = rerun_stale(spec, args.scale, df, base, args.jobs)
+    df = held_out(spec, args.scale, df.drop(columns=HELD_OUT_COLUMNS, errors="ignore"), base, jobs=args.jobs)
     df.to_csv(csv_path, index=False, float_format="%.5g")
     render_table(spec, args.scale, df, Path(args.results))
-    logging.getLogger("held_out").info("wrote %s and its markdown", csv_path)
+    log.info("wrote %s and its markdown", csv_path)
 
 
 if __name__ == "__main__":

@@ -294,11 +294,11 @@ def cmd_table(args: argparse.Namespace) -> int:
 
     held_bar: list[tqdm] = []
 
-    def on_held_out(done: int, total: int) -> None:  # each row's policy on the held-out test split
+    def on_held_out(done: int, total: int) -> None:  # each row's policy (and its refits) on the held-out split
         if not held_bar:
             for b in [*episode_bar, bar]:
                 b.close()
-            held_bar.append(tqdm(total=total, desc="held-out top-1", unit="policy", file=sys.stderr))
+            held_bar.append(tqdm(total=total, desc="held-out top-1", unit="finetune", file=sys.stderr))
         held_bar[0].update(done - held_bar[0].n)
 
     try:

@@ -137,19 +137,21 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def plot_tradeoff(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], cost_label: str,
-                  title: str = "", fixed_name: str = "fixed bits, same finetune") -> None:
+                  title: str = "", fixed_name: str = "fixed bits, same finetune", refits: int = 0) -> None:
     """Top-1 against cost (over uniform w8a8's) of every row of a table, one panel per model
     and hardware: the fixed-bit baselines as a line, each search method's best policy per
     budget as a point; mean +- std over seeds both ways. With a ``test_accuracy`` in the rows, a
-    second line of panels shows the held-out top-1 of the same networks. A searched point
+    second line of panels shows the held-out top-1 of the same networks, and with a
+    ``test_accuracy_refits`` a third, the held-out mean over `refits` more finetunes. A searched point
     above the line beats the fixed-bit policies of its cost, the paper's claim (HAQ Tables 2-4).
     The axis spans the fixed-bit and haq points; others far below (w2a2, random search on a
     deep network) are pinned to its bottom edge and their values listed in the corner."""
     panels: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         panels.setdefault((str(r["model"]), str(r["hw"])), []).append(r)
-    held = bool(rows) and all(_number(r.get("test_accuracy")) is not None for r in rows)
-    kinds = [("accuracy", "top-1 (%), search-validation")] + ([("test_accuracy", "top-1 (%), held out")] if held else [])
+    kinds = [("accuracy", "top-1 (%), search-validation"), ("test_accuracy", "top-1 (%), held out"),
+             ("test_accuracy_refits", f"top-1 (%), held out, mean of {refits} refits")]
+    kinds = [kinds[0]] + [kd for kd in kinds[1:] if rows and all(_number(r.get(kd[0])) is not None for r in rows)]
     fig, axes = plt.subplots(len(kinds), len(panels), figsize=(4.2 * len(panels), 3.6 * len(kinds)), squeeze=False)
     for col, ((model, hw), prow) in enumerate(panels.items()):
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}

@@ -44,6 +44,13 @@ TABLES = ("latency", "energy", "size")
 SCALES = ("mini", "paper")
 METHODS = ("haq", "random")
 PER_MODEL_KEYS = {"seeds", "budgets", "search"}
+REFITS = 4  # further finetunes of each row's policy, with seeds no search used (`held_out`)
+
+
+def refit_seed(seed: int, j: int) -> int:
+    """The finetune seed of a row's `j`-th refit: apart from every search seed (a row of search
+    seed `seed` was selected on that seed's finetune; its refits are not)."""
+    return seed + 1000 * (j + 1)
 
 
 class Cell(NamedTuple):
@@ -70,6 +77,7 @@ class TableSpec:
     paper: str
     scales: dict[str, dict[str, Any]]
     paper_saving: str = ""
+    refits: int = REFITS
 
     @classmethod
     def load(cls, name: str, config_dir: str | os.PathLike[str] | None = None) -> TableSpec:
@@ -79,7 +87,7 @@ class TableSpec:
             raise ValueError(f"unknown table {name!r}; valid: {list(TABLES)}")
         data = load_yaml(path)
         fields = {f.name for f in dataclasses.fields(cls)} - {"name"}
-        optional = {"paper_saving"}
+        optional = {"paper_saving", "refits"}
         missing, unknown = sorted(fields - optional - set(data)), sorted(set(data) - fields)
         if missing or unknown:
             raise ValueError(f"{path}: missing key(s) {missing}, unknown key(s) {unknown}; keys: {sorted(fields)}")
@@ -112,11 +120,15 @@ class TableSpec:
         for b in data["baselines"]:
             if budget_kind(str(b))[0] != "uniform":
                 raise ValueError(f"{path}: baseline {b!r} must be a uniform policy like w4a4")
+        refits = data.get("refits", REFITS)
+        if not isinstance(refits, int) or isinstance(refits, bool) or refits < 0:
+            raise ValueError(f"{path}: refits must be a whole number >= 0 (further finetunes of each row's policy), "
+                             f"got {refits!r}")
         return cls(name=name, title=str(data["title"]), constraint=str(data["constraint"]),
                    hardware=tuple(data["hardware"]), budgets=tuple(str(b) for b in data["budgets"]),
                    baselines=tuple(str(b) for b in data["baselines"]), methods=tuple(data["methods"]),
                    paper=str(data["paper"]).strip(), scales=dict(data["scales"]),
-                   paper_saving=str(data.get("paper_saving", "")))
+                   paper_saving=str(data.get("paper_saving", "")), refits=refits)
 
     def scale(self, scale: str) -> dict[str, Any]:
         if scale not in self.scales:
@@ -267,7 +279,8 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
 
 
 def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, overrides: dict[str, Any] | None = None,
-             jobs: int = 1, progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+             jobs: int = 1, progress: Callable[[int, int], None] | None = None,
+             refits: int | None = None) -> pd.DataFrame:
     """`df` with ``test_accuracy``: each row's policy finetuned again (the same finetune its
     ``accuracy`` came from: an evaluation is a function of the policy, model, seed and thread
     count) and measured on the held-out test split, which no search ever sees. The search
@@ -277,15 +290,25 @@ def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, override
     Results are kept in ``<base>/held-out.json``. ``reproduced`` says whether the finetune
     gave the row's own search-validation top-1 again; rows where it did not (a search run
     with another thread count or engine version) are logged and named in the markdown.
-    `progress` gets (policies measured, policies to measure), after each model and seed."""
+
+    A single finetune is a noisy measurement (the same policy's top-1 moves by a point or more
+    from one finetune seed to another on these small splits), and a searched row was selected on
+    its own finetune's luck. So each policy is also finetuned `refits` more times (default: the
+    spec's ``refits``), with seeds no search used (`refit_seed`), and measured on both splits:
+    ``val_accuracy_refits`` and ``test_accuracy_refits`` are their means, the comparison the
+    selection cannot flatter.
+    `progress` gets (finetunes run, finetunes to run), after each model and seed."""
+    refits = spec.refits if refits is None else refits
     cache_path = base / "held-out.json"
-    cache: dict[str, dict[str, float]] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    cache: dict[str, dict[str, Any]] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     keys = [_held_out_key(r) for r in df.to_dict("records")]
-    todo: dict[tuple[str, int], dict[str, str | tuple[str, str]]] = {}
+    todo: dict[tuple[str, int], dict[str, tuple[str | tuple[str, str], bool, int]]] = {}
     for r, key in zip(df.to_dict("records"), keys):
-        if key not in cache:
+        entry = cache.get(key, {})
+        canonical, done = "val" not in entry, len(entry.get("refit_test", []))
+        if canonical or done < refits:
             policy = r["policy"] if r["method"] == "fixed" else (r["w_bits"], r["a_bits"])
-            todo.setdefault((r["model"], int(r["seed"])), {})[key] = policy
+            todo.setdefault((r["model"], int(r["seed"])), {})[key] = (policy, canonical, done)
     if todo:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -296,30 +319,39 @@ def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, override
                                           base / "unused", overrides) for m, seed in todo}
         threads = max(1, torch.get_num_threads() // jobs)
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        total, done = sum(len(p) for p in todo.values()), 0
+        sizes = {g: sum(c + refits - d for _, c, d in p.values()) for g, p in todo.items()}
+        total, finished = sum(sizes.values()), 0
+
+        def merge(group: tuple[str, int], result: dict[str, dict[str, Any]]) -> None:
+            nonlocal finished
+            for key, new in result.items():
+                old = cache.setdefault(key, {})
+                old.update({k: v for k, v in new.items() if not k.startswith("refit_")})
+                for k in ("refit_val", "refit_test"):
+                    old[k] = old.get(k, []) + new.get(k, [])
+            _atomic_write(cache_path, json.dumps(cache, indent=1, sort_keys=True) + "\n")
+            finished += sizes[group]
+            if progress is not None:
+                progress(finished, total)
+
         if progress is not None:
             progress(0, total)
         if jobs == 1:
             for group, policies in todo.items():
-                cache.update(_held_out_job(configs[group].to_dict(), policies, threads))
-                _atomic_write(cache_path, json.dumps(cache, indent=1, sort_keys=True) + "\n")
-                done += len(policies)
-                if progress is not None:
-                    progress(done, total)
+                merge(group, _held_out_job(configs[group].to_dict(), policies, threads, refits))
             _JOB_EVALUATORS.clear()  # in this process: do not keep the model and data alive
         else:
             with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_job_init,
                                      initargs=(os.getpid(),)) as pool:
-                futures = [pool.submit(_held_out_job, configs[g].to_dict(), p, threads) for g, p in todo.items()]
+                futures = {pool.submit(_held_out_job, configs[g].to_dict(), p, threads, refits): g
+                           for g, p in todo.items()}
                 for future in as_completed(futures):
-                    result = future.result()
-                    cache.update(result)
-                    _atomic_write(cache_path, json.dumps(cache, indent=1, sort_keys=True) + "\n")
-                    done += len(result)
-                    if progress is not None:
-                        progress(done, total)
+                    merge(futures[future], future.result())
     out = df.copy()
     out["test_accuracy"] = [cache[k]["test"] for k in keys]
+    if refits:
+        out["val_accuracy_refits"] = [float(np.mean(cache[k]["refit_val"][:refits])) for k in keys]
+        out["test_accuracy_refits"] = [float(np.mean(cache[k]["refit_test"][:refits])) for k in keys]
     out["reproduced"] = [abs(cache[k]["val"] - float(acc)) <= 1e-3 for k, acc in zip(keys, df["accuracy"])]
     if not out["reproduced"].all():
         log.warning("%d of %d rows of %s-%s: the finetune run again gave another search-validation top-1 than the "
@@ -333,21 +365,34 @@ def _held_out_key(row: dict[str, Any]) -> str:
     return f"{row['model']}|seed {int(row['seed'])}|{policy}"
 
 
-def _held_out_job(config: dict[str, Any], policies: dict[str, str | tuple[str, str]],
-                  threads: int) -> dict[str, dict[str, float]]:
+def _held_out_job(config: dict[str, Any], policies: dict[str, tuple[str | tuple[str, str], bool, int]],
+                  threads: int, refits: int) -> dict[str, dict[str, Any]]:
     """Search-validation and test top-1 of each policy (a uniform spec or (w_bits, a_bits)
-    strings) after the model's finetune; in a worker process or in this one."""
+    strings) after the model's finetune (when `canonical`) and after its refits `done` to
+    `refits` - 1 (`refit_seed`); in a worker process or in this one."""
     cfg = SearchConfig.from_dict(config, "held-out evaluation")
     ev = _job_evaluator(cfg, threads)
-    ev.seed = cfg.seed  # the finetune's shuffling is seeded by the search's seed and the policy
-    out = {}
-    for key, policy in policies.items():
-        if isinstance(policy, str):
-            pol = Policy.from_string(ev.layers, policy)
-        else:
-            pol = Policy.from_strings(ev.layers, *policy)
-        metrics = ev.evaluate_splits(pol, ("val", "test"))
-        out[key] = {"val": metrics["val"]["top1"], "test": metrics["test"]["top1"]}
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        for key, (policy, canonical, done) in policies.items():
+            if isinstance(policy, str):
+                pol = Policy.from_string(ev.layers, policy)
+            else:
+                pol = Policy.from_strings(ev.layers, *policy)
+            entry: dict[str, Any] = {"refit_val": [], "refit_test": []}
+            # the finetune's shuffling is seeded by the seed and the policy: the search's seed first
+            for j, seed in ([(None, cfg.seed)] if canonical else []) + [(j, refit_seed(cfg.seed, j))
+                                                                        for j in range(done, refits)]:
+                ev.seed = seed
+                metrics = ev.evaluate_splits(pol, ("val", "test"))
+                if j is None:
+                    entry.update(val=metrics["val"]["top1"], test=metrics["test"]["top1"])
+                else:
+                    entry["refit_val"].append(metrics["val"]["top1"])
+                    entry["refit_test"].append(metrics["test"]["top1"])
+            out[key] = entry
+    finally:
+        ev.seed = cfg.seed
     return out
 
 
@@ -545,6 +590,8 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
         seeds = "Seeds " + "; ".join(f"{', '.join(map(str, v))} ({m})" for m, v in by_model.items())
     units = hw_models.METRIC_UNITS[CONSTRAINTS[spec.constraint]]
     test = "test_accuracy" in df.columns
+    refit = "test_accuracy_refits" in df.columns
+    k, refits_s = spec.refits, f"{spec.refits} refit{'s' if spec.refits != 1 else ''}"
     flag = " --distill" if tag == "-distill" else ""
     own = [f"`{m}` is searched with {_flat(pm['search'])}" for m, pm in (spec.scale(scale).get("per_model") or {}).items()
            if m in by_model and pm.get("search")]
@@ -557,10 +604,15 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
                                                                       if own else "")
              + (" `held-out` is the same finetuned network's top-1 on the test split, which no search sees: the "
                 "searches pick their best policy by search-validation top-1, which flatters the searched rows; "
-                "the held-out split does not." if test else ""), "",
+                "the held-out split does not." if test else "")
+             + (f" `held out, {refits_s}` is the held-out top-1 of the same policy finetuned {k} more times with "
+                "seeds no search used, averaged: one finetune moves a policy's top-1 by a point or more on these "
+                "small splits, and a searched row was picked on its own finetune's luck; the refits were not."
+                if refit else ""), "",
              "| model | hardware | policy | top-1 (%) | " + ("held-out top-1 (%) | " if test else "")
+             + (f"held out, {refits_s} (%) | " if refit else "")
              + f"float top-1 | {spec.constraint} / w8a8 | w8a8 / cost |",
-             "|---|---|---|---|---|---|---|" + ("---|" if test else "")]
+             "|---|---|---|---|---|---|---|" + ("---|" if test else "") + ("---|" if refit else "")]
     search = spec.scale(scale).get("search") or {}
     kmeans = (search.get("quant") or {}).get("mode") == "kmeans"
 
@@ -575,10 +627,12 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
             label = fixed_label(policy) if method == "fixed" else f"{method} search, budget {budget}"
             lines.append(f"| {model} | {hw} | {label} | {_pm(h['accuracy'])} | "
                          + (f"{_pm(h['test_accuracy'])} | " if test else "")
+                         + (f"{_pm(h['test_accuracy_refits'])} | " if refit else "")
                          + f"{h['fp_accuracy'].mean():.2f} | {_pm(h['cost_ratio'], '.3f')} | "
                          f"{h['w8a8_over_cost'].mean():.2f}x |")
     v = verdicts(df)
     held = verdicts(df.assign(accuracy=df["test_accuracy"])) if test else None
+    refitted = verdicts(df.assign(accuracy=df["test_accuracy_refits"])) if refit else None
     if test and "reproduced" in df.columns:
         stale = df[~df["reproduced"].astype(str).isin(["True", "true", "1"])]
         if len(stale):
@@ -588,13 +642,16 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
                                                f"seed {r['seed']}" for r in stale.to_dict("records"))
                       + ". Their held-out top-1 is that of the finetune as it runs now."]
     figure = f"{spec.name}-{scale}{tag}-tradeoff.png"
-    plot_tradeoff(df.to_dict("records"), out / figure, f"{spec.constraint} / w8a8",
+    plot_tradeoff(df.to_dict("records"), out / figure, f"{spec.constraint} / w8a8", refits=k,
                   title=f"{spec.title} ({scale} scale): top-1 against {spec.constraint}",
                   fixed_name="uniform k-means, same finetune" if kmeans else "fixed bits, same finetune")
     lines += ["", f"The same rows as a picture: one panel per model and hardware, mean +- std over seeds both ways; a "
               f"searched point above the line of fixed-bit policies is more accurate than they are at its "
-              f"{spec.constraint}" + (" (bottom panels: held out)" if test else "") + ".", "",
+              f"{spec.constraint}" + (" (panels beneath: held out"
+                                      + (f", and held out over {refits_s}" if refit else "") + ")" if test else "")
+              + ".", "",
               f"![top-1 against {spec.constraint}]({figure})"]
+    lines += _against_budget_policy(df, test, refit, refits_s)
     lines += ["", f"Paper: {spec.paper}", ""]
     for (model, hw, budget), g in v.groupby(["model", "hw", "budget"], sort=False):
         haq = df[(df["method"] == "haq") & (df["model"] == model) & (df["hw"] == hw) & (df["budget"] == budget)]
@@ -615,11 +672,18 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
                                                           f"{int(hg['beats_budget_policy'].sum())} of {len(g)} "
                                                           "and " if g["has_budget_policy"].all() else "")
                      + f"as every costlier fixed-bit baseline in {int(hg['beats_all_costlier'].sum())} of {len(g)}")
+        if refitted is not None:
+            rg = refitted.loc[g.index]
+            line += (f"; held out over {refits_s}, " + (f"at least as accurate as uniform {budget} in "
+                                                         f"{int(rg['beats_budget_policy'].sum())} of {len(g)} and "
+                                                         if g["has_budget_policy"].all() else "")
+                     + f"as every costlier fixed-bit baseline in {int(rg['beats_all_costlier'].sum())} of {len(g)}")
         if not w8.empty:
+            refit_diff = haq["test_accuracy_refits"].mean() - w8["test_accuracy_refits"].mean() if refit else 0.0
             line += (f"; it costs {1 / haq['cost_ratio'].mean():.2f}x less than w8a8 at "
                      f"{haq['accuracy'].mean() - w8['accuracy'].mean():+.2f} points of top-1"
                      + (f" ({haq['test_accuracy'].astype(float).mean() - w8['test_accuracy'].astype(float).mean():+.2f}"
-                        " held out)" if test else "")
+                        " held out" + (f", {refit_diff:+.2f} over {refits_s}" if refit else "") + ")" if test else "")
                      + (f" (paper: {spec.paper_saving} less at negligible loss)" if spec.paper_saving else ""))
         if "best_episode" in haq.columns:  # a best policy from the warm-up: the agent did not improve on it
             early = haq[pd.to_numeric(haq["best_episode"]) <= pd.to_numeric(haq["warmup"])]
@@ -633,6 +697,32 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
     text = "\n".join(lines) + "\n"
     (out / f"{spec.name}-{scale}{tag}.md").write_text(text)
     return text
+
+
+def _against_budget_policy(df: pd.DataFrame, test: bool, refit: bool, refits_s: str) -> list[str]:
+    """Markdown: each search method's best policy minus the uniform policy of its budget (the
+    paper's comparison, same model, hardware and seed), mean over seeds and hardware, on each
+    measurement the rows have; empty when no budget is a fixed-bit row."""
+    columns = [("accuracy", "search-validation")] + ([("test_accuracy", "held out")] if test else []) \
+        + ([("test_accuracy_refits", f"held out, {refits_s}")] if refit else [])
+    fixed = df[df["method"] == "fixed"].set_index(["model", "hw", "seed", "policy"])
+    diffs = []
+    for r in df[df["method"] != "fixed"].to_dict("records"):
+        key = (r["model"], r["hw"], r["seed"], r["budget"])
+        if key in fixed.index:
+            u = fixed.loc[key]
+            diffs.append({"model": r["model"], "budget": r["budget"], "method": r["method"],
+                          **{c: float(r[c]) - float(u[c]) for c, _ in columns}})
+    if not diffs:
+        return []
+    lines = ["", "Searched minus the uniform policy of the same budget (the paper's comparison: same model, hardware "
+             "and seed), top-1 points, mean over seeds and hardware:", "",
+             "| model | budget | method | " + " | ".join(name for _, name in columns) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
+    for (model, budget, method), g in pd.DataFrame(diffs).groupby(["model", "budget", "method"], sort=False):
+        lines.append(f"| {model} | {budget} | {method} | " + " | ".join(f"{g[c].mean():+.2f}" for c, _ in columns)
+                     + " |")
+    return lines
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> str:

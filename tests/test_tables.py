@@ -22,6 +22,7 @@ from haq.tables import Cell, TableSpec, render_table, run_table
 TINY = {
     "title": "tiny latency table", "constraint": "latency", "hardware": ["bismo-edge", "bismo-cloud"],
     "budgets": ["w4a4"], "baselines": ["w4a4", "w8a8"], "methods": ["haq", "random"], "paper": "1.4-1.95x",
+    "refits": 1,
     "scales": {"mini": {"models": ["digits-mbv2"], "seeds": [0], "search": {
         "episodes": 3, "warmup": 1, "finetune": {"max_train_images": 128}, "quant": {"calib_images": 128},
         "agent": {"batch_size": 16}}}},
@@ -64,6 +65,9 @@ def test_bad_table_specs_name_the_file_and_key(tmp_path):
         TableSpec.load("tiny", tmp_path)
     with pytest.raises(ValueError, match="no scale 'huge'"):
         TableSpec.load("latency").scale("huge")
+    write_spec(tmp_path, refits=-1)
+    with pytest.raises(ValueError, match=r"tiny.yaml: refits must be a whole number >= 0 .* got -1"):
+        TableSpec.load("tiny", tmp_path)
 
 
 @pytest.mark.slow
@@ -73,9 +77,10 @@ def test_tiny_table_end_to_end_and_read_back(tmp_path, monkeypatch):
     df = run_table(spec, "mini", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results",
                    on_held_out=lambda done, total: held.append((done, total)))
     assert len(df) == 2 * 2 + 2 * 2  # (haq, random) and (w4a4, w8a8) on each hardware
-    # progress over the distinct policies measured held out (a fixed-bit row serves both presets)
-    assert held[0][0] == 0 and held[-1][0] == held[-1][1] == len({tables._held_out_key(r)
-                                                                  for r in df.to_dict("records")})
+    # progress over the finetunes of the distinct policies measured held out (a fixed-bit row serves both
+    # presets): each policy's own finetune and its one refit
+    assert held[0][0] == 0 and held[-1][0] == held[-1][1] == 2 * len({tables._held_out_key(r)
+                                                                      for r in df.to_dict("records")})
     written = pd.read_csv(tmp_path / "results" / "tiny-mini.csv", keep_default_na=False)
     assert len(written) == len(df)
     searched = written[written["method"] != "fixed"]
@@ -86,8 +91,11 @@ def test_tiny_table_end_to_end_and_read_back(tmp_path, monkeypatch):
     md = (tmp_path / "results" / "tiny-mini.md").read_text()
     assert "haq search, budget w4a4" in md and "Paper: 1.4-1.95x" in md and "depthwise w" in md
     assert "held-out top-1 (%)" in md and "on the held-out test split" in md
+    assert "| model | budget | method | search-validation | held out | held out, 1 refit |" in md
+    assert "held out, 1 refit (%)" in md and "held out over 1 refit, at least as accurate as uniform w4a4 in" in md
     assert (tmp_path / "results" / "tiny-mini-digits-mbv2-policies.png").stat().st_size > 0
-    assert "![top-1 against latency](tiny-mini-tradeoff.png)" in md and "(bottom panels: held out)" in md
+    assert "![top-1 against latency](tiny-mini-tradeoff.png)" in md
+    assert "(panels beneath: held out, and held out over 1 refit)" in md
     assert (tmp_path / "results" / "tiny-mini-tradeoff.png").stat().st_size > 0
 
     # every row's policy, finetuned again, measured on the test split no search sees: the same
@@ -101,6 +109,11 @@ def test_tiny_table_end_to_end_and_read_back(tmp_path, monkeypatch):
         got = ev.evaluate_splits(policy, ("val", "test"))
         assert got["val"]["top1"] == pytest.approx(r["accuracy"], abs=1e-3)
         assert got["test"]["top1"] == pytest.approx(r["test_accuracy"], abs=1e-3)
+        ev.seed = tables.refit_seed(0, 0)  # ... and its refit is a finetune with a seed no search used
+        refit = ev.evaluate_splits(policy, ("val", "test"))
+        ev.seed = 0
+        assert refit["val"]["top1"] == pytest.approx(r["val_accuracy_refits"], abs=1e-3)
+        assert refit["test"]["top1"] == pytest.approx(r["test_accuracy_refits"], abs=1e-3)
     cache = tmp_path / "runs" / "tiny-mini" / "held-out.json"
     before = (cache.read_text(), cache.stat().st_mtime_ns)
 
@@ -247,6 +260,9 @@ def test_rendering_says_when_the_best_policy_came_from_the_warm_up(tmp_path):
               "w8a8_over_cost": 4 / 0.3} for s in (0, 1)]  # far below the rest: pinned to the figure's edge
     text = render_table(spec, "mini", pd.DataFrame(rows), tmp_path)
     assert "![top-1 against latency](tiny-mini-tradeoff.png)" in text and "held out" not in text
+    # the paper's comparison in one line: searched minus uniform w4a4 of the same seed (97 - 96)
+    assert ("| model | budget | method | search-validation |\n|---|---|---|---|\n"
+            "| digits-mbv2 | w4a4 | haq | +1.00 |") in text
     assert (tmp_path / "tiny-mini-tradeoff.png").stat().st_size > 0
     assert "In 1 of 2 seeds the best policy came from the random warm-up (episode 1)" in text
     assert "at least as accurate as uniform w4a4 (same cost, the paper's comparison) in 2 of 2 seeds" in text
