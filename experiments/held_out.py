@@ -1,7 +1,8 @@
 """Add the held-out test top-1 to a table's CSV that was written before `haq table` measured it.
 
 `haq table` now finetunes each row's policy once more and measures it on the test split (which
-no search sees; `haq.tables.held_out`). A CSV from an earlier run, whose run folders are gone,
+no search sees), and `refits` more times with seeds no search used (`haq.tables.held_out`). A CSV
+from an earlier run, whose run folders are gone,
 gets the column from its own rows: the policy, model and seed of each row are enough, since an
 evaluation is a function of them and the thread count. Run it with the thread count the table
 ran with (the recorded mini tables: `--jobs 2` on 2 cores, one thread a process); rows whose
@@ -82,6 +83,8 @@ def main() -> None:
     parser.add_argument("--results", default=str(RESULTS_DIR), help="where its CSV is (default: experiments/results)")
     parser.add_argument("--jobs", type=int, default=1, help="processes (each with threads // jobs torch threads)")
     parser.add_argument("--runs", default="runs/tables", help="where the held-out cache and run folders are kept")
+    parser.add_argument("--refits", type=int, help="further finetunes per row's policy (default: the table's "
+                        "`refits`, 4 unless its YAML says otherwise; 0 measures the row's own finetune only)")
     parser.add_argument("--rerun-stale", action="store_true",
                         help="search again the searched rows whose top-1 did not reproduce, then measure them")
     args = parser.parse_args()
@@ -94,7 +97,8 @@ def main() -> None:
         if "reproduced" not in df.columns:
             raise SystemExit(f"{csv_path} has no 'reproduced' column yet: run this script without --rerun-stale first")
         df = rerun_stale(spec, args.scale, df, base, args.jobs)
-    df = held_out(spec, args.scale, df.drop(columns=HELD_OUT_COLUMNS, errors="ignore"), base, jobs=args.jobs)
+    df = held_out(spec, args.scale, df.drop(columns=HELD_OUT_COLUMNS, errors="ignore"), base, jobs=args.jobs,
+                  refits=args.refits)
     df.to_csv(csv_path, index=False, float_format="%.5g")
     render_table(spec, args.scale, df, Path(args.results))
     log.info("wrote %s and its markdown", csv_path)
