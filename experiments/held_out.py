@@ -25,6 +25,7 @@ starting over.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -90,6 +91,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     spec = TableSpec.load(args.table, args.config_dir)
+    if args.refits is not None:  # measured and labelled with this count
+        spec = dataclasses.replace(spec, refits=args.refits)
     csv_path = Path(args.results) / f"{spec.name}-{args.scale}.csv"
     df = pd.read_csv(csv_path, keep_default_na=False)
     base = Path(args.runs) / f"{spec.name}-{args.scale}"
@@ -97,8 +100,7 @@ def main() -> None:
         if "reproduced" not in df.columns:
             raise SystemExit(f"{csv_path} has no 'reproduced' column yet: run this script without --rerun-stale first")
         df = rerun_stale(spec, args.scale, df, base, args.jobs)
-    df = held_out(spec, args.scale, df.drop(columns=HELD_OUT_COLUMNS, errors="ignore"), base, jobs=args.jobs,
-                  refits=args.refits)
+    df = held_out(spec, args.scale, df.drop(columns=HELD_OUT_COLUMNS, errors="ignore"), base, jobs=args.jobs)
     df.to_csv(csv_path, index=False, float_format="%.5g")
     render_table(spec, args.scale, df, Path(args.results))
     log.info("wrote %s and its markdown", csv_path)
