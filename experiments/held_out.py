@@ -28,14 +28,10 @@ import argparse
 import dataclasses
 import json
 import logging
-import multiprocessing
-import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from haq import tables
 from haq.tables import RESULTS_DIR, SCALES, TABLES, Cell, TableSpec, held_out, render_table
@@ -47,7 +43,7 @@ HELD_OUT_COLUMNS = ["test_accuracy", "reproduced", "val_accuracy_refits", "test_
 def rerun_stale(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, jobs: int) -> pd.DataFrame:
     """`df` with each searched row that did not reproduce its top-1 replaced by a fresh search
     of its cell (in `jobs` processes, threads // jobs torch threads each); held-out columns dropped."""
-    stale = df[(df["method"] != "fixed") & ~df["reproduced"].astype(str).isin(["True", "true", "1"])]
+    stale = df[(df["method"] != "fixed") & tables.not_reproduced(df)]
     cells = [Cell(r["model"], r["hw"], str(r["budget"]), r["method"], int(r["seed"])) for r in stale.to_dict("records")]
     configs = {c: spec.config(scale, *c, tables._run_dir(base, c)) for c in cells}
     for cell, old in zip(cells, stale["accuracy"]):
@@ -60,9 +56,8 @@ def rerun_stale(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, jobs:
         run_dir.mkdir(parents=True)
         (run_dir / "rerun.json").write_text(json.dumps({"rerun_of_top1": float(old)}) + "\n")
         log.info("searching again: %s", run_dir.name)
-    threads = max(1, torch.get_num_threads() // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=tables._job_init,
-                             initargs=(os.getpid(),)) as pool:
+    threads = tables.job_threads(jobs)
+    with tables.job_pool(jobs) as pool:
         futures = {c: pool.submit(tables._search_job, configs[c].to_dict(), str(tables._run_dir(base, c)), threads)
                    for c in cells}
         summaries = {c: f.result() for c, f in futures.items()}

@@ -21,8 +21,10 @@ import dataclasses
 import itertools
 import json
 import logging
+import multiprocessing
 import os
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -310,14 +312,11 @@ def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, override
             policy = r["policy"] if r["method"] == "fixed" else (r["w_bits"], r["a_bits"])
             todo.setdefault((r["model"], int(r["seed"])), {})[key] = (policy, canonical, done)
     if todo:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        import torch
+        from concurrent.futures import as_completed
 
         configs = {(m, seed): spec.config(scale, m, spec.hardware[0], spec.model_budgets(scale, m)[0], "haq", seed,
                                           base / "unused", overrides) for m, seed in todo}
-        threads = max(1, torch.get_num_threads() // jobs)
+        threads = job_threads(jobs)
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         sizes = {g: sum(c + refits - d for _, c, d in p.values()) for g, p in todo.items()}
         total, finished = sum(sizes.values()), 0
@@ -341,8 +340,7 @@ def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, override
                 merge(group, _held_out_job(configs[group].to_dict(), policies, threads, refits))
             _JOB_EVALUATORS.clear()  # in this process: do not keep the model and data alive
         else:
-            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_job_init,
-                                     initargs=(os.getpid(),)) as pool:
+            with job_pool(jobs) as pool:
                 futures = {pool.submit(_held_out_job, configs[g].to_dict(), p, threads, refits): g
                            for g, p in todo.items()}
                 for future in as_completed(futures):
@@ -428,17 +426,13 @@ def _run_parallel(base: Path, configs: dict[Cell, SearchConfig], summaries: dict
     """The table's unfinished searches and baseline sets on `jobs` processes (spawned: a
     forked process would inherit the OpenMP state of this one). A failure stops the table;
     the searches that ran keep their checkpoints, so the next run resumes them."""
-    import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_EXCEPTION, Future, wait
 
-    import torch
-
-    threads = max(1, torch.get_num_threads() // jobs)
+    threads = job_threads(jobs)
     for cell in configs:
         if cell in summaries and on_finished is not None:
             on_finished(_run_dir(base, cell).name)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_job_init,
-                             initargs=(os.getpid(),)) as pool:
+    with job_pool(jobs) as pool:
         futures: dict[Future[Any], Any] = {}
         for cell, cfg in configs.items():
             if cell not in summaries:
@@ -473,6 +467,26 @@ def _run_parallel(base: Path, configs: dict[Cell, SearchConfig], summaries: dict
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     progress()
+
+
+def job_threads(jobs: int) -> int:
+    """Torch threads of each of `jobs` worker processes: this process's threads shared out."""
+    import torch
+
+    return max(1, torch.get_num_threads() // jobs)
+
+
+def job_pool(jobs: int) -> ProcessPoolExecutor:
+    """A pool of `jobs` worker processes for a table's searches and measurements (spawned: a
+    forked process would inherit the OpenMP state of this one; each exits with this process)."""
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_job_init,
+                               initargs=(os.getpid(),))
+
+
+def not_reproduced(df: pd.DataFrame) -> pd.Series:
+    """Rows whose policy, finetuned again for the held-out column, did not give the row's own
+    search-validation top-1 (``reproduced`` False, read back from a CSV as text or as a bool)."""
+    return ~df["reproduced"].astype(str).isin(["True", "true", "1"])
 
 
 def _job_init(parent: int) -> None:
@@ -634,7 +648,7 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
     held = verdicts(df.assign(accuracy=df["test_accuracy"])) if test else None
     refitted = verdicts(df.assign(accuracy=df["test_accuracy_refits"])) if refit else None
     if test and "reproduced" in df.columns:
-        stale = df[~df["reproduced"].astype(str).isin(["True", "true", "1"])]
+        stale = df[not_reproduced(df)]
         if len(stale):
             lines += ["", f"{len(stale)} of {len(df)} rows did not come out the same when their policy was finetuned "
                       "again for the held-out column (their search ran with another thread count or engine "
@@ -666,18 +680,13 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
         line += (f"at least as accurate as every fixed-bit baseline that costs as much or more in "
                  f"{int(g['beats_all_costlier'].sum())} of {len(g)} seeds"
                  + (f" (where not, it loses to {', '.join(lost)})" if lost else ""))
-        if held is not None:
-            hg = held.loc[g.index]
-            line += ("; on the held-out test split, " + (f"at least as accurate as uniform {budget} in "
-                                                          f"{int(hg['beats_budget_policy'].sum())} of {len(g)} "
-                                                          "and " if g["has_budget_policy"].all() else "")
-                     + f"as every costlier fixed-bit baseline in {int(hg['beats_all_costlier'].sum())} of {len(g)}")
-        if refitted is not None:
-            rg = refitted.loc[g.index]
-            line += (f"; held out over {refits_s}, " + (f"at least as accurate as uniform {budget} in "
-                                                         f"{int(rg['beats_budget_policy'].sum())} of {len(g)} and "
-                                                         if g["has_budget_policy"].all() else "")
-                     + f"as every costlier fixed-bit baseline in {int(rg['beats_all_costlier'].sum())} of {len(g)}")
+        for where, measured in (("on the held-out test split", held), (f"held out over {refits_s}", refitted)):
+            if measured is not None:
+                hg = measured.loc[g.index]
+                line += (f"; {where}, " + (f"at least as accurate as uniform {budget} in "
+                                           f"{int(hg['beats_budget_policy'].sum())} of {len(g)} and "
+                                           if g["has_budget_policy"].all() else "")
+                         + f"as every costlier fixed-bit baseline in {int(hg['beats_all_costlier'].sum())} of {len(g)}")
         if not w8.empty:
             refit_diff = haq["test_accuracy_refits"].mean() - w8["test_accuracy_refits"].mean() if refit else 0.0
             line += (f"; it costs {1 / haq['cost_ratio'].mean():.2f}x less than w8a8 at "
@@ -715,8 +724,8 @@ def _against_budget_policy(df: pd.DataFrame, test: bool, refit: bool, refits_s: 
                           **{c: float(r[c]) - float(u[c]) for c, _ in columns}})
     if not diffs:
         return []
-    lines = ["", "Searched minus the uniform policy of the same budget (the paper's comparison: same model, hardware "
-             "and seed), top-1 points, mean over seeds and hardware:", "",
+    lines = ["", ("Searched minus the uniform policy of the same budget (the paper's comparison: same model, hardware "
+                  "and seed), top-1 points, mean over seeds and hardware:"), "",
              "| model | budget | method | " + " | ".join(name for _, name in columns) + " |",
              "|---|---|---|" + "---|" * len(columns)]
     for (model, budget, method), g in pd.DataFrame(diffs).groupby(["model", "budget", "method"], sort=False):
