@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy.stats import truncnorm
 
-from haq.agent import EpisodeRewardReplayBuffer, TruncatedNormalNoise, _GradientStep
+from haq.agent import EpisodeRewardReplayBuffer, TruncatedNormalNoise, _GradientStep, _plain_mlp
 from haq.cli import main
 from haq.config import AgentConfig, SearchConfig
 from haq.policy import Policy
@@ -124,8 +124,10 @@ def test_replay_buffer_charges_requests_over_the_budget():
     np.testing.assert_allclose(buf.rewards[:4, 0], [-2.0, -2.0, 1.5, 1.5])
 
 
-def test_episode_target_updates_equal_sb3s_ddpg_updates(tmp_path):
-    """The target-network-free update used with episode targets is SB3's update, exactly."""
+@pytest.mark.parametrize("batch", [8, 37])
+def test_episode_target_updates_equal_sb3s_ddpg_updates(tmp_path, batch):
+    """The target-network-free, hand-backpropagated update used with episode targets is SB3's
+    update, exactly (37: loss normalisers that are not powers of two)."""
     from stable_baselines3 import DDPG
     from stable_baselines3.common.logger import configure
     from stable_baselines3.common.monitor import Monitor
@@ -135,8 +137,9 @@ def test_episode_target_updates_equal_sb3s_ddpg_updates(tmp_path):
     from haq.search import make_agent
     layers = [H.LayerSpec("c0", "conv", 3, 16, kernel=3, in_h=8, in_w=8, out_h=8, out_w=8), H.LayerSpec("fc", "fc", 16, 10)]
     env = MixedPrecisionEnv(layers, H.create_hw_model("bismo-edge"), 1.0, lambda policy: 90.0, fp_accuracy=95.0)
-    cfg = SearchConfig(agent=AgentConfig(episode_targets=True, batch_size=8))
+    cfg = SearchConfig(agent=AgentConfig(episode_targets=True, batch_size=batch))
     ours, sb3s = (make_agent(cfg, Monitor(env), env.n_steps) for _ in range(2))
+    assert _plain_mlp(ours.actor.mu) and _plain_mlp(ours.critic.q_networks[0])  # the autograd-free path runs
     rng = np.random.default_rng(0)
     for agent in (ours, sb3s):
         agent.set_logger(configure(None, [""]))
@@ -149,12 +152,12 @@ def test_episode_target_updates_equal_sb3s_ddpg_updates(tmp_path):
                 agent.replay_buffer.add(obs[t], obs[t + 1], act[t], np.array([final if last else 0.0]),
                                         np.array([last]), [{}])
     np.random.seed(3)
-    ours.train(5, batch_size=8)  # our batches are drawn by EpisodeRewardReplayBuffer.sample_targets
-    ours.train(3, batch_size=8)  # a second call finds the parameters already laid out in one buffer
+    ours.train(5, batch_size=batch)  # our batches are drawn by EpisodeRewardReplayBuffer.sample_targets
+    ours.train(3, batch_size=batch)  # a second call finds the parameters already laid out in one buffer
     after_ours = np.random.get_state()
     np.random.seed(3)
-    DDPG.train(sb3s, 5, batch_size=8)  # SB3's own update and sampler, target networks included
-    DDPG.train(sb3s, 3, batch_size=8)
+    DDPG.train(sb3s, 5, batch_size=batch)  # SB3's own update and sampler, target networks included
+    DDPG.train(sb3s, 3, batch_size=batch)
     # the same draws from NumPy's global random state, so later batches stay the same too
     assert all(np.array_equal(x, y) for x, y in zip(after_ours, np.random.get_state()))
     # Adam ran over one contiguous buffer per network, whose slices the modules hold
@@ -181,7 +184,7 @@ def test_episode_target_updates_equal_sb3s_ddpg_updates(tmp_path):
     resumed.set_logger(configure(None, [""]))
     for agent in (resumed, sb3s):
         np.random.seed(4)
-        agent.train(3, batch_size=8) if agent is resumed else DDPG.train(agent, 3, batch_size=8)
+        agent.train(3, batch_size=batch) if agent is resumed else DDPG.train(agent, 3, batch_size=batch)
     for a, b in ((resumed.actor, sb3s.actor), (resumed.critic, sb3s.critic)):
         for (name, p), q in zip(a.named_parameters(), b.parameters()):
             assert torch.equal(p, q), name
