@@ -433,7 +433,7 @@ class HAQDDPG(DDPG):
         sample = buffer.sample_targets if self._vec_normalize_env is None else None
         actor, critic = self.actor, self.critic
         actor_losses, critic_losses = [], []
-        manual = len(critic.q_networks) == 1 and _plain_mlp(actor.mu) and _plain_mlp(critic.q_networks[0])
+        manual = self._backprop_by_hand()
         for _ in range(gradient_steps):
             self._n_updates += 1
             if sample is not None:
@@ -460,6 +460,16 @@ class HAQDDPG(DDPG):
         if actor_losses:
             self.logger.record("train/actor_loss", float(np.mean(actor_losses)))
         self.logger.record("train/critic_loss", float(np.mean(critic_losses)))
+
+    def _backprop_by_hand(self) -> bool:
+        """Whether `train` backpropagates by hand (`_manual_step`): one critic, plain MLPs
+        (`_plain_mlp`), and their parameters are all that each optimiser updates (no trainable
+        feature extractor)."""
+        q_nets = self.critic.q_networks
+        return (len(q_nets) == 1 and _plain_mlp(self.actor.mu) and _plain_mlp(q_nets[0])
+                and all({id(p) for group in net_opt.param_groups for p in group["params"]}
+                        == {id(p) for p in net.parameters()}
+                        for net, net_opt in ((q_nets[0], self.critic.optimizer), (self.actor.mu, self.actor.optimizer))))
 
     def _manual_step(self, observations: th.Tensor, actions: th.Tensor, rewards: th.Tensor,
                      critic_step: _GradientStep, actor_step: _GradientStep, critic_losses: list[float],

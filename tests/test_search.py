@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy.stats import truncnorm
 
-from haq.agent import EpisodeRewardReplayBuffer, TruncatedNormalNoise, _GradientStep, _plain_mlp
+from haq.agent import EpisodeRewardReplayBuffer, TruncatedNormalNoise, _GradientStep
 from haq.cli import main
 from haq.config import AgentConfig, SearchConfig
 from haq.policy import Policy
@@ -124,10 +124,11 @@ def test_replay_buffer_charges_requests_over_the_budget():
     np.testing.assert_allclose(buf.rewards[:4, 0], [-2.0, -2.0, 1.5, 1.5])
 
 
-@pytest.mark.parametrize("batch", [8, 37])
-def test_episode_target_updates_equal_sb3s_ddpg_updates(tmp_path, batch):
-    """The target-network-free, hand-backpropagated update used with episode targets is SB3's
-    update, exactly (37: loss normalisers that are not powers of two)."""
+@pytest.mark.parametrize(("batch", "by_hand"), [(8, True), (37, True), (8, False)])
+def test_episode_target_updates_equal_sb3s_ddpg_updates(tmp_path, monkeypatch, batch, by_hand):
+    """The target-network-free update used with episode targets, backpropagated by hand (or,
+    for other networks, by autograd), is SB3's update, exactly (37: loss normalisers that are
+    not powers of two)."""
     from stable_baselines3 import DDPG
     from stable_baselines3.common.logger import configure
     from stable_baselines3.common.monitor import Monitor
@@ -139,7 +140,9 @@ def test_episode_target_updates_equal_sb3s_ddpg_updates(tmp_path, batch):
     env = MixedPrecisionEnv(layers, H.create_hw_model("bismo-edge"), 1.0, lambda policy: 90.0, fp_accuracy=95.0)
     cfg = SearchConfig(agent=AgentConfig(episode_targets=True, batch_size=batch))
     ours, sb3s = (make_agent(cfg, Monitor(env), env.n_steps) for _ in range(2))
-    assert _plain_mlp(ours.actor.mu) and _plain_mlp(ours.critic.q_networks[0])  # the autograd-free path runs
+    assert ours._backprop_by_hand()  # SB3's default MLPs: the autograd-free path runs unless turned off here
+    if not by_hand:
+        monkeypatch.setattr(type(ours), "_backprop_by_hand", lambda self: False)
     rng = np.random.default_rng(0)
     for agent in (ours, sb3s):
         agent.set_logger(configure(None, [""]))
