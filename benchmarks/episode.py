@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from collections.abc import Callable
 
@@ -153,24 +154,32 @@ def main() -> None:
     def validation() -> object:
         return evaluate(ev.run_model, ev.data, ev.data.val, ft.eval_batch_size, ft.bf16, ft.channels_last)
 
+    def progress(line: str) -> None:  # to stderr as it goes, so a run stopped at a time limit says how far it got
+        print(line, file=sys.stderr, flush=True)
+
+    progress(f"setup (model, data, evaluator) {setup:.1f} s; {len(data.train)} training images, "
+             f"{len(data.val)} validation")
     # warm-up (allocator, cuDNN autotuning, compilation), untimed
     t_compile = time.perf_counter()
     float_epoch()
     quant_epoch()
     validation()
     t_compile = time.perf_counter() - t_compile
+    progress(f"warm-up (one float and one quantized epoch, a validation{', compilation' if ft.compile else ''}) "
+             f"{t_compile:.1f} s")
 
     # Rounds of every part once (two agent episodes), medians over the rounds: the machine's
     # speed drifts between minutes, and interleaving makes the drift hit every part alike.
     agent = agent_episode(layers) if _has_sb3() else None
     parts: dict[str, list[float]] = {k: [] for k in ("float", "quant", "calibration", "validation", "agent")}
-    for _ in range(repeats):
+    for r in range(repeats):
         parts["float"].append(timed(float_epoch, device))
         parts["quant"].append(timed(quant_epoch, device))
         parts["calibration"].append(timed(lambda: ev.qmodel.apply(policy), device))
         parts["validation"].append(timed(validation, device))
         if agent is not None:
             parts["agent"] += [timed(agent, device) for _ in range(2)]
+        progress(f"round {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in parts.items() if v))
     res = {
         "float_epoch_s": float(np.median(parts["float"])),
         "calibration_s": float(np.median(parts["calibration"])),
