@@ -477,9 +477,9 @@ class HAQDDPG(DDPG):
         """One gradient step of `train` (critic, then the actor every ``policy_delay`` updates)
         for plain MLPs and one critic, backpropagated by hand (`_mlp_backward`): the same aten
         operations as autograd's backward, so the same gradients bit for bit, without building
-        and walking an autograd graph (about a quarter of a step's time on the 300-300 MLPs;
-        docs/performance.md). The gradients of ``mse_loss(q, r)`` and ``-q.mean()`` are
-        autograd's formulas: ``mse_loss_backward`` and ``-1 / n`` per element."""
+        and walking an autograd graph (7-9% of the agent's time per episode on the 300-300
+        MLPs; docs/performance.md). The gradients of ``mse_loss(q, r)`` and ``-q.mean()`` are
+        autograd's formulas: ``mse_loss_backward`` (reduction 1: mean) and ``-1 / n`` per element."""
         actor, critic = self.actor, self.critic
         q_net = critic.q_networks[0]
         with th.no_grad():
