@@ -37,7 +37,7 @@ from haq import tables
 from haq.tables import RESULTS_DIR, SCALES, TABLES, Cell, TableSpec, held_out, render_table
 
 log = logging.getLogger("held_out")
-HELD_OUT_COLUMNS = ["test_accuracy", "reproduced", "val_accuracy_refits", "test_accuracy_refits"]
+HELD_OUT_COLUMNS = ["test_accuracy", "reproduced", "val_accuracy_refits", "test_accuracy_refits", "refits"]
 
 
 def rerun_stale(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, jobs: int) -> pd.DataFrame:

@@ -6,6 +6,7 @@ User mistakes end with one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -231,12 +232,21 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+        value = low - 1
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
     return value
 
 
@@ -246,6 +256,8 @@ def cmd_table(args: argparse.Namespace) -> int:
     from haq.tables import RESULTS_DIR, TableSpec, render_table, run_table
 
     spec = TableSpec.load(args.table, args.config_dir)
+    if args.refits is not None:  # measured, and labelled in the markdown, with this count
+        spec = dataclasses.replace(spec, refits=args.refits)
     sc = spec.scale(args.scale)
     overrides: dict[str, Any] = {"episodes": args.episodes, "data_root": args.data_root, "device": args.device,
                                  "workers": args.workers, "ray_address": args.ray_address}
@@ -532,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config-dir", dest="config_dir", help="folder of the table YAMLs (default experiments/configs)")
     t.add_argument("--distill", action="store_true",
                    help="distil from the float model in every finetune (results as <table>-<scale>-distill)")
+    t.add_argument("--refits", type=nonnegative_int,
+                   help="further finetunes of each row's policy, measured held out (default: the table YAML's "
+                        "`refits`, 4); 0 for a quick look")
     t.add_argument("--render-only", action="store_true", help="re-render the markdown from the CSV")
     t.set_defaults(func=cmd_table)
 

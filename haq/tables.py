@@ -298,7 +298,7 @@ def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, override
     its own finetune's luck. So each policy is also finetuned `refits` more times (default: the
     spec's ``refits``), with seeds no search used (`refit_seed`), and measured on both splits:
     ``val_accuracy_refits`` and ``test_accuracy_refits`` are their means, the comparison the
-    selection cannot flatter.
+    selection cannot flatter, and ``refits`` their count.
     `progress` gets (finetunes run, finetunes to run), after each model and seed."""
     refits = spec.refits if refits is None else refits
     cache_path = base / "held-out.json"
@@ -350,6 +350,7 @@ def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, override
     if refits:
         out["val_accuracy_refits"] = [float(np.mean(cache[k]["refit_val"][:refits])) for k in keys]
         out["test_accuracy_refits"] = [float(np.mean(cache[k]["refit_test"][:refits])) for k in keys]
+        out["refits"] = refits  # the count the means are over, for the markdown's labels
     out["reproduced"] = [abs(cache[k]["val"] - float(acc)) <= 1e-3 for k, acc in zip(keys, df["accuracy"])]
     if not out["reproduced"].all():
         log.warning("%d of %d rows of %s-%s: the finetune run again gave another search-validation top-1 than the "
@@ -597,6 +598,7 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
     cloud model) the policy figure from the rows."""
     from haq.report import plot_tradeoff
 
+    out.mkdir(parents=True, exist_ok=True)
     by_model = {m: sorted(g["seed"].unique()) for m, g in df.groupby("model", sort=False)}
     if len({tuple(v) for v in by_model.values()}) == 1:
         seeds = f"Seeds {', '.join(map(str, next(iter(by_model.values()))))}"
@@ -605,7 +607,9 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
     units = hw_models.METRIC_UNITS[CONSTRAINTS[spec.constraint]]
     test = "test_accuracy" in df.columns
     refit = "test_accuracy_refits" in df.columns
-    k, refits_s = spec.refits, f"{spec.refits} refit{'s' if spec.refits != 1 else ''}"
+    # the count the CSV's refit means were measured with (written since `--refits`; before, the spec's)
+    k = int(df["refits"].iloc[0]) if refit and "refits" in df.columns and len(df) else spec.refits
+    refits_s = f"{k} refit{'s' if k != 1 else ''}"
     flag = " --distill" if tag == "-distill" else ""
     own = [f"`{m}` is searched with {_flat(pm['search'])}" for m, pm in (spec.scale(scale).get("per_model") or {}).items()
            if m in by_model and pm.get("search")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -97,6 +98,10 @@ def test_tiny_table_end_to_end_and_read_back(tmp_path, monkeypatch):
     assert "![top-1 against latency](tiny-mini-tradeoff.png)" in md
     assert "(panels beneath: held out, and held out over 1 refit)" in md
     assert (tmp_path / "results" / "tiny-mini-tradeoff.png").stat().st_size > 0
+    assert (written["refits"] == 1).all()
+    # the markdown labels the refits with the count the CSV was measured with, whatever the YAML says now
+    relabelled = render_table(dataclasses.replace(spec, refits=3), "mini", written, tmp_path / "rendered")
+    assert "held out, 1 refit (%)" in relabelled and "3 refits" not in relabelled
 
     # every row's policy, finetuned again, measured on the test split no search sees: the same
     # finetune as the row's accuracy (which it reproduces), so a fresh evaluator gives the same numbers
@@ -245,6 +250,9 @@ def test_cli_table_paper_scale_needs_a_data_root(capsys):
     assert main(["table", "latency", "--scale", "paper"]) == 2
     assert "--data-root" in capsys.readouterr().err
     assert main(["table", "nope"]) == 2
+    with pytest.raises(SystemExit):
+        main(["table", "latency", "--refits", "-1"])
+    assert "--refits: must be an integer >= 0, got '-1'" in capsys.readouterr().err
 
 
 def test_rendering_says_when_the_best_policy_came_from_the_warm_up(tmp_path):
