@@ -258,6 +258,8 @@ def cmd_table(args: argparse.Namespace) -> int:
     spec = TableSpec.load(args.table, args.config_dir)
     if args.refits is not None:  # measured, and labelled in the markdown, with this count
         spec = dataclasses.replace(spec, refits=args.refits)
+    if args.models:
+        spec = spec.only_models(args.scale, args.models)
     sc = spec.scale(args.scale)
     overrides: dict[str, Any] = {"episodes": args.episodes, "data_root": args.data_root, "device": args.device,
                                  "workers": args.workers, "ray_address": args.ray_address}
@@ -532,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--scale", choices=["mini", "paper"], default="mini",
                    help="mini: the digits models on CPU (minutes a search, 20 minutes to hours a table); paper: ImageNet-100 and the paper's models on a GPU")
     t.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the scale's)")
+    t.add_argument("--models", nargs="+", help="only these of the scale's models (default: all)")
     t.add_argument("--episodes", type=int, help="override the episodes of every search")
     t.add_argument("--data-root", dest="data_root", help="local ImageNet folder (paper scale)")
     t.add_argument("--device", help="cpu, cuda, ... (default: the scale's)")

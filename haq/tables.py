@@ -23,7 +23,7 @@ import json
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -136,6 +136,16 @@ class TableSpec:
         if scale not in self.scales:
             raise ValueError(f"table {self.name} has no scale {scale!r}; valid: {sorted(self.scales)}")
         return self.scales[scale]
+
+    def only_models(self, scale: str, models: Sequence[str]) -> TableSpec:
+        """This table with `scale` reduced to `models` (a quick look at some of its models);
+        an unknown name is a ValueError naming the table's models at that scale."""
+        sc = self.scale(scale)
+        unknown = [m for m in models if m not in sc["models"]]
+        if unknown or not models:
+            raise ValueError(f"table {self.name} at scale {scale!r} has no model(s) {unknown}; "
+                             f"valid: {list(sc['models'])}")
+        return dataclasses.replace(self, scales={**self.scales, scale: {**sc, "models": list(models)}})
 
     def seeds(self, scale: str, model: str) -> list[int]:
         """The seeds of `model` at `scale` (its ``per_model`` entry, else the scale's)."""

@@ -246,6 +246,16 @@ def test_bad_per_model_settings_name_the_file_and_model(tmp_path, per_model, mes
         TableSpec.load("tiny", tmp_path)
 
 
+def test_a_table_can_be_reduced_to_some_of_its_models(capsys):
+    spec = TableSpec.load("latency")
+    only = spec.only_models("mini", ["digits-mbv2"])
+    assert {c.model for c in only.cells("mini")} == {"digits-mbv2"}
+    assert only.cells("mini") == [c for c in spec.cells("mini") if c.model == "digits-mbv2"]
+    assert spec.scale("mini")["models"] == ["digits-mbv2", "digits32-mbv2"]  # the spec itself is unchanged
+    assert main(["table", "latency", "--models", "resnet50", "--render-only"]) == 2
+    assert "has no model(s) ['resnet50']; valid: ['digits-mbv2', 'digits32-mbv2']" in capsys.readouterr().err
+
+
 def test_cli_table_paper_scale_needs_a_data_root(capsys):
     assert main(["table", "latency", "--scale", "paper"]) == 2
     assert "--data-root" in capsys.readouterr().err
