@@ -34,6 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from haq import tables
+from haq.cli import nonnegative_int
 from haq.tables import RESULTS_DIR, SCALES, TABLES, Cell, TableSpec, held_out, render_table
 
 log = logging.getLogger("held_out")
@@ -79,7 +80,7 @@ def main() -> None:
     parser.add_argument("--results", default=str(RESULTS_DIR), help="where its CSV is (default: experiments/results)")
     parser.add_argument("--jobs", type=int, default=1, help="processes (each with threads // jobs torch threads)")
     parser.add_argument("--runs", default="runs/tables", help="where the held-out cache and run folders are kept")
-    parser.add_argument("--refits", type=int, help="further finetunes per row's policy (default: the table's "
+    parser.add_argument("--refits", type=nonnegative_int, help="further finetunes per row's policy (default: the table's "
                         "`refits`, 4 unless its YAML says otherwise; 0 measures the row's own finetune only)")
     parser.add_argument("--rerun-stale", action="store_true",
                         help="search again the searched rows whose top-1 did not reproduce, then measure them")
