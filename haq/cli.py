@@ -267,6 +267,12 @@ def cmd_table(args: argparse.Namespace) -> int:
     if args.distill:
         overrides["finetune"] = {"distill": True}
         tag = "-distill"
+    if args.episodes is not None:  # searches unlike the YAML's: run folders and result files of their own
+        tag += f"-episodes{args.episodes}"
+    # experiments/results holds whole tables as their YAML sets them; a run of fewer models or seeds, or
+    # with other episodes or refits, writes beside its run folders unless --results says otherwise
+    partial = [f"--{k}" for k in ("models", "seeds", "episodes", "refits") if getattr(args, k) is not None]
+    out = Path(args.results) if args.results else Path(args.runs) / "results" if partial else RESULTS_DIR
     if args.scale == "paper" and not (args.data_root or (sc.get("search") or {}).get("data_root")):
         raise UsageError(f"--scale paper searches {sc.get('search', {}).get('dataset', 'ImageNet')} with "
                          f"{', '.join(sc['models'])}: give --data-root (a local ImageNet folder; nothing is downloaded)")
@@ -276,10 +282,10 @@ def cmd_table(args: argparse.Namespace) -> int:
     if args.render_only:
         import pandas as pd
 
-        out = Path(args.results or RESULTS_DIR)
         csv_path = out / f"{spec.name}-{args.scale}{tag}.csv"
         if not csv_path.is_file():
-            raise FileNotFoundError(f"{csv_path} does not exist; run `haq table {spec.name} --scale {args.scale}` first")
+            raise FileNotFoundError(f"{csv_path} does not exist; run the table first (the same command "
+                                    "without --render-only)")
         print(render_table(spec, args.scale, pd.read_csv(csv_path, keep_default_na=False), out, tag))
         return 0
     seeds = args.seeds  # None: each model's own
@@ -316,16 +322,17 @@ def cmd_table(args: argparse.Namespace) -> int:
         held_bar[0].update(done - held_bar[0].n)
 
     try:
-        df = run_table(spec, args.scale, seeds=seeds, runs_dir=args.runs, results_dir=args.results,
+        df = run_table(spec, args.scale, seeds=seeds, runs_dir=args.runs, results_dir=out,
                        overrides=overrides, tag=tag, jobs=args.jobs, on_search=on_search, on_episode=on_episode,
                        on_finished=on_finished, on_progress=on_progress, on_held_out=on_held_out)
     finally:
         for b in episode_bar + held_bar:
             b.close()
         bar.close()
-    out = Path(args.results or RESULTS_DIR)
     print((out / f"{spec.name}-{args.scale}{tag}.md").read_text())
     print(f"{len(df)} rows in {out / f'{spec.name}-{args.scale}{tag}.csv'}; runs in {args.runs}/{spec.name}-{args.scale}{tag}/")
+    if partial and not args.results:
+        print(f"(not the whole table: {', '.join(partial)} given, so {RESULTS_DIR} was left as it was)")
     return 0
 
 
@@ -543,7 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, help="evaluate this many policies at once on Ray workers")
     t.add_argument("--ray-address", dest="ray_address", help="Ray cluster to join (default: a local Ray instance)")
     t.add_argument("--runs", default="runs/tables", help="where the searches' run directories go")
-    t.add_argument("--results", help="where the CSV, markdown and figures go (default experiments/results)")
+    t.add_argument("--results", help="where the CSV, markdown and figures go (default experiments/results; "
+                   "RUNS/results when --models, --seeds, --episodes or --refits is given)")
     t.add_argument("--config-dir", dest="config_dir", help="folder of the table YAMLs (default experiments/configs)")
     t.add_argument("--distill", action="store_true",
                    help="distil from the float model in every finetune (results as <table>-<scale>-distill)")

@@ -256,6 +256,27 @@ def test_a_table_can_be_reduced_to_some_of_its_models(capsys):
     assert "has no model(s) ['resnet50']; valid: ['digits-mbv2', 'digits32-mbv2']" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_a_partial_table_leaves_the_whole_tables_results_alone(tmp_path, capsys):
+    """--models/--seeds/--episodes/--refits measure something other than the YAML's table: by default
+    they write beside their run folders, never over experiments/results (where the whole tables are)."""
+    write_spec(tmp_path, hardware=["bismo-edge"], methods=["haq"], refits=0)
+    runs = tmp_path / "runs"
+    before = {p.name: p.stat().st_mtime_ns for p in tables.RESULTS_DIR.iterdir()}
+    assert main(["table", "tiny", "--config-dir", str(tmp_path), "--runs", str(runs), "--episodes", "2"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in tables.RESULTS_DIR.iterdir()} == before
+    df = pd.read_csv(runs / "results" / "tiny-mini-episodes2.csv", keep_default_na=False)
+    assert (df[df["method"] == "haq"]["episodes"] == 2).all()
+    # the searches got run folders of their own: a whole table's (3 episodes) would clash with them
+    assert (runs / "tiny-mini-episodes2" / "digits-mbv2-bismo-edge-w4a4-haq-seed0" / "summary.json").is_file()
+    out = capsys.readouterr().out
+    assert "--episodes given, so" in out and str(runs / "results" / "tiny-mini-episodes2.csv") in out
+    # --render-only finds the partial table where it was written
+    assert main(["table", "tiny", "--config-dir", str(tmp_path), "--runs", str(runs), "--episodes", "2",
+                 "--render-only"]) == 0
+    assert "tiny latency table" in capsys.readouterr().out
+
+
 def test_cli_table_paper_scale_needs_a_data_root(capsys):
     assert main(["table", "latency", "--scale", "paper"]) == 2
     assert "--data-root" in capsys.readouterr().err
