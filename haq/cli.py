@@ -240,6 +240,16 @@ def nonnegative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def model_weights(text: str) -> tuple[str, str]:
+    """argparse type: ``MODEL=PATH`` with PATH an existing file."""
+    model, sep, path = text.partition("=")
+    if not sep or not model or not path:
+        raise argparse.ArgumentTypeError(f"must look like MODEL=PATH (e.g. mobilenet_v2=mbv2.pth), got {text!r}")
+    if not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"weights file {path} (for {model}) does not exist")
+    return model, path
+
+
 def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
@@ -260,6 +270,8 @@ def cmd_table(args: argparse.Namespace) -> int:
         spec = dataclasses.replace(spec, refits=args.refits)
     if args.models:
         spec = spec.only_models(args.scale, args.models)
+    if args.weights:
+        spec = spec.with_weights(args.scale, dict(args.weights))
     sc = spec.scale(args.scale)
     overrides: dict[str, Any] = {"episodes": args.episodes, "data_root": args.data_root, "device": args.device,
                                  "workers": args.workers, "ray_address": args.ray_address}
@@ -276,6 +288,12 @@ def cmd_table(args: argparse.Namespace) -> int:
     if args.scale == "paper" and not (args.data_root or (sc.get("search") or {}).get("data_root")):
         raise UsageError(f"--scale paper searches {sc.get('search', {}).get('dataset', 'ImageNet')} with "
                          f"{', '.join(sc['models'])}: give --data-root (a local ImageNet folder; nothing is downloaded)")
+    untrained = spec.untrained(args.scale)
+    if untrained and not args.render_only:
+        raise UsageError(f"table {spec.name} at scale {args.scale!r} would search {', '.join(untrained)} untrained: "
+                         "give their weights, --weights " + " ".join(f"{m}=PATH" for m in untrained)
+                         + " (local state dicts trained on ImageNet; torchvision's ImageNet checkpoints of "
+                         "mobilenet_v2, resnet18 and resnet50 load as they are; nothing is downloaded)")
     if args.jobs > 1 and (args.workers or 1) > 1:
         raise UsageError(f"--jobs {args.jobs} runs whole searches in parallel and --workers {args.workers} the policies "
                          "of one search: choose one")
@@ -549,6 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run this many searches at once, each in its own process with cores/N threads (default 1)")
     t.add_argument("--workers", type=int, help="evaluate this many policies at once on Ray workers")
     t.add_argument("--ray-address", dest="ray_address", help="Ray cluster to join (default: a local Ray instance)")
+    t.add_argument("--weights", nargs="+", action="extend", type=model_weights, metavar="MODEL=PATH",
+                   help="a local weights file for each of the scale's models that has no training of its own "
+                   "(the paper scale's ImageNet networks)")
     t.add_argument("--runs", default="runs/tables", help="where the searches' run directories go")
     t.add_argument("--results", help="where the CSV, markdown and figures go (default experiments/results; "
                    "RUNS/results when --models, --seeds, --episodes or --refits is given)")

@@ -65,6 +65,7 @@ class SearchData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: str = "none"
+    source_classes: int | None = None  # classes in the folder the splits' classes came from (None: num_classes)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -313,7 +314,9 @@ def load_imagenet(
     else:
         log.warning("%s has no val/ folder; the test split is the search-val split", root)
         test = val
-    return SearchData("imagenet", train, val, test, len(classes), IMAGENET_MEAN, IMAGENET_STD, augment="crop-flip")
+    source = sum(1 for p in (root / "train").iterdir() if p.is_dir())
+    return SearchData("imagenet", train, val, test, len(classes), IMAGENET_MEAN, IMAGENET_STD, augment="crop-flip",
+                      source_classes=source)
 
 
 def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **kwargs: object) -> SearchData:

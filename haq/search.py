@@ -40,7 +40,7 @@ from haq.agent import HAQDDPG, EpisodeRewardReplayBuffer, TruncatedNormalNoise
 from haq.config import SearchConfig, budget_kind
 from haq.data import SearchData, load_dataset
 from haq.evaluator import QuantEvaluator
-from haq.models import create_model, model_entry
+from haq.models import checkpoint_classes, create_model, model_entry
 from haq.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,34 @@ def load_model_and_data(model: str, weights: str | None = None, dataset: str | N
         data_kwargs = {**entry.data, **data_kwargs}
     data = load_dataset(dataset or entry.dataset, data_root, **data_kwargs)
     kwargs = {"num_classes": data.num_classes} if entry.pretrain is None or weights else {}
+    if weights is not None:
+        kwargs["num_classes"] = _head_classes(weights, data)
+    elif entry.pretrain is None:
+        log.warning("%s has no trained weights (none given with --weights): the search quantizes an untrained "
+                    "network, whose accuracy says nothing about the policies", model)
     return create_model(model, weights=weights, **kwargs), data, kwargs
+
+
+def _head_classes(weights: str, data: SearchData) -> int:
+    """The classifier size to build for a weights file on `data`: the data's, or the file's when
+    it has more outputs and the data's classes are the first of a folder holding as many classes
+    as it has outputs (ImageNet-100 from a full ImageNet ``train/``, sorted folder names being the
+    ImageNet class order): an ImageNet-1k checkpoint then keeps its 1000 outputs, as the paper's
+    networks and their cost do, and the labels 0-99 are its own first 100 classes."""
+    classes = checkpoint_classes(weights)
+    if classes is None or classes == data.num_classes:
+        return data.num_classes
+    source = data.source_classes or data.num_classes
+    if classes < data.num_classes or source != classes:
+        raise ValueError(f"weights file {weights} has {classes} output classes and the {data.name} search data "
+                         f"{data.num_classes}" + (f" (the first of {source} class folders)" if source != data.num_classes
+                                                  else "")
+                         + ": the data's labels cannot be matched to its outputs; give weights trained on these "
+                         f"{data.num_classes} classes, or a data folder whose class folders are the {classes} classes "
+                         "the weights were trained on (e.g. a full ImageNet train/ for ImageNet-1k weights)")
+    log.info("weights file %s: keeping its %d outputs; the data's %d classes are its first %d", weights, classes,
+             data.num_classes, data.num_classes)
+    return classes
 
 
 def build_evaluator(config: SearchConfig) -> QuantEvaluator:

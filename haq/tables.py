@@ -34,6 +34,7 @@ import pandas as pd
 import hw_models
 from haq.config import CONSTRAINTS, SearchConfig, budget_kind, load_yaml
 from haq.evaluator import QuantEvaluator
+from haq.models import model_entry
 from haq.policy import Policy
 from haq.search import Search, _atomic_write, build_evaluator, build_parts, check_evaluator, read_episodes
 
@@ -146,6 +147,29 @@ class TableSpec:
             raise ValueError(f"table {self.name} at scale {scale!r} has no model(s) {unknown}; "
                              f"valid: {list(sc['models'])}")
         return dataclasses.replace(self, scales={**self.scales, scale: {**sc, "models": list(models)}})
+
+    def with_weights(self, scale: str, weights: dict[str, str]) -> TableSpec:
+        """This table with `scale`'s models loading the given local weights files (model name ->
+        path; a ``search.weights`` of the model's ``per_model`` entry); an unknown name is a
+        ValueError naming the table's models at that scale."""
+        sc = self.scale(scale)
+        unknown = [m for m in weights if m not in sc["models"]]
+        if unknown:
+            raise ValueError(f"table {self.name} at scale {scale!r} has no model(s) {unknown}; "
+                             f"valid: {list(sc['models'])}")
+        per_model = {m: dict(v) for m, v in (sc.get("per_model") or {}).items()}
+        for model, path in weights.items():
+            entry = per_model.setdefault(model, {})
+            entry["search"] = {**(entry.get("search") or {}), "weights": str(path)}
+        return dataclasses.replace(self, scales={**self.scales, scale: {**sc, "per_model": per_model}})
+
+    def untrained(self, scale: str) -> list[str]:
+        """The models of `scale` that would be searched untrained: no pretraining of their own
+        (only the digits networks have one) and no ``weights`` in the table's settings."""
+        sc = self.scale(scale)
+        return [m for m in sc["models"] if model_entry(m).pretrain is None
+                and not (self._per_model(scale, m).get("search") or {}).get("weights")
+                and not (sc.get("search") or {}).get("weights")]
 
     def seeds(self, scale: str, model: str) -> list[int]:
         """The seeds of `model` at `scale` (its ``per_model`` entry, else the scale's)."""

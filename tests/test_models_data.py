@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from haq import Policy, extract_layers
 from haq.data import augment_batch, batches, load_cifar10, load_dataset, load_imagenet
 from haq.models import create_model, list_models, load_weights, model_entry
 from haq.qmodel import QuantConfig, QuantizedModel
+from haq.search import load_model_and_data
 
 
 class TorchvisionStyleNet(nn.Module):
@@ -172,6 +175,84 @@ def test_weights_file_errors(tmp_path):
     torch.save(nn.Linear(3, 3).state_dict(), wrong)
     with pytest.raises(ValueError, match="does not fit this model"):
         load_weights(fresh, wrong)
+
+
+TORCHVISION = json.loads((Path(__file__).parent / "data" / "torchvision_layouts.json").read_text())
+
+
+def layout_state(layout, seed=0, counters=True):
+    """A state dict with a checkpoint's names and shapes (tests/data/torchvision_layouts.json,
+    written from torchvision itself) and values no two tensors share."""
+    gen = torch.Generator().manual_seed(seed)
+    return {name: torch.tensor(0) if name.endswith("num_batches_tracked") else torch.randn(shape, generator=gen)
+            for name, shape in layout if counters or not name.endswith("num_batches_tracked")}
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18", "resnet50"])
+def test_torchvision_imagenet_checkpoints_load_into_our_networks(tmp_path, name):
+    """A user with ImageNet brings torchvision's weights files: ResNets under the same names,
+    MobileNetV2 (projection conv and its BatchNorm not nested as ours) by position."""
+    state = layout_state(TORCHVISION["layouts"][name])
+    path = tmp_path / f"{name}.pth"
+    torch.save(state, path)
+    ours = create_model(name, weights=path).state_dict()
+    mine = [k for k in ours if not k.endswith("num_batches_tracked")]
+    theirs = [k for k in state if not k.endswith("num_batches_tracked")]
+    assert len(mine) == len(theirs)
+    for a, b in zip(mine, theirs):
+        assert torch.equal(ours[a], state[b]), (a, b)
+    if name.startswith("resnet"):
+        assert mine == theirs
+    else:  # torchvision's published MobileNetV2 file predates BatchNorm's step counters
+        torch.save(layout_state(TORCHVISION["layouts"][name], counters=False), path)
+        assert torch.equal(create_model(name, weights=path).state_dict()[mine[-1]], state[theirs[-1]])
+
+
+def test_a_checkpoint_of_another_layout_is_refused_not_loaded_by_position(tmp_path):
+    layout = list(TORCHVISION["layouts"]["mobilenet_v2"])
+    layout[0], layout[-2] = layout[-2], layout[0]  # the same tensors in another order: no positional match
+    torch.save(layout_state(layout), tmp_path / "shuffled.pth")
+    with pytest.raises(ValueError, match=r"shuffled.pth does not fit this model: missing .* nor does it hold the same"):
+        create_model("mobilenet_v2", weights=tmp_path / "shuffled.pth")
+    # the same names with another classifier size name the tensor and both shapes
+    torch.save(create_model("resnet18", num_classes=10).state_dict(), tmp_path / "r10.pth")
+    with pytest.raises(ValueError, match=r"fc.weight \(10, 512\) in the file, \(1000, 512\) in the model"):
+        create_model("resnet18", weights=tmp_path / "r10.pth")
+
+
+def write_image_folder(root, classes, n=3, seed=0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        for cls in classes:
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def test_a_checkpoint_with_more_classes_keeps_them_when_the_data_are_its_first_classes(tmp_path):
+    """ImageNet-100 from a full ImageNet train/ with ImageNet-1k weights: the network keeps its
+    1000 outputs (as the paper's do, and their cost) and labels 0-99 are its first classes."""
+    root = write_image_folder(tmp_path / "in", ["n04", "n01", "n03", "n02"])  # 4 class folders
+    four = create_model("mobilenet_v2_cifar", num_classes=4)
+    torch.save(four.state_dict(), tmp_path / "four.pth")
+    args = {"dataset": "imagenet", "data_root": root, "num_classes": 2, "n_train": 4, "n_val": 2, "size": 32}
+    model, data, kwargs = load_model_and_data("mobilenet_v2_cifar", str(tmp_path / "four.pth"), **args)
+    assert data.num_classes == 2 and data.source_classes == 4 and set(data.train.labels.tolist()) <= {0, 1}
+    assert kwargs == {"num_classes": 4} and model.classifier[-1].out_features == 4
+    torch.testing.assert_close(model.classifier[-1].weight, four.classifier[-1].weight)
+    # weights of more classes than the folder holds: which output is which class is unknown
+    torch.save(create_model("mobilenet_v2_cifar", num_classes=6).state_dict(), tmp_path / "six.pth")
+    with pytest.raises(ValueError, match=r"six.pth has 6 output classes and the imagenet search data 2 \(the first "
+                                         r"of 4 class folders\): the data's labels cannot be matched"):
+        load_model_and_data("mobilenet_v2_cifar", str(tmp_path / "six.pth"), **args)
+    # weights trained on the data's own classes are loaded as they are
+    torch.save(create_model("mobilenet_v2_cifar", num_classes=2).state_dict(), tmp_path / "two.pth")
+    model, _, kwargs = load_model_and_data("mobilenet_v2_cifar", str(tmp_path / "two.pth"), **args)
+    assert kwargs == {"num_classes": 2} and model.classifier[-1].out_features == 2
 
 
 def write_cifar(root, n_per_batch=20):

@@ -277,6 +277,35 @@ def test_a_partial_table_leaves_the_whole_tables_results_alone(tmp_path, capsys)
     assert "tiny latency table" in capsys.readouterr().out
 
 
+def test_paper_scale_needs_trained_weights_for_its_imagenet_networks(tmp_path, capsys):
+    """No ImageNet network ships trained and nothing is downloaded: a paper-scale table names the
+    models it would search untrained, and --weights MODEL=PATH gives each its local file."""
+    root = str(tmp_path)
+    assert main(["table", "latency", "--scale", "paper", "--data-root", root]) == 2
+    err = capsys.readouterr().err
+    assert "would search mobilenet_v1, mobilenet_v2 untrained" in err
+    assert "--weights mobilenet_v1=PATH mobilenet_v2=PATH" in err
+    mbv2 = tmp_path / "mbv2.pth"
+    mbv2.write_bytes(b"")
+    assert main(["table", "latency", "--scale", "paper", "--data-root", root, "--weights", f"mobilenet_v2={mbv2}"]) == 2
+    assert "would search mobilenet_v1 untrained" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["table", "latency", "--scale", "paper", "--weights", f"mobilenet_v2={tmp_path / 'nope.pth'}"])
+    assert "nope.pth (for mobilenet_v2) does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["table", "latency", "--weights", "mbv2.pth"])
+    assert "must look like MODEL=PATH" in capsys.readouterr().err
+    spec = TableSpec.load("latency")
+    with pytest.raises(ValueError, match=r"has no model\(s\) \['resnet50'\]; valid: \['mobilenet_v1', 'mobilenet_v2'\]"):
+        spec.with_weights("paper", {"resnet50": str(mbv2)})
+    given = spec.with_weights("paper", {"mobilenet_v2": str(mbv2)})
+    assert given.config("paper", "mobilenet_v2", "bismo-edge", "w4a4", "haq", 0, tmp_path).weights == str(mbv2)
+    assert given.config("paper", "mobilenet_v1", "bismo-edge", "w4a4", "haq", 0, tmp_path).weights is None
+    assert given.untrained("paper") == ["mobilenet_v1"] and spec.untrained("mini") == []
+    # the paper-scale settings of the model survive (PAPER_AGENT, episodes, dataset)
+    assert given.config("paper", "mobilenet_v2", "bismo-edge", "w4a4", "haq", 0, tmp_path).episodes == 600
+
+
 def test_cli_table_paper_scale_needs_a_data_root(capsys):
     assert main(["table", "latency", "--scale", "paper"]) == 2
     assert "--data-root" in capsys.readouterr().err

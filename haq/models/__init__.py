@@ -90,8 +90,9 @@ def model_entry(name: str) -> ModelEntry:
     return _MODELS[name]
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Load a state dict (or a checkpoint dict with ``state_dict``/``model`` inside) from a local file."""
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The state dict in a local file: a bare one, or a checkpoint dict holding it under
+    ``state_dict`` or ``model``; DataParallel's ``module.`` prefix is dropped."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
@@ -104,13 +105,66 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
             if isinstance(state.get(key), dict):
                 state = state[key]
                 break
-    if not isinstance(state, dict):
-        raise ValueError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"weights file {path} does not fit this model: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"weights file {path} holds a {type(state).__name__}, not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _counted(key: str) -> bool:
+    """Whether a state-dict entry holds weights (BatchNorm's step counter does not, and
+    checkpoints from before PyTorch 0.4.1 lack it)."""
+    return not key.endswith("num_batches_tracked")
+
+
+def _by_position(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """`state` renamed to `own`'s names, if it is the same network under other module names:
+    the same number of tensors, in order with the same shapes and the same last name component
+    (``weight``, ``bias``, ``running_mean``, ...); else None."""
+    mine, theirs = [k for k in own if _counted(k)], [k for k in state if _counted(k)]
+    if len(mine) != len(theirs) or any(
+            a.rsplit(".", 1)[-1] != b.rsplit(".", 1)[-1] or own[a].shape != state[b].shape
+            for a, b in zip(mine, theirs)):
+        return None
+    return {a: state[b] for a, b in zip(mine, theirs)}
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load a local state dict (see `read_state_dict`) into `model`, every tensor of it.
+
+    The names must be the model's, or the file must hold the same network under other module
+    names: then it is loaded by position, tensor for tensor, when every shape and last name
+    component agrees in order (torchvision's MobileNetV2 keeps each block's projection
+    convolution and its BatchNorm as two entries of the block where ours nests them in one).
+    BatchNorm step counters missing from old checkpoints are left as they are.
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    if {k for k in state if _counted(k)} != {k for k in own if _counted(k)}:
+        mapped = _by_position(own, state)
+        if mapped is None:
+            missing = [k for k in own if _counted(k) and k not in state]
+            unexpected = [k for k in state if k not in own]
+            wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+            raise ValueError(f"weights file {path} does not fit this model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}, other shapes {wrong[:5]} "
+                             f"({len(missing)}, {len(unexpected)} and {len(wrong)} in all); nor does it hold "
+                             "the same tensors in the same order under other names")
+        log.info("weights file %s: %d tensors loaded by position (its module names differ from %s's)",
+                 path, len(mapped), type(model).__name__)
+        state = mapped
+    wrong = [f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
+             for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"weights file {path} does not fit this model: {'; '.join(wrong[:3])}"
+                         + (f" ({len(wrong)} tensors in all)" if len(wrong) > 3 else ""))
+    model.load_state_dict({k: state.get(k, v) for k, v in own.items()})
+
+
+def checkpoint_classes(path: str | os.PathLike[str]) -> int | None:
+    """The number of outputs of the last fully connected layer in a weights file (its last
+    2-D ``weight``, in the forward order state dicts keep), or None if it has none."""
+    last = [v for k, v in read_state_dict(path).items() if k.endswith("weight") and v.ndim == 2]
+    return int(last[-1].shape[0]) if last else None
 
 
 def cache_dir() -> Path:
@@ -231,5 +285,5 @@ register_model("resnet20", _resnet20, (3, 32, 32), "cifar10")
 register_model("resnet18", _resnet18, (3, 224, 224), "imagenet")
 register_model("resnet50", _resnet50, (3, 224, 224), "imagenet")
 
-__all__ = ["ModelEntry", "cache_dir", "create_model", "list_models", "load_weights", "model_entry",
-           "pretrained_digits", "register_model", "train_on_digits"]
+__all__ = ["ModelEntry", "cache_dir", "checkpoint_classes", "create_model", "list_models", "load_weights",
+           "model_entry", "pretrained_digits", "read_state_dict", "register_model", "train_on_digits"]
