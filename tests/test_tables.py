@@ -16,9 +16,11 @@ import yaml
 
 from haq import tables
 from haq.cli import main
+from haq.models import create_model
 from haq.policy import Policy
-from haq.search import build_evaluator
+from haq.search import build_evaluator, load_model_and_data
 from haq.tables import Cell, TableSpec, render_table, run_table
+from haq.train import evaluate
 
 TINY = {
     "title": "tiny latency table", "constraint": "latency", "hardware": ["bismo-edge", "bismo-cloud"],
@@ -304,6 +306,37 @@ def test_paper_scale_needs_trained_weights_for_its_imagenet_networks(tmp_path, c
     assert given.untrained("paper") == ["mobilenet_v1"] and spec.untrained("mini") == []
     # the paper-scale settings of the model survive (PAPER_AGENT, episodes, dataset)
     assert given.config("paper", "mobilenet_v2", "bismo-edge", "w4a4", "haq", 0, tmp_path).episodes == 600
+
+
+@pytest.mark.slow
+def test_a_table_on_an_imagenet_folder_searches_the_weights_given(tmp_path, capsys):
+    """The paper scale's plumbing at toy size: class-per-folder data (the first 2 of 4 classes),
+    a network with no training of its own, and its checkpoint (4 classes) from --weights reaching
+    every search, baseline and held-out finetune."""
+    from test_models_data import write_image_folder
+
+    root = write_image_folder(tmp_path / "imagenet", ["n04", "n01", "n03", "n02"], n=6)
+    write_spec(tmp_path, hardware=["bismo-edge"], methods=["haq"], baselines=["w4a4", "w8a8"], refits=0,
+               scales={"mini": {"models": ["mobilenet_v2_cifar"], "seeds": [0], "search": {
+                   "dataset": "imagenet", "data": {"num_classes": 2, "n_train": 6, "n_val": 6, "size": 32},
+                   "episodes": 2, "warmup": 1, "quant": {"calib_images": 6}, "agent": {"batch_size": 8}}}})
+    base = ["table", "tiny", "--config-dir", str(tmp_path), "--data-root", str(root), "--runs", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "results")]
+    assert main(base) == 2
+    assert "would search mobilenet_v2_cifar untrained" in capsys.readouterr().err
+    torch.manual_seed(0)
+    weights = tmp_path / "four.pth"
+    torch.save(create_model("mobilenet_v2_cifar", num_classes=4).state_dict(), weights)
+    assert main([*base, "--weights", f"mobilenet_v2_cifar={weights}"]) == 0
+    df = pd.read_csv(tmp_path / "results" / "tiny-mini.csv", keep_default_na=False)
+    assert len(df) == 3 and df["test_accuracy"].notna().all()
+    run = tmp_path / "runs" / "tiny-mini" / "mobilenet_v2_cifar-bismo-edge-w4a4-haq-seed0"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["weights"] == str(weights) and config["dataset"] == "imagenet"
+    # the float top-1 the table reports is that of the checkpoint (its 4 outputs kept) on the search split
+    model, data, _ = load_model_and_data("mobilenet_v2_cifar", str(weights), "imagenet", str(root), **config["data"])
+    assert model.classifier[-1].out_features == 4
+    assert df["fp_accuracy"].tolist() == pytest.approx([evaluate(model, data, data.val, 64)["top1"]] * 3, abs=1e-3)
 
 
 def test_cli_table_paper_scale_needs_a_data_root(capsys):
