@@ -5,11 +5,11 @@ from a local file only (``weights=PATH``, loaded with ``torch.load(weights_only=
 nothing is downloaded. torchvision's ImageNet checkpoints of MobileNetV2, ResNet-18 and
 ResNet-50 fit the networks here (`load_weights`), as does any checkpoint holding the same
 tensors in the same order (a MobileNet-V1 laid out stem, then depthwise and pointwise conv +
-BatchNorm per block, then the classifier). The two networks trained on the shipped digits data train themselves
-on first use and are cached under ``$HAQ_CACHE_DIR`` (default ``~/.cache/haq``): the
-embedded default ``digits-mbv2`` (16x16, about 20 s on 2 CPU cores) and ``digits32-mbv2``,
-the CIFAR-sized MobileNetV2 (``mobilenet_v2_cifar`` at width 0.5, one input channel) on
-digits upscaled to 32x32 (about 2 minutes).
+BatchNorm per block, then the classifier). The two networks trained on the shipped digits
+data train themselves on first use and are cached under ``$HAQ_CACHE_DIR`` (default
+``~/.cache/haq``): the embedded default ``digits-mbv2`` (16x16, about 20 s on 2 CPU cores)
+and ``digits32-mbv2``, the CIFAR-sized MobileNetV2 (``mobilenet_v2_cifar`` at width 0.5, one
+input channel) on digits upscaled to 32x32 (about 2 minutes).
 """
 
 from __future__ import annotations
