@@ -42,11 +42,13 @@ def run_episode(env, actions):
     return observations, reward, info
 
 
+@pytest.mark.filterwarnings("ignore:.*not having a spec")  # the registered one below has a spec: render modes checked
 def test_passes_gymnasium_env_checker_and_is_registered():
     check_env(make_env())
     env = gym.make(envs.ENV_ID, layers=LAYERS, cost_model=H.create_hw_model("bitfusion"), budget=1.0,
                    evaluator=fake_evaluator, fp_accuracy=90.0, metric="energy_mj")
     assert isinstance(env.unwrapped, MixedPrecisionEnv)
+    check_env(env.unwrapped)
 
 
 def test_action_mapping_is_the_papers_equal_width_bins():
