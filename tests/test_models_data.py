@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from haq import Policy, extract_layers
-from haq.data import augment_batch, batches, load_cifar10, load_dataset, load_imagenet
+from haq.data import augment_batch, batches, decode_images, load_cifar10, load_dataset, load_imagenet
 from haq.models import create_model, list_models, load_weights, model_entry
 from haq.qmodel import QuantConfig, QuantizedModel
 from haq.search import load_model_and_data
@@ -302,6 +302,12 @@ def test_imagenet_folder_loader_and_imagenet100_subset(tmp_path):
     assert torch.equal(again.train.images, sub.train.images)
     with pytest.raises(ValueError, match="asked for 40 images"):
         load_imagenet(tmp_path, n_train=30, n_val=10, size=32)
+    # decoded on several threads: the pixels one thread gives; a file that is no image is named
+    files = sorted((tmp_path / "train").rglob("*.png"))
+    assert torch.equal(decode_images(files, 24, threads=1), decode_images(files, 24, threads=4))
+    (tmp_path / "train" / "n002" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"cannot decode image .*broken.png"):
+        load_imagenet(tmp_path, n_train=12, n_val=6, size=32)
     with pytest.raises(ValueError, match="pass --data-root PATH"):
         load_dataset("imagenet100")
     with pytest.raises(FileNotFoundError, match="does not exist"):
