@@ -156,43 +156,94 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclasses.dataclass
+class PolicySettings:
+    """How `haq eval` / `haq export` measure a policy: the run's settings where the policy file
+    lies in a run directory (its ``config.yaml``), each overridden by a flag given."""
+
+    model: str
+    weights: str | None
+    dataset: str | None
+    data_root: str | None
+    data: dict[str, Any]
+    quant: Any
+    finetune: Any
+    seed: int
+    device: str
+    run_config: Path | None  # the config.yaml of the run whose settings these are
+    run: Any = None  # that run's SearchConfig
+
+
+def policy_settings(args: argparse.Namespace) -> PolicySettings:
+    """`PolicySettings` from the flags and the run that wrote ``args.policy``, so a run's
+    reported top-1 is reproduced; a ``--model`` other than the run's drops the run's settings."""
+    from haq.config import SearchConfig
+    from haq.qmodel import QuantConfig
+    from haq.train import FinetuneConfig
+
+    if getattr(args, "finetune_epochs", None) is not None and args.finetune_epochs < 0:
+        raise UsageError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    policy = getattr(args, "policy", None)
+    beside = Path(policy).parent / "config.yaml" if policy else None
+    run = SearchConfig.from_run(beside) if beside is not None and beside.is_file() else None
+    if run is not None and args.model not in (None, run.model):
+        run = None
+    meta = json.loads(Path(policy).read_text()) if policy and policy.endswith(".json") else {}
+
+    def pick(flag: Any, key: str, default: Any) -> Any:
+        return flag if flag is not None else getattr(run, key) if run else default
+
+    finetune = run.finetune if run else FinetuneConfig()
+    epochs = getattr(args, "finetune_epochs", None)
+    finetune = dataclasses.replace(finetune, epochs=finetune.epochs if epochs is None else epochs,
+                                   distill=finetune.distill or getattr(args, "distill", False))
+    return PolicySettings(
+        model=args.model or (run.model if run else meta.get("model") or "digits-mbv2"),
+        weights=pick(args.weights, "weights", None), dataset=pick(args.dataset, "dataset", None),
+        data_root=pick(args.data_root, "data_root", None), data=dict(run.data) if run else {},
+        quant=run.quant if run else QuantConfig(), finetune=finetune, seed=pick(args.seed, "seed", 0),
+        device=pick(getattr(args, "device", None), "device", "cpu"), run_config=beside if run else None, run=run)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import hw_models
     from haq.config import CONSTRAINTS
     from haq.evaluator import QuantEvaluator
-    from haq.qmodel import QuantConfig
     from haq.search import load_model_and_data
-    from haq.train import FinetuneConfig
 
-    if args.finetune_epochs < 0:
-        raise UsageError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
-    model, data, _ = load_model_and_data(args.model, args.weights, args.dataset, args.data_root)
-    ev = QuantEvaluator(model, data, QuantConfig(), FinetuneConfig(epochs=args.finetune_epochs, distill=args.distill),
-                        args.device, args.seed)
+    st = policy_settings(args)
+    run = st.run
+    hw = args.hw or (run.hw if run else "bismo-edge")
+    hw_params = _parse_params(args.hw_param) if args.hw_param else (run.hw_params if run and hw == run.hw else {})
+    model_net, data, _ = load_model_and_data(st.model, st.weights, st.dataset, st.data_root, **st.data)
+    ev = QuantEvaluator(model_net, data, st.quant, st.finetune, st.device, st.seed)
     policy = _load_policy(args, ev.layers)
     splits = ev.evaluate_splits(policy, ("val", "test"))  # one finetune, measured on both
     metrics = splits["val"]
-    cost_model = hw_models.create_hw_model(args.hw, **_parse_params(args.hw_param))
+    cost_model = hw_models.create_hw_model(hw, **hw_params)
     costs = {}
     for metric in CONSTRAINTS.values():
         if metric in cost_model.metrics:
             table = cost_model.table(ev.layers, metric)
             total = hw_models.policy_cost(table, policy.bits)
             costs[metric] = {"cost": total, "ratio_to_w8a8": total / hw_models.policy_cost(table, [(8, 8)] * len(policy))}
-    result = {"model": args.model, "policy": args.policy or args.uniform or "w8a8", "finetune_epochs": args.finetune_epochs,
-              "distill": args.distill,
+    result = {"model": st.model, "policy": args.policy or args.uniform or "w8a8", "finetune_epochs": st.finetune.epochs,
+              "distill": st.finetune.distill, "seed": st.seed, "run_config": str(st.run_config) if run else None,
               "fp_top1": ev.fp_metrics["top1"], "fp_top5": ev.fp_metrics["top5"], "top1": metrics["top1"],
               "top5": metrics["top5"], "test_top1": splits["test"]["top1"], "test_top5": splits["test"]["top5"],
-              "hw": args.hw, "costs": costs}
+              "hw": hw, "costs": costs}
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{args.model}: float top-1 {result['fp_top1']:.2f}%  top-5 {result['fp_top5']:.2f}%")
-    print(f"quantized ({result['policy']}, {args.finetune_epochs} finetune epoch(s){', distilled' if args.distill else ''}): top-1 {metrics['top1']:.2f}%  "
+    if run:
+        print(f"the settings of the run that wrote the policy ({st.run_config}): model, weights, data, quantization, "
+              f"finetune, seed {st.seed}, {hw}; flags override")
+    print(f"{st.model}: float top-1 {result['fp_top1']:.2f}%  top-5 {result['fp_top5']:.2f}%")
+    print(f"quantized ({result['policy']}, {st.finetune.epochs} finetune epoch(s){', distilled' if st.finetune.distill else ''}): top-1 {metrics['top1']:.2f}%  "
           f"top-5 {metrics['top5']:.2f}% on the search-validation split; held out (test split): top-1 "
           f"{result['test_top1']:.2f}%  top-5 {result['test_top5']:.2f}%")
     for metric, c in costs.items():
-        print(f"{args.hw} {metric}: {c['cost']:.5g} ({c['ratio_to_w8a8']:.3f} x w8a8)")
+        print(f"{hw} {metric}: {c['cost']:.5g} ({c['ratio_to_w8a8']:.3f} x w8a8)")
     return 0
 
 
@@ -400,17 +451,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from haq.export import export_onnx, export_pytorch, load_quantized, onnx_logits
     from haq.policy import Policy
     from haq.search import load_model_and_data
-    from haq.train import FinetuneConfig
 
     missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
         raise UsageError(f"export needs {' and '.join(missing)}: pip install 'haq-engine[export]' (or pip install "
                          f"{' '.join(missing)})")
     policy = Policy.load(args.policy)
-    meta = json.loads(Path(args.policy).read_text()) if args.policy.endswith(".json") else {}
-    name = args.model or meta.get("model") or "digits-mbv2"
-    model, data, kwargs = load_model_and_data(name, args.weights, args.dataset, args.data_root)
-    ev = QuantEvaluator(model, data, finetune=FinetuneConfig(epochs=args.finetune_epochs), seed=args.seed)
+    st = policy_settings(args)
+    name = st.model
+    model, data, kwargs = load_model_and_data(name, st.weights, st.dataset, st.data_root, **st.data)
+    ev = QuantEvaluator(model, data, st.quant, st.finetune, "cpu", st.seed)
     policy.check(ev.layers)
     metrics = ev.evaluate(policy)
     out = Path(args.out)
@@ -537,15 +587,20 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--uniform", help="a uniform policy such as w4a4 (default w8a8)")
         q.add_argument("--json", action="store_true", help="print one JSON object")
 
-    e = sub.add_parser("eval", help="quantize with a policy, finetune, report accuracy and cost")
+    e = sub.add_parser("eval", help="quantize with a policy, finetune, report accuracy and cost",
+                       description="A policy file in a run directory is evaluated with that run's settings "
+                       "(config.yaml beside it: model, weights, data, quantization, finetune, seed, hardware), "
+                       "which reproduces its reported top-1; the flags below override them.")
     model_args(e)
+    e.set_defaults(model=None, hw=None)  # None: the run's, else digits-mbv2 / bismo-edge
     e.add_argument("--weights")
     e.add_argument("--dataset")
     e.add_argument("--data-root", dest="data_root")
-    e.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, default=1)
+    e.add_argument("--finetune-epochs", dest="finetune_epochs", type=int,
+                   help="finetune epochs (default: the run's, else 1)")
     e.add_argument("--distill", action="store_true", help="distil from the float model in the finetune")
-    e.add_argument("--device", default="cpu")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", help="default: the run's, else cpu")
+    e.add_argument("--seed", type=int, help="finetune seed (default: the run's, else 0)")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("cost", help="per-layer and total hardware cost of a policy")
@@ -595,15 +650,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="where to write the pruned state dict (.pt)")
     pr.set_defaults(func=cmd_prune)
 
-    ex = sub.add_parser("export", help="export a policy's quantized model (PyTorch integer artifact + ONNX Q/DQ)")
+    ex = sub.add_parser("export", help="export a policy's quantized model (PyTorch integer artifact + ONNX Q/DQ)",
+                        description="A policy file in a run directory is quantized and finetuned with that run's "
+                        "settings (config.yaml beside it); the flags override them.")
     ex.add_argument("--policy", required=True, help="policy file (JSON or CSV), e.g. a run's best_policy.json")
     ex.add_argument("--out", required=True, help="output directory")
     ex.add_argument("--model", help="model name (default: the policy file's, else digits-mbv2)")
     ex.add_argument("--weights")
     ex.add_argument("--dataset")
     ex.add_argument("--data-root", dest="data_root")
-    ex.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, default=1)
-    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--finetune-epochs", dest="finetune_epochs", type=int,
+                    help="finetune epochs (default: the run's, else 1)")
+    ex.add_argument("--seed", type=int, help="finetune seed (default: the run's, else 0)")
     ex.add_argument("--json", action="store_true")
     ex.set_defaults(func=cmd_export)
 

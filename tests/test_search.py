@@ -416,6 +416,31 @@ def test_cli_errors_are_one_line_with_exit_code_2(argv, message, capsys, tmp_pat
     assert last.startswith(f"haq {argv[0]}: error:") and message in last and "Traceback" not in err
 
 
+def test_eval_and_export_take_the_settings_of_the_run_that_wrote_the_policy(tmp_path):
+    from haq.cli import build_parser, policy_settings
+
+    run = tmp_path / "run"
+    run.mkdir()
+    SearchConfig.from_dict({"model": "digits32-mbv2", "seed": 7, "weights": "w.pt", "data": {"size": 32},
+                            "finetune": {"max_train_images": 256, "epochs": 2},
+                            "quant": {"calib_images": 64}}).to_yaml(run / "config.yaml")
+    (run / "best_policy.json").write_text('{"model": "digits32-mbv2", "layers": []}')
+    parse = build_parser().parse_args
+    st = policy_settings(parse(["eval", "--policy", str(run / "best_policy.json")]))
+    assert (st.model, st.seed, st.weights, st.data, st.run_config) == ("digits32-mbv2", 7, "w.pt", {"size": 32},
+                                                                       run / "config.yaml")
+    assert (st.finetune.max_train_images, st.finetune.epochs, st.quant.calib_images) == (256, 2, 64)
+    st = policy_settings(parse(["export", "--policy", str(run / "best_policy.json"), "--out", "x", "--seed", "1",
+                                "--finetune-epochs", "0"]))  # flags override the run's
+    assert (st.seed, st.finetune.epochs, st.finetune.max_train_images) == (1, 0, 256)
+    # another model than the run's: none of the run's settings apply
+    st = policy_settings(parse(["eval", "--policy", str(run / "best_policy.json"), "--model", "digits-mbv2"]))
+    assert (st.model, st.seed, st.weights, st.run_config, st.quant.calib_images) == ("digits-mbv2", 0, None, None, 512)
+    # a policy file outside a run: its own model, else the default
+    (tmp_path / "p.json").write_text('{"model": "digits32-mbv2", "layers": []}')
+    assert policy_settings(parse(["export", "--policy", str(tmp_path / "p.json"), "--out", "x"])).model == "digits32-mbv2"
+
+
 def test_cli_search_and_resume_as_a_user_runs_them(tmp_path):
     run = tmp_path / "cli-run"
     cfg = tmp_path / "cfg.yaml"
@@ -448,6 +473,13 @@ def test_cli_search_and_resume_as_a_user_runs_them(tmp_path):
     result = json.loads(ev.stdout)
     assert 0 <= result["top1"] <= 100 and result["costs"]["latency_ms"]["ratio_to_w8a8"] < 1
     assert 0 <= result["test_top1"] <= result["test_top5"] <= 100  # the same network on the held-out split
+    # with the run's own settings (its 96-image finetune and calibration, seed 3) beside the policy file,
+    # `haq eval` reproduces the top-1 the search reported for it
+    assert result["run_config"] == str(run / "config.yaml") and result["seed"] == 3
+    ev = subprocess.run([sys.executable, "-m", "haq.cli", "eval", "--policy", str(run / "best_policy.json"), "--json"],
+                        capture_output=True, text=True, timeout=600)
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["top1"] == json.loads((run / "best_policy.json").read_text())["accuracy"]
 
 
 def test_two_ray_workers_give_the_requested_distinct_episodes_deterministically(tmp_path, shared_parts):
