@@ -12,9 +12,14 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:  # torch-importing modules, loaded by the commands that need them
+    from haq.config import SearchConfig
+    from haq.qmodel import QuantConfig
+    from haq.train import FinetuneConfig
 
 EXIT_USAGE = 2
 
@@ -166,12 +171,12 @@ class PolicySettings:
     dataset: str | None
     data_root: str | None
     data: dict[str, Any]
-    quant: Any
-    finetune: Any
+    quant: QuantConfig
+    finetune: FinetuneConfig
     seed: int
     device: str
     run_config: Path | None  # the config.yaml of the run whose settings these are
-    run: Any = None  # that run's SearchConfig
+    run: SearchConfig | None = None
 
 
 def policy_settings(args: argparse.Namespace) -> PolicySettings:
