@@ -40,7 +40,7 @@ from haq.agent import HAQDDPG, EpisodeRewardReplayBuffer, TruncatedNormalNoise
 from haq.config import SearchConfig, budget_kind
 from haq.data import SearchData, load_dataset
 from haq.evaluator import QuantEvaluator
-from haq.models import checkpoint_classes, create_model, model_entry
+from haq.models import checkpoint_classes, create_model, load_weights, model_entry, read_state_dict
 from haq.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -86,22 +86,27 @@ def load_model_and_data(model: str, weights: str | None = None, dataset: str | N
     if dataset is None or dataset == entry.dataset:  # the model's own data, at its input size
         data_kwargs = {**entry.data, **data_kwargs}
     data = load_dataset(dataset or entry.dataset, data_root, **data_kwargs)
-    kwargs = {"num_classes": data.num_classes} if entry.pretrain is None or weights else {}
-    if weights is not None:
-        kwargs["num_classes"] = _head_classes(weights, data)
-    elif entry.pretrain is None:
+    if weights is None:
+        if entry.pretrain is not None:  # the digits networks: their own training, at their own class count
+            return create_model(model), data, {}
         log.warning("%s has no trained weights (none given with --weights): the search quantizes an untrained "
                     "network, whose accuracy says nothing about the policies", model)
-    return create_model(model, weights=weights, **kwargs), data, kwargs
+        kwargs = {"num_classes": data.num_classes}
+        return create_model(model, **kwargs), data, kwargs
+    state = read_state_dict(weights)  # read once: for its classifier's size, then loaded
+    kwargs = {"num_classes": _head_classes(state, weights, data)}
+    net = create_model(model, **kwargs)
+    load_weights(net, weights, state)
+    return net, data, kwargs
 
 
-def _head_classes(weights: str, data: SearchData) -> int:
+def _head_classes(state: dict[str, torch.Tensor], weights: str, data: SearchData) -> int:
     """The classifier size to build for a weights file on `data`: the data's, or the file's when
     it has more outputs and the data's classes are the first of a folder holding as many classes
     as it has outputs (ImageNet-100 from a full ImageNet ``train/``, sorted folder names being the
     ImageNet class order): an ImageNet-1k checkpoint then keeps its 1000 outputs, as the paper's
     networks and their cost do, and the labels 0-99 are its own first 100 classes."""
-    classes = checkpoint_classes(weights)
+    classes = checkpoint_classes(state)
     if classes is None or classes == data.num_classes:
         return data.num_classes
     source = data.source_classes or data.num_classes

@@ -131,8 +131,10 @@ def _by_position(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -
     return {a: state[b] for a, b in zip(mine, theirs)}
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Load a local state dict (see `read_state_dict`) into `model`, every tensor of it.
+def load_weights(model: nn.Module, path: str | os.PathLike[str],
+                 state: dict[str, torch.Tensor] | None = None) -> None:
+    """Load a local state dict (see `read_state_dict`; `state` if already read from `path`)
+    into `model`, every tensor of it.
 
     The names must be the model's, or the file must hold the same network under other module
     names: then it is loaded by position, tensor for tensor, when every shape and last name
@@ -140,7 +142,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
     convolution and its BatchNorm as two entries of the block where ours nests them in one).
     BatchNorm step counters missing from old checkpoints are left as they are.
     """
-    state = read_state_dict(path)
+    state = read_state_dict(path) if state is None else state
     own = model.state_dict()
     if {k for k in state if _counted(k)} != {k for k in own if _counted(k)}:
         mapped = _by_position(own, state)
@@ -163,10 +165,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
     model.load_state_dict({k: state.get(k, v) for k, v in own.items()})
 
 
-def checkpoint_classes(path: str | os.PathLike[str]) -> int | None:
-    """The number of outputs of the last fully connected layer in a weights file (its last
-    2-D ``weight``, in the forward order state dicts keep), or None if it has none."""
-    last = [v for k, v in read_state_dict(path).items() if k.endswith("weight") and v.ndim == 2]
+def checkpoint_classes(state: dict[str, torch.Tensor]) -> int | None:
+    """The number of outputs of the last fully connected layer in a state dict (its last 2-D
+    ``weight``, in the forward order state dicts keep), or None if it has none."""
+    last = [v for k, v in state.items() if k.endswith("weight") and v.ndim == 2]
     return int(last[-1].shape[0]) if last else None
 
 
