@@ -141,27 +141,29 @@ class TableSpec:
     def only_models(self, scale: str, models: Sequence[str]) -> TableSpec:
         """This table with `scale` reduced to `models` (a quick look at some of its models);
         an unknown name is a ValueError naming the table's models at that scale."""
-        sc = self.scale(scale)
-        unknown = [m for m in models if m not in sc["models"]]
-        if unknown or not models:
-            raise ValueError(f"table {self.name} at scale {scale!r} has no model(s) {unknown}; "
-                             f"valid: {list(sc['models'])}")
+        sc = self._scale_with(scale, models, at_least_one=True)
         return dataclasses.replace(self, scales={**self.scales, scale: {**sc, "models": list(models)}})
 
     def with_weights(self, scale: str, weights: dict[str, str]) -> TableSpec:
         """This table with `scale`'s models loading the given local weights files (model name ->
         path; a ``search.weights`` of the model's ``per_model`` entry); an unknown name is a
         ValueError naming the table's models at that scale."""
-        sc = self.scale(scale)
-        unknown = [m for m in weights if m not in sc["models"]]
-        if unknown:
-            raise ValueError(f"table {self.name} at scale {scale!r} has no model(s) {unknown}; "
-                             f"valid: {list(sc['models'])}")
+        sc = self._scale_with(scale, list(weights))
         per_model = {m: dict(v) for m, v in (sc.get("per_model") or {}).items()}
         for model, path in weights.items():
             entry = per_model.setdefault(model, {})
             entry["search"] = {**(entry.get("search") or {}), "weights": str(path)}
         return dataclasses.replace(self, scales={**self.scales, scale: {**sc, "per_model": per_model}})
+
+    def _scale_with(self, scale: str, models: Sequence[str], at_least_one: bool = False) -> dict[str, Any]:
+        """`scale`'s settings, if `models` (and, with `at_least_one`, any) are all among its
+        models; else a ValueError naming the table's models at that scale."""
+        sc = self.scale(scale)
+        unknown = [m for m in models if m not in sc["models"]]
+        if unknown or (at_least_one and not models):
+            raise ValueError(f"table {self.name} at scale {scale!r} has no model(s) {unknown}; "
+                             f"valid: {list(sc['models'])}")
+        return sc
 
     def untrained(self, scale: str) -> list[str]:
         """The models of `scale` that would be searched untrained: no pretraining of their own
