@@ -193,7 +193,10 @@ def policy_settings(args: argparse.Namespace) -> PolicySettings:
     run = SearchConfig.from_run(beside) if beside is not None and beside.is_file() else None
     if run is not None and args.model not in (None, run.model):
         run = None
-    meta = json.loads(Path(policy).read_text()) if policy and policy.endswith(".json") else {}
+    model = args.model or (run.model if run else None)
+    if model is None:  # a policy file outside a run: the model it names, else the default
+        meta = json.loads(Path(policy).read_text()) if policy and policy.endswith(".json") else {}
+        model = meta.get("model") or "digits-mbv2"
 
     def pick(flag: Any, key: str, default: Any) -> Any:
         return flag if flag is not None else getattr(run, key) if run else default
@@ -203,7 +206,7 @@ def policy_settings(args: argparse.Namespace) -> PolicySettings:
     finetune = dataclasses.replace(finetune, epochs=finetune.epochs if epochs is None else epochs,
                                    distill=finetune.distill or getattr(args, "distill", False))
     return PolicySettings(
-        model=args.model or (run.model if run else meta.get("model") or "digits-mbv2"),
+        model=model,
         weights=pick(args.weights, "weights", None), dataset=pick(args.dataset, "dataset", None),
         data_root=pick(args.data_root, "data_root", None), data=dict(run.data) if run else {},
         quant=run.quant if run else QuantConfig(), finetune=finetune, seed=pick(args.seed, "seed", 0),
@@ -233,7 +236,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             total = hw_models.policy_cost(table, policy.bits)
             costs[metric] = {"cost": total, "ratio_to_w8a8": total / hw_models.policy_cost(table, [(8, 8)] * len(policy))}
     result = {"model": st.model, "policy": args.policy or args.uniform or "w8a8", "finetune_epochs": st.finetune.epochs,
-              "distill": st.finetune.distill, "seed": st.seed, "run_config": str(st.run_config) if run else None,
+              "distill": st.finetune.distill, "seed": st.seed, "run_config": str(st.run_config) if st.run_config else None,
               "fp_top1": ev.fp_metrics["top1"], "fp_top5": ev.fp_metrics["top5"], "top1": metrics["top1"],
               "top5": metrics["top5"], "test_top1": splits["test"]["top1"], "test_top5": splits["test"]["top5"],
               "hw": hw, "costs": costs}
