@@ -9,7 +9,8 @@ ran with (the recorded mini tables: `--jobs 2` on 2 cores, one thread a process)
 search-validation top-1 does not come out the same are logged (``reproduced`` False: their search
 ran with another thread count or engine version than the rest of the table).
 
-`--rerun-stale` searches those rows again, as the table runs them now (the table's config for
+`--rerun-stale` searches those rows again (`--rerun MODEL ...`: every searched row of those
+models, after a change to their search settings in the table's YAML), as the table runs them now (the table's config for
 the cell, the same jobs and threads), replaces them in the CSV and measures the new policies held
 out. Their run folders go where `haq table` keeps them, so a later `haq table` reads them back;
 each is marked with a `rerun.json`, so an interrupted `--rerun-stale` resumes them instead of
@@ -17,6 +18,7 @@ starting over.
 
     OMP_NUM_THREADS=1 python experiments/held_out.py latency --jobs 2
     python experiments/held_out.py latency --rerun-stale --jobs 2
+    python experiments/held_out.py latency --rerun digits32-mbv2 --jobs 2
     python experiments/update_readme.py
     python experiments/held_out.py noise-decay-latency --config-dir experiments/configs/ablations \
         --results experiments/results/ablations --jobs 2
@@ -30,38 +32,60 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from haq import tables
 from haq.cli import nonnegative_int
+from haq.config import SearchConfig
 from haq.tables import RESULTS_DIR, SCALES, TABLES, Cell, TableSpec, held_out, render_table
 
 log = logging.getLogger("held_out")
 HELD_OUT_COLUMNS = ["test_accuracy", "reproduced", "val_accuracy_refits", "test_accuracy_refits", "refits"]
 
 
-def rerun_stale(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, jobs: int) -> pd.DataFrame:
-    """`df` with each searched row that did not reproduce its top-1 replaced by a fresh search
-    of its cell (in `jobs` processes, threads // jobs torch threads each); held-out columns dropped."""
-    stale = df[(df["method"] != "fixed") & tables.not_reproduced(df)]
+def _same_config(run_dir: Path, cfg: SearchConfig, method: str) -> bool:
+    """Whether `run_dir` has not started yet or holds a search of `cfg` (so it may be resumed)."""
+    if not (run_dir / "config.yaml").is_file():
+        return True
+    try:
+        tables._check_same_config(run_dir, cfg, method)
+    except ValueError:
+        return False
+    return True
+
+
+def rerun_stale(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, jobs: int,
+                models: list[str] | None = None) -> pd.DataFrame:
+    """`df` with each searched row that did not reproduce its top-1 (or, given `models`, each
+    searched row of those models) replaced by a fresh search of its cell as the table's YAML
+    configures it now (in `jobs` processes, threads // jobs torch threads each); held-out columns dropped."""
+    selected = df["model"].isin(models) if models is not None else tables.not_reproduced(df)
+    stale = df[(df["method"] != "fixed") & selected]
     cells = [Cell(r["model"], r["hw"], str(r["budget"]), r["method"], int(r["seed"])) for r in stale.to_dict("records")]
     configs = {c: spec.config(scale, *c, tables._run_dir(base, c)) for c in cells}
+    summaries: dict[Cell, dict[str, Any]] = {}
     for cell, old in zip(cells, stale["accuracy"]):
         run_dir = tables._run_dir(base, cell)
-        if (run_dir / "rerun.json").is_file():  # begun by an interrupted --rerun-stale: resumed
-            log.info("resuming the new search: %s", run_dir.name)
+        if (run_dir / "rerun.json").is_file() and _same_config(run_dir, configs[cell], cell.method):
+            if (run_dir / "summary.json").is_file():  # searched again by an earlier call: read back
+                summaries[cell] = json.loads((run_dir / "summary.json").read_text())
+            else:
+                log.info("resuming the new search: %s", run_dir.name)  # begun by an interrupted rerun
             continue
         if run_dir.exists():  # an older run of the cell is what did not reproduce
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
         (run_dir / "rerun.json").write_text(json.dumps({"rerun_of_top1": float(old)}) + "\n")
         log.info("searching again: %s", run_dir.name)
-    threads = tables.job_threads(jobs)
-    with tables.job_pool(jobs) as pool:
-        futures = {c: pool.submit(tables._search_job, configs[c].to_dict(), str(tables._run_dir(base, c)), threads)
-                   for c in cells}
-        summaries = {c: f.result() for c, f in futures.items()}
+    todo = [c for c in cells if c not in summaries]
+    if todo:
+        threads = tables.job_threads(jobs)
+        with tables.job_pool(jobs) as pool:
+            futures = {c: pool.submit(tables._search_job, configs[c].to_dict(), str(tables._run_dir(base, c)),
+                                      threads) for c in todo}
+            summaries.update({c: f.result() for c, f in futures.items()})
     records = df.to_dict("records")
     for index, cell in zip(stale.index, cells):
         row = tables._search_row(spec, scale, *cell, summaries[cell], configs[cell].warmup)
@@ -84,6 +108,9 @@ def main() -> None:
                         "`refits`, 4 unless its YAML says otherwise; 0 measures the row's own finetune only)")
     parser.add_argument("--rerun-stale", action="store_true",
                         help="search again the searched rows whose top-1 did not reproduce, then measure them")
+    parser.add_argument("--rerun", nargs="+", metavar="MODEL",
+                        help="search again every searched row of these models (their settings in the YAML changed), "
+                        "then measure them")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     spec = TableSpec.load(args.table, args.config_dir)
@@ -96,6 +123,12 @@ def main() -> None:
         if "reproduced" not in df.columns:
             raise SystemExit(f"{csv_path} has no 'reproduced' column yet: run this script without --rerun-stale first")
         df = rerun_stale(spec, args.scale, df, base, args.jobs)
+    elif args.rerun:
+        unknown = sorted(set(args.rerun) - set(df["model"]))
+        if unknown:
+            raise SystemExit(f"{csv_path} has no rows of {', '.join(unknown)}; its models: "
+                             f"{', '.join(sorted(set(df['model'])))}")
+        df = rerun_stale(spec, args.scale, df, base, args.jobs, args.rerun)
     df = held_out(spec, args.scale, df.drop(columns=HELD_OUT_COLUMNS, errors="ignore"), base, jobs=args.jobs)
     df.to_csv(csv_path, index=False, float_format="%.5g")
     render_table(spec, args.scale, df, Path(args.results))

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -190,6 +191,37 @@ def test_jobs_run_a_tables_searches_in_parallel_processes_with_the_same_results(
     pd.testing.assert_frame_equal(two, one)  # the same searches, policies, accuracies and baselines
     with pytest.raises(ValueError, match="jobs must be >= 1"):
         run_table(spec, "mini", runs_dir=tmp_path / "two", jobs=0)
+
+
+@pytest.mark.slow
+def test_held_out_script_searches_a_models_rows_again_after_its_settings_change(tmp_path):
+    """experiments/held_out.py --rerun MODEL: the model's searched rows come from searches of the
+    YAML's new settings; fixed-bit rows stay; a second call reads the new searches back."""
+    configs, runs, results = tmp_path / "configs", tmp_path / "runs", tmp_path / "results"
+    configs.mkdir()
+    small = {"hardware": ["bismo-edge"], "methods": ["haq"], "baselines": ["w4a4"], "refits": 0}
+    run_table(TableSpec.load("tiny", write_spec(configs, **small)), "mini", runs_dir=runs, results_dir=results)
+    before = pd.read_csv(results / "tiny-mini.csv", keep_default_na=False)
+    mini = dict(TINY["scales"]["mini"], per_model={"digits-mbv2": {"search": {"episodes": 4}}})
+    write_spec(configs, **small, scales={"mini": mini})
+    script = [sys.executable, str(Path(__file__).resolve().parents[1] / "experiments" / "held_out.py"), "tiny",
+              "--config-dir", str(configs), "--results", str(results), "--runs", str(runs)]
+    done = subprocess.run([*script, "--rerun", "digits-mbv2"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    after = pd.read_csv(results / "tiny-mini.csv", keep_default_na=False)
+    run_dir = runs / "tiny-mini" / "digits-mbv2-bismo-edge-w4a4-haq-seed0"
+    assert after[after["method"] == "haq"]["episodes"].tolist() == [4]
+    assert len(pd.read_csv(run_dir / "episodes.csv")) == 4 and (run_dir / "rerun.json").is_file()
+    fixed = ["policy", "accuracy", "cost", "test_accuracy"]
+    pd.testing.assert_frame_equal(after[after["method"] == "fixed"][fixed], before[before["method"] == "fixed"][fixed])
+    # run again, the finished new search is read back, not searched a third time
+    stamp = (run_dir / "episodes.csv").stat().st_mtime_ns
+    again = subprocess.run([*script, "--rerun", "digits-mbv2"], capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stderr
+    assert (run_dir / "episodes.csv").stat().st_mtime_ns == stamp
+    pd.testing.assert_frame_equal(pd.read_csv(results / "tiny-mini.csv", keep_default_na=False), after)
+    wrong = subprocess.run([*script, "--rerun", "resnet50"], capture_output=True, text=True, check=False)
+    assert wrong.returncode != 0 and "has no rows of resnet50; its models: digits-mbv2" in wrong.stderr
 
 
 _PARENT = """
