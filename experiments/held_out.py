@@ -9,12 +9,12 @@ ran with (the recorded mini tables: `--jobs 2` on 2 cores, one thread a process)
 search-validation top-1 does not come out the same are logged (``reproduced`` False: their search
 ran with another thread count or engine version than the rest of the table).
 
-`--rerun-stale` searches those rows again (`--rerun MODEL ...`: every searched row of those
-models, after a change to their search settings in the table's YAML), as the table runs them now (the table's config for
+`--rerun-stale` searches those rows again, as the table runs them now (the table's config for
 the cell, the same jobs and threads), replaces them in the CSV and measures the new policies held
-out. Their run folders go where `haq table` keeps them, so a later `haq table` reads them back;
-each is marked with a `rerun.json`, so an interrupted `--rerun-stale` resumes them instead of
-starting over.
+out; `--rerun MODEL ...` does the same for every searched row of those models (after a change to
+their settings in the table's YAML). Their run folders go where `haq table` keeps them, so a later
+`haq table` reads them back; each is marked with a `rerun.json`, so an interrupted rerun resumes
+them instead of starting over, and a finished one is read back.
 
     OMP_NUM_THREADS=1 python experiments/held_out.py latency --jobs 2
     python experiments/held_out.py latency --rerun-stale --jobs 2
@@ -106,11 +106,12 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/tables", help="where the held-out cache and run folders are kept")
     parser.add_argument("--refits", type=nonnegative_int, help="further finetunes per row's policy (default: the table's "
                         "`refits`, 4 unless its YAML says otherwise; 0 measures the row's own finetune only)")
-    parser.add_argument("--rerun-stale", action="store_true",
-                        help="search again the searched rows whose top-1 did not reproduce, then measure them")
-    parser.add_argument("--rerun", nargs="+", metavar="MODEL",
-                        help="search again every searched row of these models (their settings in the YAML changed), "
-                        "then measure them")
+    rerun = parser.add_mutually_exclusive_group()
+    rerun.add_argument("--rerun-stale", action="store_true",
+                       help="search again the searched rows whose top-1 did not reproduce, then measure them")
+    rerun.add_argument("--rerun", nargs="+", metavar="MODEL",
+                       help="search again every searched row of these models (their settings in the YAML changed), "
+                       "then measure them")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     spec = TableSpec.load(args.table, args.config_dir)
