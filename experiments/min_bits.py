@@ -38,9 +38,9 @@ def paired(ablation: pd.DataFrame, main: pd.DataFrame) -> pd.DataFrame:
     """One row per searched cell of the ablation: each measure in both tables (suffixes ``_2`` for
     the table's 2..8 bits, ``_3`` for 3..8) and whether the searched policy beat every costlier
     fixed-bit row of its own table on that measure (``beats_<column>_2`` / ``_3``), and the uniform
-    policy of its budget (``uniform_<column>_2`` / ``_3``); haq rows only."""
-    for df in (ablation, main):
-        df["budget"] = df["budget"].astype(str)
+    policy of its budget (``uniform_<column>_2`` / ``_3``, meaningful where ``has_budget_policy``);
+    haq rows only."""
+    ablation, main = (df.assign(budget=df["budget"].astype(str)) for df in (ablation, main))
     searched = [df[df["method"] != "fixed"] for df in (ablation, main)]
     out = searched[1].merge(searched[0], on=KEYS, suffixes=("_2", "_3"))
     for column in MEASURES.values():
