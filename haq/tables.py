@@ -311,8 +311,10 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
     df = held_out(spec, scale, pd.DataFrame(rows), base, overrides, jobs, on_held_out)
     out = Path(results_dir or RESULTS_DIR)
     out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / f"{spec.name}-{scale}{tag}.csv", index=False, float_format="%.5g")
-    render_table(spec, scale, df, out, tag)
+    csv_path = out / f"{spec.name}-{scale}{tag}.csv"
+    df.to_csv(csv_path, index=False, float_format="%.5g")
+    # rendered from the CSV as written, so the markdown is what `--render-only` gives again
+    render_table(spec, scale, pd.read_csv(csv_path, keep_default_na=False), out, tag)
     return df
 
 
