@@ -39,7 +39,7 @@ import pandas as pd
 from haq import tables
 from haq.cli import nonnegative_int
 from haq.config import SearchConfig
-from haq.tables import RESULTS_DIR, SCALES, TABLES, Cell, TableSpec, held_out, render_table
+from haq.tables import RESULTS_DIR, SCALES, TABLES, Cell, TableSpec, held_out
 
 log = logging.getLogger("held_out")
 HELD_OUT_COLUMNS = ["test_accuracy", "reproduced", "val_accuracy_refits", "test_accuracy_refits", "refits"]
@@ -74,7 +74,7 @@ def rerun_stale(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, jobs:
             else:
                 log.info("resuming the new search: %s", run_dir.name)  # begun by an interrupted rerun
             continue
-        if run_dir.exists():  # an older run of the cell is what did not reproduce
+        if run_dir.exists():  # an older run of the cell: it did not reproduce, or its config changed
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
         (run_dir / "rerun.json").write_text(json.dumps({"rerun_of_top1": float(old)}) + "\n")
@@ -131,8 +131,7 @@ def main() -> None:
                              f"{', '.join(sorted(set(df['model'])))}")
         df = rerun_stale(spec, args.scale, df, base, args.jobs, args.rerun)
     df = held_out(spec, args.scale, df.drop(columns=HELD_OUT_COLUMNS, errors="ignore"), base, jobs=args.jobs)
-    df.to_csv(csv_path, index=False, float_format="%.5g")
-    render_table(spec, args.scale, df, Path(args.results))
+    tables.write_table(spec, args.scale, df, Path(args.results))
     log.info("wrote %s and its markdown", csv_path)
 
 

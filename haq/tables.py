@@ -309,13 +309,19 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
                   "w_bits": "", "a_bits": "", "episodes": 0, "warmup": "", "best_episode": ""}
                  for b in spec.baselines]
     df = held_out(spec, scale, pd.DataFrame(rows), base, overrides, jobs, on_held_out)
-    out = Path(results_dir or RESULTS_DIR)
+    write_table(spec, scale, df, Path(results_dir or RESULTS_DIR), tag)
+    return df
+
+
+def write_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: str = "") -> Path:
+    """Write the table's rows to ``<out>/<table>-<scale><tag>.csv`` (5 significant digits) and
+    render its markdown and figures from that CSV as written, so they are what ``--render-only``
+    gives again; the CSV's path."""
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / f"{spec.name}-{scale}{tag}.csv"
     df.to_csv(csv_path, index=False, float_format="%.5g")
-    # rendered from the CSV as written, so the markdown is what `--render-only` gives again
     render_table(spec, scale, pd.read_csv(csv_path, keep_default_na=False), out, tag)
-    return df
+    return csv_path
 
 
 def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, overrides: dict[str, Any] | None = None,
