@@ -47,13 +47,7 @@ HELD_OUT_COLUMNS = ["test_accuracy", "reproduced", "val_accuracy_refits", "test_
 
 def _same_config(run_dir: Path, cfg: SearchConfig, method: str) -> bool:
     """Whether `run_dir` has not started yet or holds a search of `cfg` (so it may be resumed)."""
-    if not (run_dir / "config.yaml").is_file():
-        return True
-    try:
-        tables._check_same_config(run_dir, cfg, method)
-    except ValueError:
-        return False
-    return True
+    return not (run_dir / "config.yaml").is_file() or not tables.config_differences(run_dir, cfg, method)
 
 
 def rerun_stale(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, jobs: int,

@@ -580,15 +580,20 @@ def _baseline_job(config: dict[str, Any], policies: list[str], threads: int) -> 
     return {b: _baseline(parts, b) for b in policies}
 
 
-def _check_same_config(run_dir: Path, cfg: SearchConfig, method: str) -> None:
-    """A finished run is reused only if it ran this cell's config (the agent's settings do
-    not matter to a random search)."""
+def config_differences(run_dir: Path, cfg: SearchConfig, method: str) -> list[str]:
+    """The keys in which the search in `run_dir` ran another config than `cfg` (none: it may be
+    reused or resumed as this cell's; the agent's settings do not matter to a random search)."""
     done = SearchConfig.from_run(run_dir / "config.yaml")
     ignore = {"out", "agent"} if method == "random" else {"out"}
     a = {k: v for k, v in done.to_dict().items() if k not in ignore}
     b = {k: v for k, v in cfg.to_dict().items() if k not in ignore}
-    if a != b:
-        diff = sorted(k for k in a if a[k] != b.get(k))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def _check_same_config(run_dir: Path, cfg: SearchConfig, method: str) -> None:
+    """A finished run is reused only if it ran this cell's config."""
+    diff = config_differences(run_dir, cfg, method)
+    if diff:
         raise ValueError(f"{run_dir} holds a search with another config (differs in {diff}); delete it or pass "
                          "another --runs folder")
 
