@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from haq import tables
+from haq.config import budget_kind
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
@@ -38,7 +39,7 @@ def paired(ablation: pd.DataFrame, main: pd.DataFrame) -> pd.DataFrame:
     """One row per searched cell of the ablation: each measure in both tables (suffixes ``_2`` for
     the table's 2..8 bits, ``_3`` for 3..8) and whether the searched policy beat every costlier
     fixed-bit row of its own table on that measure (``beats_<column>_2`` / ``_3``), and the uniform
-    policy of its budget (``uniform_<column>_2`` / ``_3``, meaningful where ``has_budget_policy``);
+    policy of its budget (``uniform_<column>_2`` / ``_3``, meaningful for a budget like w4a4);
     haq rows only."""
     ablation, main = (df.assign(budget=df["budget"].astype(str)) for df in (ablation, main))
     searched = [df[df["method"] != "fixed"] for df in (ablation, main)]
@@ -50,8 +51,6 @@ def paired(ablation: pd.DataFrame, main: pd.DataFrame) -> pd.DataFrame:
             v = v.rename(columns={"beats_all_costlier": f"beats_{column}{suffix}",
                                   "beats_budget_policy": f"uniform_{column}{suffix}"})
             keep = ["model", "hw", "budget", "seed", f"beats_{column}{suffix}", f"uniform_{column}{suffix}"]
-            if "has_budget_policy" not in out.columns:
-                keep.append("has_budget_policy")
             out = out.merge(v[keep], on=["model", "hw", "budget", "seed"], how="left")
     return out
 
@@ -75,7 +74,7 @@ def section(table: str, ablation: pd.DataFrame, main: pd.DataFrame) -> list[str]
     same = (fixed[0].reindex(fixed[1].index) - fixed[1]).abs() <= 1e-3
     said.append(f"- The ablation's fixed-bit rows (finetuned again) equal the table's in {int(same.sum())} of "
                 f"{len(same)}: the two tables measure alike.")
-    uniform = bool(p["has_budget_policy"].all())  # a budget like w4a4, not a ratio like 0.8
+    uniform = all(budget_kind(b)[0] == "uniform" for b in p["budget"])  # w4a4, not a ratio like 0.8
     for method, rows in p.groupby("method", sort=True):
         for label, c in MEASURES.items():
             diff = rows[f"{c}_3"] - rows[f"{c}_2"]
