@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -99,9 +100,17 @@ class RayEvaluatorPool:
             else:
                 ray.init(num_cpus=max(workers, os.cpu_count() or 1), **kwargs)
             self._owns = True
-        # each actor sees only its own GPU as "cuda"
+        # each actor sees only its own GPU (or its share of one) as "cuda"
+        try:
+            share = gpus_per_worker(workers, ray.cluster_resources().get("GPU", 0.0)) if gpu else 0.0
+        except ValueError:
+            self.workers = []
+            self.close()
+            raise
+        if gpu and share < 1:
+            log.info("%d workers share the Ray cluster's GPUs, %g of a GPU each", workers, share)
         cfg = dataclasses.replace(config, device="cuda") if gpu else config
-        actor = ray.remote(num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1)(_EvalWorker)
+        actor = ray.remote(num_gpus=share, num_cpus=0 if gpu else 1)(_EvalWorker)
         self.workers = [actor.remote(cfg.to_dict(), threads) for _ in range(workers)]
         fps = ray.get([w.fp_accuracy.remote() for w in self.workers])
         log.info("%d Ray workers ready (float top-1 %s)", workers, fps)
@@ -126,6 +135,27 @@ class RayEvaluatorPool:
         if self._owns:
             self._ray.shutdown()
             self._owns = False
+
+
+def gpus_per_worker(workers: int, gpus: float) -> float:
+    """The GPUs each of `workers` Ray actors asks for on a cluster with `gpus` GPUs: a whole
+    one while there are enough, else an equal share of one, ``1 / ceil(workers / gpus)``, so
+    that the actors fill the GPUs evenly and every one of them fits (Ray places a fractional
+    request on a single GPU: 3 workers on 2 GPUs ask for 0.5 each, not 0.67, which would
+    leave the third unplaced and the search waiting for ever). Shares are rounded down to
+    Ray's resource step of 0.0001 (3 workers on one GPU: 0.3333 each).
+
+    Raises:
+        ValueError: the cluster has no GPU (a CUDA search needs at least one).
+    """
+    whole = int(gpus)
+    if whole < 1:
+        raise ValueError(f"the search runs on CUDA but the Ray cluster has {gpus:g} GPUs: run it with --device cpu, "
+                         "or join a cluster with GPUs (--ray-address)")
+    if workers <= whole:
+        return 1.0
+    # Ray counts resources in steps of 1/10000: round the share down to one, so k shares fit one GPU
+    return math.floor(10000 / math.ceil(workers / whole)) / 10000
 
 
 class _EvalWorker:

@@ -511,3 +511,13 @@ def test_two_ray_workers_give_the_requested_distinct_episodes_deterministically(
         assert pool.map([q, p]) == [first[1], first[0]] and pool.dispatched == 2
     finally:
         pool.close()
+
+
+def test_cuda_workers_share_the_gpus_evenly_when_they_outnumber_them():
+    from haq.parallel import gpus_per_worker
+    assert gpus_per_worker(2, 8.0) == 1.0 and gpus_per_worker(8, 8.0) == 1.0
+    assert gpus_per_worker(2, 1.0) == 0.5  # two workers on one GPU
+    assert gpus_per_worker(3, 2.0) == 0.5  # 0.67 each would leave the third worker unplaced
+    assert gpus_per_worker(3, 1.0) == 0.3333  # Ray's resource step is 0.0001: three shares fit one GPU
+    with pytest.raises(ValueError, match="has 0 GPUs.*--device cpu"):
+        gpus_per_worker(2, 0.0)
