@@ -82,8 +82,9 @@ class QuantLayer(nn.Module):
         self.w_bits = quant.FLOAT_BITS
         self.a_bits = quant.FLOAT_BITS
         self.a_signed = True
-        self.register_buffer("w_clip", torch.zeros(()), persistent=False)
-        self.register_buffer("a_clip", torch.zeros(()), persistent=False)
+        dev = layer.weight.device  # the buffers live with the weight (a model wrapped after .to("cuda"))
+        self.register_buffer("w_clip", torch.zeros((), device=dev), persistent=False)
+        self.register_buffer("a_clip", torch.zeros((), device=dev), persistent=False)
         self.codebook: nn.Parameter | None = None  # registered as a parameter once set
         self.register_buffer("code_index", None, persistent=False)
         # a pruned layer keeps its zeros through the finetune (haq.prune)
@@ -95,9 +96,9 @@ class QuantLayer(nn.Module):
         self.tensor_bits = False
         self.w_on = self.a_on = False
         for kind, shape in (("w", (layer.weight.shape[0],) + (1,) * (layer.weight.ndim - 1)), ("a", ())):
-            self.register_buffer(f"{kind}_scale", torch.ones(shape), persistent=False)
-            self.register_buffer(f"{kind}_qmin", torch.zeros(()), persistent=False)
-            self.register_buffer(f"{kind}_qmax", torch.zeros(()), persistent=False)
+            self.register_buffer(f"{kind}_scale", torch.ones(shape, device=dev), persistent=False)
+            self.register_buffer(f"{kind}_qmin", torch.zeros((), device=dev), persistent=False)
+            self.register_buffer(f"{kind}_qmax", torch.zeros((), device=dev), persistent=False)
 
     def set_grids(self) -> None:
         """Copy the grids of the current bits and clips into the tensor buffers (in place)."""

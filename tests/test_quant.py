@@ -243,3 +243,17 @@ def test_compiled_finetune_compiles_once_for_every_policy(digits_evaluator):
     # same numbers as the eager evaluator (graphs run eagerly by this backend)
     assert first == digits_evaluator([(4, 4)] * len(ev.layers))
     torch._dynamo.reset()
+
+
+def test_wrapping_a_model_keeps_every_quantizer_buffer_on_the_weights_device():
+    # a compiled CUDA finetune failed on a (channels, 1, 1, 1) step that was made on the default
+    # device (the CPU) for a model already on the GPU; here the default device is "meta" instead
+    from haq.models import create_model
+    from haq.qmodel import QuantLayer
+
+    model = create_model("digits-mbv2", pretrained=False)
+    with torch.device("meta"):
+        wrappers = [QuantLayer(m) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert wrappers
+    for w in wrappers:
+        assert {b.device.type for b in w.buffers()} == {"cpu"}
