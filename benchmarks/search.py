@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from haq.config import SearchConfig
+from haq.config import SearchConfig, load_yaml
 from haq.search import Search, build_evaluator
 
 
@@ -36,20 +36,23 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the finetune (finetune.compile)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the finetune (finetune.compile; default: on for CUDA, off on CPU)")
     parser.add_argument("--json", help="write the result here")
     args = parser.parse_args()
 
-    cfg = SearchConfig.from_yaml(args.config) if args.config else SearchConfig()
-    changes = {"seed": args.seed, "workers": args.workers}
+    # one SearchConfig from the YAML's keys and the flags, so that the auto settings (compile on CUDA)
+    # are decided for the device asked for
+    data = load_yaml(args.config) if args.config else {}
+    data.update({"seed": args.seed, "workers": args.workers})
     if args.episodes:
-        changes["episodes"] = args.episodes
+        data["episodes"] = args.episodes
     if args.device:
-        changes["device"] = args.device
-    if args.compile:
-        changes["finetune"] = {**cfg.to_dict().get("finetune", {}), "compile": True}
+        data["device"] = args.device
+    if args.compile is not None:
+        data["finetune"] = {**data.get("finetune", {}), "compile": args.compile}
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = SearchConfig.from_dict({**cfg.to_dict(), **changes, "out": str(Path(tmp) / "run")})
+        cfg = SearchConfig.from_dict({**data, "out": str(Path(tmp) / "run")}, args.config or "flags")
         t0 = time.perf_counter()
         evaluator = build_evaluator(cfg)
         t_setup = time.perf_counter() - t0

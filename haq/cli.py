@@ -106,7 +106,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if args.resume:
         given = [f for f in SEARCH_FLAGS if getattr(args, f) is not None and f != "episodes"]
-        if given or args.config or args.hw_param or args.finetune_epochs is not None or args.distill or args.compile:
+        if (given or args.config or args.hw_param or args.finetune_epochs is not None or args.distill
+                or args.compile is not None):
             raise UsageError(f"--resume continues a run with its saved config.yaml; drop {given or 'the other flags'} "
                              "(only --episodes may be given, to extend the run)")
         search = Search.resume(args.resume, on_episode, episodes=args.episodes)
@@ -122,8 +123,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             data["finetune"] = {**data.get("finetune", {}), "epochs": args.finetune_epochs}
         if args.distill:
             data["finetune"] = {**data.get("finetune", {}), "distill": True}
-        if args.compile:
-            data["finetune"] = {**data.get("finetune", {}), "compile": True}
+        if args.compile is not None:
+            data["finetune"] = {**data.get("finetune", {}), "compile": args.compile}
         config = SearchConfig.from_dict(data, args.config or "flags")
         if config.out:
             check_fresh_run_dir(config.out)  # before loading anything
@@ -580,8 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, help="finetune epochs per evaluation")
     s.add_argument("--distill", action="store_true",
                    help="knowledge distillation from the float model in every finetune (finetune.distill)")
-    s.add_argument("--compile", action="store_true",
-                   help="torch.compile the quantized model once; every policy reuses it (finetune.compile)")
+    s.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the quantized model once; every policy reuses it (finetune.compile; "
+                        "default: on with --device cuda, off on CPU)")
     s.add_argument("--workers", type=int, help="evaluate this many policies at once on Ray workers (default 1)")
     s.add_argument("--ray-address", dest="ray_address", help="Ray cluster to join (default: a local Ray instance)")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted search from its last complete episode")

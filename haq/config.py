@@ -139,7 +139,9 @@ class SearchConfig:
             survives) or ``sequential`` (the paper's, last layer to first); see
             `envs.MixedPrecisionEnv` and docs/search.md.
         quant: quantizer settings.
-        finetune: finetune settings.
+        finetune: finetune settings. Its ``compile: None`` (auto) is decided here, from
+            ``device`` and ``quant.mode`` (`FinetuneConfig.resolve`), so that a run's
+            ``config.yaml`` says whether it compiled.
         agent: DDPG settings.
     """
 
@@ -181,6 +183,9 @@ class SearchConfig:
             raise ValueError(f"episodes must be >= 1 and warmup >= 0, got {self.episodes}, {self.warmup}")
         if not 1 <= self.min_bits <= self.max_bits <= 8:
             raise ValueError(f"bit range must satisfy 1 <= min_bits <= max_bits <= 8, got {self.min_bits}..{self.max_bits}")
+        if self.finetune.compile is None:  # frozen: set once (the compiled grids have no binary weights)
+            compile_ = str(self.device).startswith("cuda") and self.quant.mode == "linear" and self.min_bits >= 2
+            object.__setattr__(self, "finetune", dataclasses.replace(self.finetune, compile=compile_))
 
     @property
     def metric(self) -> str:

@@ -55,7 +55,7 @@ class QuantEvaluator:
                  finetune: FinetuneConfig | None = None, device: str | torch.device = "cpu", seed: int = 0) -> None:
         self.device = torch.device(device)
         self.data = data.to(self.device)
-        self.finetune = (finetune or FinetuneConfig()).resolve(self.device)
+        self.finetune = (finetune or FinetuneConfig()).resolve(self.device, (quant or QuantConfig()).mode)
         self.seed = seed
         self.origin: dict[str, Any] | None = None  # what it was built from, set by haq.search.build_evaluator
         float_model = copy.deepcopy(model).to(self.device)

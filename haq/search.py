@@ -140,7 +140,7 @@ def check_evaluator(config: SearchConfig, evaluator: QuantEvaluator) -> None:
     """Refuse a prebuilt evaluator that would not price policies the way `config` says:
     another model or data (when it records its origin), quantizer, finetune or device."""
     want: dict[str, Any] = {"device": torch.device(config.device), "quant": config.quant,
-                            "finetune": config.finetune.resolve(config.device)}
+                            "finetune": config.finetune.resolve(config.device, config.quant.mode)}
     have: dict[str, Any] = {"device": evaluator.device, "quant": evaluator.qmodel.config,
                             "finetune": evaluator.finetune}
     if evaluator.origin is not None:

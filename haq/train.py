@@ -42,7 +42,11 @@ class FinetuneConfig:
         compile: ``torch.compile`` the quantized model once per search. Its fake-quant
             grids are read from tensors, so every policy reuses the compiled graphs (one for
             training, one for validation); linear quantization only. The first episode
-            pays the compilation.
+            pays the compilation. None: on for CUDA with linear quantization (and, in a
+            `SearchConfig`, ``min_bits >= 2``), off otherwise
+            (on one H200, MobileNetV2 at 224 px: a 3-4 s episode instead of 11 s, for a
+            compilation of about 80-100 s; on CPU it pays off only after about 200 episodes
+            of the embedded default; docs/performance.md).
         compile_backend: the ``torch.compile`` backend (``inductor``; ``aot_eager`` compiles
             in seconds but runs no faster than eager, useful to check a model compiles).
     """
@@ -59,14 +63,17 @@ class FinetuneConfig:
     distill: bool = False
     distill_temperature: float = 4.0
     distill_alpha: float = 0.9
-    compile: bool = False
+    compile: bool | None = None
     compile_backend: str = "inductor"
 
-    def resolve(self, device: torch.device | str) -> FinetuneConfig:
-        """The config with ``None`` (auto) settings decided for `device`."""
+    def resolve(self, device: torch.device | str, quant_mode: str = "linear") -> FinetuneConfig:
+        """The config with ``None`` (auto) settings decided for `device` and the quantization
+        mode (``linear`` or ``kmeans``: a k-means codebook changes size with the bits, so a
+        compiled k-means model would recompile for every bitwidth)."""
         cuda = torch.device(device).type == "cuda"
         return dataclasses.replace(self, bf16=cuda if self.bf16 is None else self.bf16,
-                                   channels_last=cuda if self.channels_last is None else self.channels_last)
+                                   channels_last=cuda if self.channels_last is None else self.channels_last,
+                                   compile=(cuda and quant_mode == "linear") if self.compile is None else self.compile)
 
     def __post_init__(self) -> None:
         if self.epochs < 0:

@@ -521,3 +521,27 @@ def test_cuda_workers_share_the_gpus_evenly_when_they_outnumber_them():
     assert gpus_per_worker(3, 1.0) == 0.3333  # Ray's resource step is 0.0001: three shares fit one GPU
     with pytest.raises(ValueError, match="has 0 GPUs.*--device cpu"):
         gpus_per_worker(2, 0.0)
+
+
+def test_compile_is_on_by_default_for_cuda_searches_and_said_so_in_the_config(tmp_path):
+    # on one H200 a MobileNetV2@224 episode takes 3-4 s compiled against 11 s eager (docs/performance.md)
+    assert SearchConfig().finetune.compile is False  # CPU: the embedded default stays eager
+    assert SearchConfig(device="cuda").finetune.compile is True
+    assert SearchConfig(device="cuda:1").finetune.compile is True
+    # k-means codebooks change size with the bits (a recompile each); binary weights have no affine grid
+    assert SearchConfig(device="cuda", quant=QuantConfig(mode="kmeans", weight_clip="minmax")).finetune.compile is False
+    assert SearchConfig(device="cuda", min_bits=1).finetune.compile is False
+    assert SearchConfig(device="cuda", finetune=FinetuneConfig(compile=False)).finetune.compile is False
+    assert SearchConfig(finetune=FinetuneConfig(compile=True)).finetune.compile is True
+    cfg = SearchConfig.from_dict({"device": "cuda", "finetune": {"epochs": 2}})
+    cfg.to_yaml(tmp_path / "config.yaml")  # a run records what it did, not "auto"
+    assert "compile: true" in (tmp_path / "config.yaml").read_text()
+    assert SearchConfig.from_run(tmp_path / "config.yaml") == cfg
+    # an evaluator built without a SearchConfig decides the same way
+    assert FinetuneConfig().resolve("cuda").compile is True
+    assert FinetuneConfig().resolve("cuda", "kmeans").compile is False
+    assert FinetuneConfig().resolve("cpu").compile is False
+    from haq.cli import build_parser
+    parse = build_parser().parse_args
+    assert parse(["search"]).compile is None and parse(["search", "--no-compile"]).compile is False
+    assert parse(["search", "--compile"]).compile is True
