@@ -20,8 +20,9 @@
 #     run(command="bash benchmarks/gpu_session.sh", carry=[".devdeps", ".whl"], timeout_s=600)
 #
 # It writes into $OUT (what comes back; at most 8 files): machine.txt, session.log (every step's
-# output), the episode benchmark of the gpu-mbv2 preset eager and with --compile (JSON), and a
-# 40-episode default search on the GPU with 1 and with 2 Ray workers sharing the GPU (JSON).
+# output), the episode benchmark of the gpu-mbv2 preset eager and with --compile (3 rounds; JSON),
+# and a 40-episode default search on the GPU: eager with 1 and with 2 Ray workers sharing the GPU,
+# and compiled (the CUDA default) with 1 (JSON). About 7 minutes on one H200 (session 16).
 # Each step has its own time limit, cut to what is left before the script's deadline, so a slow
 # step costs its own numbers and the later steps', not the earlier ones'.
 # `HAQ_GPU_PRESET=cpu-mbv2-tiny HAQ_SEARCH_DEVICE=cpu OUT=/tmp/x bash benchmarks/gpu_session.sh`
@@ -66,7 +67,7 @@ torch.cuda.is_available() and torch.cuda.get_device_name(0), 'sb3', stable_basel
 step agent-check 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_search.py -k "sb3 or predictions"
 step episode-eager 150 "$PY" benchmarks/episode.py --preset "$PRESET" --json "$OUT/episode-$PRESET.json"
 # the default search on the GPU, then the same with two Ray workers sharing it
-step search-1worker 90 "$PY" benchmarks/search.py --device "$SEARCH_DEVICE" --episodes 40 \
+step search-1worker 90 "$PY" benchmarks/search.py --device "$SEARCH_DEVICE" --episodes 40 --no-compile \
   --json "$OUT/search-$SEARCH_DEVICE-40ep-1worker.json"
 WHEELS=${HAQ_WHEELS:-.whl}  # Ray and what it needs that the image lacks
 if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
@@ -74,11 +75,12 @@ if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
     "$WHEELS"/*.whl
   export PYTHONPATH="$PYTHONPATH:/tmp/site"
   step search-2workers 100 "$PY" benchmarks/search.py --device "$SEARCH_DEVICE" --episodes 40 --workers 2 \
-    --json "$OUT/search-$SEARCH_DEVICE-40ep-2workers.json"
+    --no-compile --json "$OUT/search-$SEARCH_DEVICE-40ep-2workers.json"
 fi
-# last, with all the time that is left: the compilation of four graphs (float and quantized, training
-# and validation) takes minutes
-step episode-compiled 400 "$PY" benchmarks/episode.py --preset "$PRESET" --compile \
+# the compilation of four graphs (float and quantized, training and validation) takes 80-100 s
+step episode-compiled 240 "$PY" benchmarks/episode.py --preset "$PRESET" --compile --repeats 3 \
   --json "$OUT/episode-$PRESET-compiled.json"
+step search-compiled 120 "$PY" benchmarks/search.py --device "$SEARCH_DEVICE" --episodes 40 --compile \
+  --json "$OUT/search-$SEARCH_DEVICE-40ep-compiled.json"
 tail -n 80 "$LOG"
 ls -l "$OUT"
