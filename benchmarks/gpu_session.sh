@@ -26,7 +26,8 @@
 # Each step has its own time limit, cut to what is left before the script's deadline, so a slow
 # step costs its own numbers and the later steps', not the earlier ones'.
 # `HAQ_GPU_PRESET=cpu-mbv2-tiny HAQ_SEARCH_DEVICE=cpu OUT=/tmp/x bash benchmarks/gpu_session.sh`
-# rehearses the plumbing on a machine without a GPU.
+# rehearses the plumbing on a machine without a GPU (with HAQ_WHEELS=DIR holding a Ray wheel slimmed
+# for that machine's Python: the .whl folder's are for the device's Python 3.12).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
