@@ -13,7 +13,7 @@ import yaml
 from envs import ENFORCEMENTS
 from haq.policy import parse_uniform
 from haq.qmodel import QuantConfig
-from haq.train import FinetuneConfig
+from haq.train import FinetuneConfig, auto_compile
 
 CONSTRAINTS = {"latency": "latency_ms", "energy": "energy_mj", "size": "size_mb"}
 
@@ -140,8 +140,8 @@ class SearchConfig:
             `envs.MixedPrecisionEnv` and docs/search.md.
         quant: quantizer settings.
         finetune: finetune settings. Its ``compile: None`` (auto) is decided here, from
-            ``device`` and ``quant.mode`` (`FinetuneConfig.resolve`), so that a run's
-            ``config.yaml`` says whether it compiled.
+            ``device``, ``quant.mode`` (`haq.train.auto_compile`) and ``min_bits >= 2``, so
+            that a run's ``config.yaml`` says whether it compiled.
         agent: DDPG settings.
     """
 
@@ -184,7 +184,7 @@ class SearchConfig:
         if not 1 <= self.min_bits <= self.max_bits <= 8:
             raise ValueError(f"bit range must satisfy 1 <= min_bits <= max_bits <= 8, got {self.min_bits}..{self.max_bits}")
         if self.finetune.compile is None:  # frozen: set once (the compiled grids have no binary weights)
-            compile_ = str(self.device).startswith("cuda") and self.quant.mode == "linear" and self.min_bits >= 2
+            compile_ = auto_compile(str(self.device).startswith("cuda"), self.quant.mode) and self.min_bits >= 2
             object.__setattr__(self, "finetune", dataclasses.replace(self.finetune, compile=compile_))
 
     @property

@@ -68,12 +68,11 @@ class FinetuneConfig:
 
     def resolve(self, device: torch.device | str, quant_mode: str = "linear") -> FinetuneConfig:
         """The config with ``None`` (auto) settings decided for `device` and the quantization
-        mode (``linear`` or ``kmeans``: a k-means codebook changes size with the bits, so a
-        compiled k-means model would recompile for every bitwidth)."""
+        mode (``compile``: `auto_compile`)."""
         cuda = torch.device(device).type == "cuda"
         return dataclasses.replace(self, bf16=cuda if self.bf16 is None else self.bf16,
                                    channels_last=cuda if self.channels_last is None else self.channels_last,
-                                   compile=(cuda and quant_mode == "linear") if self.compile is None else self.compile)
+                                   compile=auto_compile(cuda, quant_mode) if self.compile is None else self.compile)
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -93,6 +92,13 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
     kl = F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True,
                   reduction="batchmean")
     return alpha * t * t * kl + (1 - alpha) * F.cross_entropy(student, labels)
+
+
+def auto_compile(cuda: bool, quant_mode: str) -> bool:
+    """What ``compile: None`` means: compile on CUDA with linear quantization (a k-means codebook
+    changes size with the bits, so a compiled k-means model would recompile for every bitwidth);
+    never on CPU, where it pays off only on long searches (docs/performance.md)."""
+    return cuda and quant_mode == "linear"
 
 
 def train_epochs(
