@@ -342,7 +342,8 @@ def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, override
     its own finetune's luck. So each policy is also finetuned `refits` more times (default: the
     spec's ``refits``), with seeds no search used (`refit_seed`), and measured on both splits:
     ``val_accuracy_refits`` and ``test_accuracy_refits`` are their means, the comparison the
-    selection cannot flatter, and ``refits`` their count.
+    selection cannot flatter, ``*_refits_sd`` their sample standard deviations (NaN for one
+    refit) and ``refits`` their count.
     `progress` gets (finetunes run, finetunes to run), after each model and seed."""
     refits = spec.refits if refits is None else refits
     cache_path = base / "held-out.json"
@@ -392,8 +393,11 @@ def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, override
     out = df.copy()
     out["test_accuracy"] = [cache[k]["test"] for k in keys]
     if refits:
-        out["val_accuracy_refits"] = [float(np.mean(cache[k]["refit_val"][:refits])) for k in keys]
-        out["test_accuracy_refits"] = [float(np.mean(cache[k]["refit_test"][:refits])) for k in keys]
+        for split in ("val", "test"):
+            values = [cache[k][f"refit_{split}"][:refits] for k in keys]
+            out[f"{split}_accuracy_refits"] = [float(np.mean(v)) for v in values]
+            # their spread (sample standard deviation), for `refit_shortfalls`' test; none from one refit
+            out[f"{split}_accuracy_refits_sd"] = [float(np.std(v, ddof=1)) if refits > 1 else np.nan for v in values]
         out["refits"] = refits  # the count the means are over, for the markdown's labels
     out["reproduced"] = [abs(cache[k]["val"] - float(acc)) <= 1e-3 for k, acc in zip(keys, df["accuracy"])]
     if not out["reproduced"].all():
@@ -632,6 +636,48 @@ def verdicts(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+SIGNIFICANCE = 0.05
+"""Level of `refit_shortfalls`' one-sided test."""
+
+
+def refit_shortfalls(df: pd.DataFrame, alpha: float = SIGNIFICANCE) -> pd.DataFrame:
+    """Per searched (``haq``) row: the costlier fixed-bit rows (same model, hardware and seed,
+    cost at or above its own) whose held-out top-1 over the refits is significantly higher than
+    its own, by Welch's t-test (one-sided, level `alpha`) on the two rows' refit means, sample
+    standard deviations and count (``test_accuracy_refits``, ``test_accuracy_refits_sd``,
+    ``refits``). `verdicts` on the refit means calls any shortfall a loss, a third of a point
+    (one test image) as much as three points; this separates the shortfalls the refits resolve
+    from those within their spread. Where both spreads are 0 a higher mean is significant.
+    Columns: model, hw, budget, seed, ``significantly_below`` (the fixed-bit policies, space
+    separated), ``below`` (every costlier policy with a higher refit mean). Empty without the
+    standard deviations (tables measured with fewer than 2 refits, or before they were kept)."""
+    from scipy import stats
+
+    cols = ("test_accuracy_refits", "test_accuracy_refits_sd", "refits")
+    if not all(c in df.columns for c in cols) or df["test_accuracy_refits_sd"].astype(str).isin(["", "nan"]).all():
+        return pd.DataFrame()
+    fixed = df[df["method"] == "fixed"]
+    out = []
+    for r in df[df["method"] == "haq"].to_dict("records"):
+        f = fixed[(fixed["model"] == r["model"]) & (fixed["hw"] == r["hw"]) & (fixed["seed"] == r["seed"])]
+        m, sd, n = float(r["test_accuracy_refits"]), float(r["test_accuracy_refits_sd"]), int(r["refits"])
+        below, significant = [], []
+        for b in f[f["cost"] >= r["cost"] * (1 - 1e-9)].to_dict("records"):
+            mb, sdb, nb = float(b["test_accuracy_refits"]), float(b["test_accuracy_refits_sd"]), int(b["refits"])
+            if mb <= m:
+                continue
+            below.append(b["policy"])
+            if sd == 0 and sdb == 0:
+                significant.append(b["policy"])
+                continue
+            p = stats.ttest_ind_from_stats(m, sd, n, mb, sdb, nb, equal_var=False, alternative="less").pvalue
+            if p < alpha:
+                significant.append(b["policy"])
+        out.append({"model": r["model"], "hw": r["hw"], "budget": r["budget"], "seed": r["seed"],
+                    "significantly_below": " ".join(significant), "below": " ".join(below)})
+    return pd.DataFrame(out)
+
+
 def depthwise_bits(layers: list[hw_models.LayerSpec], w_bits: str, a_bits: str) -> dict[str, float]:
     """Mean weight / activation bits of depthwise and of pointwise (1x1 conv) layers."""
     w = np.array([int(x) for x in w_bits.split()])
@@ -700,6 +746,7 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
     v = verdicts(df)
     held = verdicts(df.assign(accuracy=df["test_accuracy"])) if test else None
     refitted = verdicts(df.assign(accuracy=df["test_accuracy_refits"])) if refit else None
+    short = refit_shortfalls(df) if refit else pd.DataFrame()
     if test and "reproduced" in df.columns:
         stale = df[not_reproduced(df)]
         if len(stale):
@@ -740,6 +787,12 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
                                            f"{int(hg['beats_budget_policy'].sum())} of {len(g)} and "
                                            if g["has_budget_policy"].all() else "")
                          + f"as every costlier fixed-bit baseline in {int(hg['beats_all_costlier'].sum())} of {len(g)}")
+        if not short.empty:
+            sg = short.loc[g.index]
+            sig = sorted({p for s in sg["significantly_below"] for p in s.split()})
+            line += (f", and significantly less accurate than one of them (Welch's t-test over the refits, one-sided, "
+                     f"{SIGNIFICANCE:.0%}) in {int((sg['significantly_below'] != '').sum())} of {len(g)}"
+                     + (f" ({', '.join(sig)})" if sig else ""))
         if not w8.empty:
             refit_diff = haq["test_accuracy_refits"].mean() - w8["test_accuracy_refits"].mean() if refit else 0.0
             line += (f"; it costs {1 / haq['cost_ratio'].mean():.2f}x less than w8a8 at "
@@ -754,11 +807,26 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
                          f"(episode {', '.join(str(int(e)) for e in early['best_episode'])}), which random search "
                          "with the same seed shares: the agent's own episodes did not beat it")
         lines.append(line + ".")
+    if not short.empty:
+        lines += ["", _shortfall_summary(short, refits_s)]
     if len(spec.hardware) == 2 and "haq" in set(df["method"]):
         lines += ["", *_edge_cloud(spec, scale, tag, df, out)]
     text = "\n".join(lines) + "\n"
     (out / f"{spec.name}-{scale}{tag}.md").write_text(text)
     return text
+
+
+def _shortfall_summary(short: pd.DataFrame, refits_s: str) -> str:
+    """Markdown: the searched rows against the costlier fixed-bit rows over the refits, counted
+    three ways (`refit_shortfalls`)."""
+    n = len(short)
+    lost = short[short["below"] != ""]
+    sig = short[short["significantly_below"] != ""]
+    budgets = ", ".join(f"{b} {k}" for b, k in sig.groupby("budget", sort=False).size().items())
+    return (f"Held out over {refits_s}, of the {n} searches: at least as accurate as every costlier fixed-bit "
+            f"baseline in {n - len(lost)}; below one or more of them by less than the refits resolve in "
+            f"{len(lost) - len(sig)}; significantly less accurate than one (Welch's t-test on the refits, one-sided, "
+            f"{SIGNIFICANCE:.0%}) in {len(sig)}" + (f" (by budget: {budgets})" if len(sig) else "") + ".")
 
 
 def _against_budget_policy(df: pd.DataFrame, test: bool, refit: bool, refits_s: str) -> list[str]:

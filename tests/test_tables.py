@@ -102,6 +102,7 @@ def test_tiny_table_end_to_end_and_read_back(tmp_path, monkeypatch):
     assert "(panels beneath: held out, and held out over 1 refit)" in md
     assert (tmp_path / "results" / "tiny-mini-tradeoff.png").stat().st_size > 0
     assert (written["refits"] == 1).all()
+    assert (written["test_accuracy_refits_sd"] == "").all() and "Welch" not in md  # one refit: no spread to test
     # the markdown is the CSV's: rendering the CSV again (`--render-only`) gives it back to the digit
     assert render_table(spec, "mini", written, tmp_path / "again") == md
     # the markdown labels the refits with the count the CSV was measured with, whatever the YAML says now
@@ -402,3 +403,37 @@ def test_rendering_says_when_the_best_policy_came_from_the_warm_up(tmp_path):
     assert "In 1 of 2 seeds the best policy came from the random warm-up (episode 1)" in text
     assert "at least as accurate as uniform w4a4 (same cost, the paper's comparison) in 2 of 2 seeds" in text
     assert "in 0 of 2 seeds (where not, it loses to w8a8)" in text
+
+
+def test_refit_shortfalls_test_the_gap_to_each_costlier_row_against_the_refits_spread(tmp_path):
+    """Welch's t-test, worked by hand: searched 97.0 +- 0.5 against w5a5 98.0 +- 0.5 (4 refits each):
+    t = -1 / sqrt(0.25/4 + 0.25/4) = -2.83 on 6 degrees of freedom, one-sided p = 0.015 < 0.05: significant.
+    Against w8a8 97.3 +- 0.5: t = -0.85, p = 0.21: below, not significantly. The cheaper w4a4 (98.5) does not
+    count, and two rows without spread differ significantly whenever their means do."""
+    spec = TableSpec.load("tiny", write_spec(tmp_path, hardware=["bismo-edge"]))
+    common = {"table": "tiny", "scale": "mini", "model": "digits-mbv2", "hw": "bismo-edge", "fp_accuracy": 98.0,
+              "episodes": 3, "warmup": 1, "test_accuracy": 97.0, "val_accuracy_refits": 97.0,
+              "val_accuracy_refits_sd": 0.5, "refits": 4, "reproduced": True}
+    searched = {**common, "budget": "w5a5", "method": "haq", "policy": "searched", "w_bits": "4 4", "a_bits": "6 6",
+                "accuracy": 98.0, "cost_ratio": 0.39, "w8a8_over_cost": 2.56, "best_episode": 2}
+    rows = [{**searched, "seed": 0, "cost": 1.5, "test_accuracy_refits": 97.0, "test_accuracy_refits_sd": 0.5},
+            {**searched, "seed": 1, "cost": 1.5, "test_accuracy_refits": 97.0, "test_accuracy_refits_sd": 0.0}]
+    fixed = {**common, "budget": "", "method": "fixed", "w_bits": "", "a_bits": "", "episodes": 0, "warmup": "",
+             "best_episode": "", "cost_ratio": 0.5, "w8a8_over_cost": 2.0}
+    for seed, sd in ((0, 0.5), (1, 0.0)):
+        rows += [{**fixed, "policy": p, "seed": seed, "accuracy": a, "cost": c, "test_accuracy_refits": a,
+                  "test_accuracy_refits_sd": sd} for p, a, c in (("w4a4", 98.5, 1.0), ("w5a5", 98.0, 1.5),
+                                                                  ("w8a8", 97.3, 4.0))]
+    df = pd.DataFrame(rows)
+    short = tables.refit_shortfalls(df)
+    assert list(short["below"]) == ["w5a5 w8a8", "w5a5 w8a8"]
+    assert list(short["significantly_below"]) == ["w5a5", "w5a5 w8a8"]
+    text = render_table(spec, "mini", df, tmp_path)
+    assert ("and significantly less accurate than one of them (Welch's t-test over the refits, one-sided, 5%) "
+            "in 2 of 2 (w5a5, w8a8)") in text
+    assert ("Held out over 4 refits, of the 2 searches: at least as accurate as every costlier fixed-bit baseline "
+            "in 0; below one or more of them by less than the refits resolve in 0; significantly less accurate "
+            "than one (Welch's t-test on the refits, one-sided, 5%) in 2 (by budget: w5a5 2).") in text
+    # no verdict without a spread to test against (one refit, or a CSV from before the spreads were kept)
+    assert tables.refit_shortfalls(df.drop(columns="test_accuracy_refits_sd")).empty
+    assert "Welch" not in render_table(spec, "mini", df.assign(test_accuracy_refits_sd=""), tmp_path)
