@@ -437,3 +437,50 @@ def test_refit_shortfalls_test_the_gap_to_each_costlier_row_against_the_refits_s
     # no verdict without a spread to test against (one refit, or a CSV from before the spreads were kept)
     assert tables.refit_shortfalls(df.drop(columns="test_accuracy_refits_sd")).empty
     assert "Welch" not in render_table(spec, "mini", df.assign(test_accuracy_refits_sd=""), tmp_path)
+
+
+def _experiment(name: str):
+    """An experiments/ script as a module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_final_finetune_measures_each_rows_policy_after_a_longer_finetune(tmp_path):
+    """experiments/final_finetune.py: the table's haq and fixed-bit rows, each policy finetuned for
+    the given epochs on the whole train split (the search's seed, then a refit seed) and measured
+    held out, as a fresh evaluator with that finetune gives it; read back from its cache."""
+    ff = _experiment("final_finetune")
+    spec = TableSpec.load("tiny", write_spec(tmp_path, hardware=["bismo-edge"], refits=1))
+    df = run_table(spec, "mini", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results")
+    rows = ff.select(pd.read_csv(tmp_path / "results" / "tiny-mini.csv", keep_default_na=False), None, ["w4a4"])
+    assert sorted(rows["method"]) == ["fixed", "fixed", "haq"]  # the random search is not measured
+    out = ff.long_finetune(spec, "mini", rows, 1, 1, 1, tmp_path / "runs")  # 1 epoch of 1,100 images, not 128
+    assert (out["final_finetunes"] == 2).all() and (out["final_epochs"] == 1).all()
+    assert list(out["test_accuracy_refits"]) == list(rows["test_accuracy_refits"])  # the table's one-epoch column kept
+    cfg = spec.config("mini", "digits-mbv2", "bismo-edge", "w4a4", "haq", 0, tmp_path / "unused")
+    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, epochs=1, max_train_images=None))
+    ev = build_evaluator(cfg)
+    for r in out.to_dict("records"):
+        policy = (Policy.from_string(ev.layers, r["policy"]) if r["method"] == "fixed"
+                  else Policy.from_strings(ev.layers, r["w_bits"], r["a_bits"]))
+        got = []
+        for seed in (0, tables.refit_seed(0, 0)):
+            ev.seed = seed
+            got.append(ev.evaluate_splits(policy, ("test",))["test"]["top1"])
+        assert r["final_test_accuracy"] == pytest.approx(sum(got) / 2, abs=1e-6)
+    cache = tmp_path / "runs" / "tiny-mini-final-e1" / "held-out.json"
+    stamp = cache.stat().st_mtime_ns
+    again = ff.long_finetune(spec, "mini", rows, 1, 1, 1, tmp_path / "runs")
+    assert cache.stat().st_mtime_ns == stamp  # nothing finetuned again
+    pd.testing.assert_frame_equal(again, out)
+    text = ff.render(spec, "mini", out)
+    assert "after a 1-epoch final finetune" in text and "| digits-mbv2 | bismo-edge | haq search, budget w4a4 |" in text
+    assert "- After the 1-epoch finetune, of the 1 searches:" in text
+    assert "- After the one-epoch refits (the table's): one finetune a row, no spread" in text  # refits: 1
+    assert len(df) == 4
