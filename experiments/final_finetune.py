@@ -36,9 +36,6 @@ from haq.tables import RESULTS_DIR, SCALES, TABLES, TableSpec
 
 log = logging.getLogger("final_finetune")
 OUT = RESULTS_DIR / "ablations"
-# the columns `tables.held_out` writes (the table's one-epoch measurements; kept beside the long finetune's)
-_HELD_OUT = ("test_accuracy", "reproduced", "val_accuracy_refits", "test_accuracy_refits", "val_accuracy_refits_sd",
-             "test_accuracy_refits_sd", "refits")
 
 
 def select(df: pd.DataFrame, models: list[str] | None, budgets: list[str] | None) -> pd.DataFrame:
@@ -70,7 +67,7 @@ def long_finetune(spec: TableSpec, scale: str, rows: pd.DataFrame, epochs: int, 
     quiet, level = logging.getLogger("haq.tables"), logging.getLogger("haq.tables").level
     quiet.setLevel(logging.ERROR)
     try:
-        tables.held_out(spec, scale, rows.drop(columns=[c for c in _HELD_OUT if c in rows.columns]), base, overrides,
+        tables.held_out(spec, scale, rows.drop(columns=[c for c in tables.HELD_OUT_COLUMNS if c in rows.columns]), base, overrides,
                         jobs, progress, refits)
     finally:
         quiet.setLevel(level)
@@ -112,10 +109,10 @@ def render(spec: TableSpec, scale: str, df: pd.DataFrame) -> str:
     if n < 2:
         lines.append("One finetune a row: no spread to test the differences against.")
         return "\n".join(lines) + "\n"
-    for label, frame in (("one-epoch refits (the table's)", df),
-                         (f"{epochs}-epoch finetune", df.assign(test_accuracy_refits=df["final_test_accuracy"],
-                                                                test_accuracy_refits_sd=df["final_test_accuracy_sd"],
-                                                                refits=df["final_finetunes"]))):
+    final = df.assign(test_accuracy_refits=df["final_test_accuracy"], test_accuracy_refits_sd=df["final_test_accuracy_sd"],
+                      refits=df["final_finetunes"])
+    for label, samples, frame in (("one-epoch refits (the table's)", "refits", df),
+                                  (f"{epochs}-epoch finetune", "finetunes", final)):
         short = tables.refit_shortfalls(frame)
         if short.empty:
             lines.append(f"- After the {label}: one finetune a row, no spread to test the differences against.")
@@ -125,11 +122,8 @@ def render(spec: TableSpec, scale: str, df: pd.DataFrame) -> str:
             sig = sorted({p for x in s["significantly_below"] for p in x.split()})
             per_cell.append(f"{model} {hw} {budget}: {int((s['significantly_below'] != '').sum())} of {len(s)}"
                             + (f" ({', '.join(sig)})" if sig else ""))
-        lost, sig = short[short["below"] != ""], short[short["significantly_below"] != ""]
-        lines.append(f"- After the {label}, of the {len(short)} searches: at least as accurate as every costlier "
-                     f"fixed-bit row in {len(short) - len(lost)}, below one by less than the finetunes resolve in "
-                     f"{len(lost) - len(sig)}, significantly less accurate than one (Welch's t-test, one-sided, "
-                     f"{tables.SIGNIFICANCE:.0%}) in {len(sig)}: " + "; ".join(per_cell) + ".")
+        lines.append(f"- {tables.shortfall_summary(short, f'After the {label}', samples)} Significantly less accurate, by "
+                     "cell: " + "; ".join(per_cell) + ".")
     return "\n".join(lines) + "\n"
 
 

@@ -39,11 +39,9 @@ import pandas as pd
 from haq import tables
 from haq.cli import nonnegative_int
 from haq.config import SearchConfig
-from haq.tables import RESULTS_DIR, SCALES, TABLES, Cell, TableSpec, held_out
+from haq.tables import HELD_OUT_COLUMNS, RESULTS_DIR, SCALES, TABLES, Cell, TableSpec, held_out
 
 log = logging.getLogger("held_out")
-HELD_OUT_COLUMNS = ["test_accuracy", "reproduced", "val_accuracy_refits", "test_accuracy_refits",
-                    "val_accuracy_refits_sd", "test_accuracy_refits_sd", "refits"]
 
 
 def _same_config(run_dir: Path, cfg: SearchConfig, method: str) -> bool:

@@ -324,6 +324,11 @@ def write_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: s
     return csv_path
 
 
+HELD_OUT_COLUMNS = ("test_accuracy", "reproduced", "val_accuracy_refits", "test_accuracy_refits",
+                    "val_accuracy_refits_sd", "test_accuracy_refits_sd", "refits")
+"""The columns `held_out` adds to a table's rows (dropped before measuring the rows again)."""
+
+
 def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, overrides: dict[str, Any] | None = None,
              jobs: int = 1, progress: Callable[[int, int], None] | None = None,
              refits: int | None = None) -> pd.DataFrame:
@@ -808,7 +813,7 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
                          "with the same seed shares: the agent's own episodes did not beat it")
         lines.append(line + ".")
     if not short.empty:
-        lines += ["", _shortfall_summary(short, refits_s)]
+        lines += ["", shortfall_summary(short, f"Held out over {refits_s}")]
     if len(spec.hardware) == 2 and "haq" in set(df["method"]):
         lines += ["", *_edge_cloud(spec, scale, tag, df, out)]
     text = "\n".join(lines) + "\n"
@@ -816,16 +821,17 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
     return text
 
 
-def _shortfall_summary(short: pd.DataFrame, refits_s: str) -> str:
-    """Markdown: the searched rows against the costlier fixed-bit rows over the refits, counted
-    three ways (`refit_shortfalls`)."""
+def shortfall_summary(short: pd.DataFrame, measured: str, samples: str = "refits") -> str:
+    """Markdown: the searched rows against the costlier fixed-bit rows, counted three ways
+    (`refit_shortfalls`); `measured` says on what, e.g. ``Held out over 4 refits``, and `samples`
+    what the test's spreads are of."""
     n = len(short)
     lost = short[short["below"] != ""]
     sig = short[short["significantly_below"] != ""]
     budgets = ", ".join(f"{b} {k}" for b, k in sig.groupby("budget", sort=False).size().items())
-    return (f"Held out over {refits_s}, of the {n} searches: at least as accurate as every costlier fixed-bit "
-            f"baseline in {n - len(lost)}; below one or more of them by less than the refits resolve in "
-            f"{len(lost) - len(sig)}; significantly less accurate than one (Welch's t-test on the refits, one-sided, "
+    return (f"{measured}, of the {n} searches: at least as accurate as every costlier fixed-bit "
+            f"baseline in {n - len(lost)}; below one or more of them by less than the {samples} resolve in "
+            f"{len(lost) - len(sig)}; significantly less accurate than one (Welch's t-test on the {samples}, one-sided, "
             f"{SIGNIFICANCE:.0%}) in {len(sig)}" + (f" (by budget: {budgets})" if len(sig) else "") + ".")
 
 
