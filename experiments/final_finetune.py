@@ -41,6 +41,11 @@ OUT = RESULTS_DIR / "ablations"
 def select(df: pd.DataFrame, models: list[str] | None, budgets: list[str] | None) -> pd.DataFrame:
     """The table's haq rows (of `budgets`, if given) and fixed-bit rows, of `models` if given."""
     df = df.assign(budget=df["budget"].astype(str))
+    searched = sorted(set(df.loc[df["method"] == "haq", "budget"]))
+    unknown_budgets = sorted(set(budgets or []) - set(searched))
+    if unknown_budgets:
+        raise SystemExit(f"the table has no searches at budget {', '.join(unknown_budgets)}; its budgets: "
+                         f"{', '.join(searched)}")
     keep = (df["method"] == "fixed") | ((df["method"] == "haq") & (df["budget"].isin(budgets) if budgets else True))
     if models:
         unknown = sorted(set(models) - set(df["model"]))

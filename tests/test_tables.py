@@ -460,6 +460,8 @@ def test_final_finetune_measures_each_rows_policy_after_a_longer_finetune(tmp_pa
     df = run_table(spec, "mini", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results")
     rows = ff.select(pd.read_csv(tmp_path / "results" / "tiny-mini.csv", keep_default_na=False), None, ["w4a4"])
     assert sorted(rows["method"]) == ["fixed", "fixed", "haq"]  # the random search is not measured
+    with pytest.raises(SystemExit, match="no searches at budget w5a5; its budgets: w4a4"):
+        ff.select(pd.read_csv(tmp_path / "results" / "tiny-mini.csv", keep_default_na=False), None, ["w5a5"])
     out = ff.long_finetune(spec, "mini", rows, 1, 1, 1, tmp_path / "runs")  # 1 epoch of 1,100 images, not 128
     assert (out["final_finetunes"] == 2).all() and (out["final_epochs"] == 1).all()
     assert list(out["test_accuracy_refits"]) == list(rows["test_accuracy_refits"])  # the table's one-epoch column kept
