@@ -772,7 +772,9 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
                                       + (f", and held out over {refits_s}" if refit else "") + ")" if test else "")
               + ".", "",
               f"![top-1 against {spec.constraint}]({figure})"]
-    lines += _against_budget_policy(df, test, refit, refits_s)
+    lines += against_budget_policy(df, [("accuracy", "search-validation")]
+                                   + ([("test_accuracy", "held out")] if test else [])
+                                   + ([("test_accuracy_refits", f"held out, {refits_s}")] if refit else []))
     lines += ["", f"Paper: {spec.paper}", ""]
     for (model, hw, budget), g in v.groupby(["model", "hw", "budget"], sort=False):
         haq = df[(df["method"] == "haq") & (df["model"] == model) & (df["hw"] == hw) & (df["budget"] == budget)]
@@ -837,12 +839,10 @@ def shortfall_summary(short: pd.DataFrame, measured: str, samples: str = "refits
             f"{SIGNIFICANCE:.0%}) in {len(sig)}" + (f" (by budget: {budgets})" if len(sig) else "") + ".")
 
 
-def _against_budget_policy(df: pd.DataFrame, test: bool, refit: bool, refits_s: str) -> list[str]:
+def against_budget_policy(df: pd.DataFrame, columns: list[tuple[str, str]]) -> list[str]:
     """Markdown: each search method's best policy minus the uniform policy of its budget (the
     paper's comparison, same model, hardware and seed), mean over seeds and hardware, on each
-    measurement the rows have; empty when no budget is a fixed-bit row."""
-    columns = [("accuracy", "search-validation")] + ([("test_accuracy", "held out")] if test else []) \
-        + ([("test_accuracy_refits", f"held out, {refits_s}")] if refit else [])
+    of `columns` (column of `df`, its heading); empty when no budget is a fixed-bit row."""
     fixed = df[df["method"] == "fixed"].set_index(["model", "hw", "seed", "policy"])
     diffs = []
     for r in df[df["method"] != "fixed"].to_dict("records"):

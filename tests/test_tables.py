@@ -487,5 +487,9 @@ def test_final_finetune_measures_each_rows_policy_after_a_longer_finetune(tmp_pa
     text = ff.render(spec, "mini", out)
     assert "after a 1-epoch final finetune" in text and "| digits-mbv2 | bismo-edge | haq search, budget w4a4 |" in text
     assert "- After the 1-epoch finetune, of the 1 searches:" in text
+    haq = out[out["method"] == "haq"].iloc[0]
+    uniform = out[(out["method"] == "fixed") & (out["policy"] == "w4a4")].iloc[0]
+    gains = [haq[c] - uniform[c] for c in ("test_accuracy_refits", "final_test_accuracy")]
+    assert f"| digits-mbv2 | w4a4 | haq | {gains[0]:+.2f} | {gains[1]:+.2f} |" in text  # minus uniform w4a4, both ways
     assert "- After the one-epoch refits (the table's): one finetune a row, no spread" in text  # refits: 1
     assert len(df) == 4
