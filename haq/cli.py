@@ -209,6 +209,9 @@ def policy_settings(args: argparse.Namespace) -> PolicySettings:
     epochs = getattr(args, "finetune_epochs", None)
     finetune = dataclasses.replace(finetune, epochs=finetune.epochs if epochs is None else epochs,
                                    distill=finetune.distill or getattr(args, "distill", False))
+    images = getattr(args, "train_images", None)
+    if images is not None:  # 0: all of them
+        finetune = dataclasses.replace(finetune, max_train_images=images or None)
     return PolicySettings(
         model=model,
         weights=pick(args.weights, "weights", None), dataset=pick(args.dataset, "dataset", None),
@@ -240,6 +243,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             total = hw_models.policy_cost(table, policy.bits)
             costs[metric] = {"cost": total, "ratio_to_w8a8": total / hw_models.policy_cost(table, [(8, 8)] * len(policy))}
     result = {"model": st.model, "policy": args.policy or args.uniform or "w8a8", "finetune_epochs": st.finetune.epochs,
+              "train_images": st.finetune.max_train_images,  # None: all
               "distill": st.finetune.distill, "seed": st.seed, "run_config": str(st.run_config) if st.run_config else None,
               "fp_top1": ev.fp_metrics["top1"], "fp_top5": ev.fp_metrics["top5"], "top1": metrics["top1"],
               "top5": metrics["top5"], "test_top1": splits["test"]["top1"], "test_top5": splits["test"]["top5"],
@@ -251,7 +255,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"the settings of the run that wrote the policy ({st.run_config}): model, weights, data, quantization, "
               f"finetune, seed {st.seed}, {hw}; flags override")
     print(f"{st.model}: float top-1 {result['fp_top1']:.2f}%  top-5 {result['fp_top5']:.2f}%")
-    print(f"quantized ({result['policy']}, {st.finetune.epochs} finetune epoch(s){', distilled' if st.finetune.distill else ''}): top-1 {metrics['top1']:.2f}%  "
+    images = "all" if st.finetune.max_train_images is None else f"{st.finetune.max_train_images}"
+    print(f"quantized ({result['policy']}, {st.finetune.epochs} finetune epoch(s) of {images} training images"
+          f"{', distilled' if st.finetune.distill else ''}): top-1 {metrics['top1']:.2f}%  "
           f"top-5 {metrics['top5']:.2f}% on the search-validation split; held out (test split): top-1 "
           f"{result['test_top1']:.2f}%  top-5 {result['test_top5']:.2f}%")
     for metric, c in costs.items():
@@ -301,6 +307,16 @@ def positive_int(text: str) -> int:
 def nonnegative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
     return _int_at_least(text, 0)
+
+
+def train_images(text: str) -> int:
+    """argparse type: ``all`` (0: the whole search-train split) or a positive image count."""
+    if text == "all":
+        return 0
+    try:
+        return _int_at_least(text, 1)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be 'all' or an integer >= 1, got {text!r}") from None
 
 
 def model_weights(text: str) -> tuple[str, str]:
@@ -494,7 +510,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     w_bits = [w for w, _ in policy.bits]
     n_w = [layer.n_weights for layer in ev.layers]
     report = {
-        "model": name, "policy": args.policy, "finetune_epochs": args.finetune_epochs,
+        "model": name, "policy": args.policy, "finetune_epochs": st.finetune.epochs,
+        "train_images": st.finetune.max_train_images,  # None: all
         "top1_fake_quant": float((ref.argmax(1) == y).mean() * 100),
         "top1_artifact": float((art.argmax(1) == y).mean() * 100),
         "top1_onnxruntime": float((ort.argmax(1) == y).mean() * 100),
@@ -611,6 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root", dest="data_root")
     e.add_argument("--finetune-epochs", dest="finetune_epochs", type=int,
                    help="finetune epochs (default: the run's, else 1)")
+    e.add_argument("--train-images", dest="train_images", type=train_images, metavar="N|all",
+                   help="training images an epoch: 'all', or the first N shuffled (default: the run's, else all); "
+                        "'--finetune-epochs 3 --train-images all' on a table search's policy is the paper's final finetune")
     e.add_argument("--distill", action="store_true", help="distil from the float model in the finetune")
     e.add_argument("--device", help="default: the run's, else cpu")
     e.add_argument("--seed", type=int, help="finetune seed (default: the run's, else 0)")
@@ -674,6 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--data-root", dest="data_root")
     ex.add_argument("--finetune-epochs", dest="finetune_epochs", type=int,
                     help="finetune epochs (default: the run's, else 1)")
+    ex.add_argument("--train-images", dest="train_images", type=train_images, metavar="N|all",
+                    help="training images an epoch: 'all', or the first N shuffled (default: the run's, else all)")
     ex.add_argument("--seed", type=int, help="finetune seed (default: the run's, else 0)")
     ex.add_argument("--json", action="store_true")
     ex.set_defaults(func=cmd_export)

@@ -433,12 +433,25 @@ def test_eval_and_export_take_the_settings_of_the_run_that_wrote_the_policy(tmp_
     st = policy_settings(parse(["export", "--policy", str(run / "best_policy.json"), "--out", "x", "--seed", "1",
                                 "--finetune-epochs", "0"]))  # flags override the run's
     assert (st.seed, st.finetune.epochs, st.finetune.max_train_images) == (1, 0, 256)
+    # the paper's final finetune of a table search's policy: longer, on the whole train split
+    st = policy_settings(parse(["eval", "--policy", str(run / "best_policy.json"), "--finetune-epochs", "3",
+                                "--train-images", "all"]))
+    assert (st.finetune.epochs, st.finetune.max_train_images, st.seed) == (3, None, 7)
+    st = policy_settings(parse(["export", "--policy", str(run / "best_policy.json"), "--out", "x", "--train-images", "64"]))
+    assert (st.finetune.epochs, st.finetune.max_train_images) == (2, 64)
     # another model than the run's: none of the run's settings apply
     st = policy_settings(parse(["eval", "--policy", str(run / "best_policy.json"), "--model", "digits-mbv2"]))
     assert (st.model, st.seed, st.weights, st.run_config, st.quant.calib_images) == ("digits-mbv2", 0, None, None, 512)
     # a policy file outside a run: its own model, else the default
     (tmp_path / "p.json").write_text('{"model": "digits32-mbv2", "layers": []}')
     assert policy_settings(parse(["export", "--policy", str(tmp_path / "p.json"), "--out", "x"])).model == "digits32-mbv2"
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "al", "1.5"])
+def test_eval_train_images_is_all_or_a_positive_count(value, capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--train-images", value])
+    assert f"--train-images: must be 'all' or an integer >= 1, got '{value}'" in capsys.readouterr().err
 
 
 def test_cli_search_and_resume_as_a_user_runs_them(tmp_path):
