@@ -21,7 +21,6 @@ whether it is significantly less accurate than a costlier fixed-bit row after th
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -70,9 +69,7 @@ def long_finetune(spec: TableSpec, scale: str, rows: pd.DataFrame, epochs: int, 
     # `reproduced` compares with the rows' one-epoch top-1, which a long finetune never gives
     tables.held_out(spec, scale, rows.drop(columns=[c for c in tables.HELD_OUT_COLUMNS if c in rows.columns]), base,
                     overrides, jobs, progress, refits, check_reproduced=False)
-    cache = json.loads((base / "held-out.json").read_text())
-    samples = [[cache[k]["test"]] + cache[k]["refit_test"][:refits]
-               for k in (tables._held_out_key(r) for r in rows.to_dict("records"))]
+    samples = tables.held_out_test_samples(base, rows, refits)
     out = rows.copy()
     out["final_epochs"] = epochs
     out["final_test_accuracy"] = [float(np.mean(s)) for s in samples]

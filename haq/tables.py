@@ -329,6 +329,14 @@ HELD_OUT_COLUMNS = ("test_accuracy", "reproduced", "val_accuracy_refits", "test_
 """The columns `held_out` adds to a table's rows (dropped before measuring the rows again)."""
 
 
+def held_out_test_samples(base: Path, df: pd.DataFrame, refits: int) -> list[list[float]]:
+    """Per row of `df`, as `held_out` measured it into ``<base>/held-out.json``: the held-out
+    top-1 of the row's own finetune, then of its first `refits` refits."""
+    cache = json.loads((base / "held-out.json").read_text())
+    return [[cache[k]["test"]] + cache[k]["refit_test"][:refits]
+            for k in (_held_out_key(r) for r in df.to_dict("records"))]
+
+
 def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, overrides: dict[str, Any] | None = None,
              jobs: int = 1, progress: Callable[[int, int], None] | None = None,
              refits: int | None = None, check_reproduced: bool = True) -> pd.DataFrame:
