@@ -664,7 +664,8 @@ def refit_shortfalls(df: pd.DataFrame, alpha: float = SIGNIFICANCE) -> pd.DataFr
     (one test image) as much as three points; this separates the shortfalls the refits resolve
     from those within their spread. Where both spreads are 0 a higher mean is significant.
     Columns: model, hw, budget, seed, ``significantly_below`` (the fixed-bit policies, space
-    separated), ``below`` (every costlier policy with a higher refit mean). Empty without the
+    separated), ``below`` (every costlier policy with a higher refit mean), ``significant_gap`` (the
+    largest of the significant shortfalls, top-1 points; NaN where none). Empty without the
     standard deviations (tables measured with fewer than 2 refits, or before they were kept)."""
     from scipy import stats
 
@@ -676,20 +677,19 @@ def refit_shortfalls(df: pd.DataFrame, alpha: float = SIGNIFICANCE) -> pd.DataFr
     for r in df[df["method"] == "haq"].to_dict("records"):
         f = fixed[(fixed["model"] == r["model"]) & (fixed["hw"] == r["hw"]) & (fixed["seed"] == r["seed"])]
         m, sd, n = float(r["test_accuracy_refits"]), float(r["test_accuracy_refits_sd"]), int(r["refits"])
-        below, significant = [], []
+        below, significant, gaps = [], [], []
         for b in f[f["cost"] >= r["cost"] * (1 - 1e-9)].to_dict("records"):
             mb, sdb, nb = float(b["test_accuracy_refits"]), float(b["test_accuracy_refits_sd"]), int(b["refits"])
             if mb <= m:
                 continue
             below.append(b["policy"])
-            if sd == 0 and sdb == 0:
+            if (sd == 0 and sdb == 0) or stats.ttest_ind_from_stats(
+                    m, sd, n, mb, sdb, nb, equal_var=False, alternative="less").pvalue < alpha:
                 significant.append(b["policy"])
-                continue
-            p = stats.ttest_ind_from_stats(m, sd, n, mb, sdb, nb, equal_var=False, alternative="less").pvalue
-            if p < alpha:
-                significant.append(b["policy"])
+                gaps.append(mb - m)
         out.append({"model": r["model"], "hw": r["hw"], "budget": r["budget"], "seed": r["seed"],
-                    "significantly_below": " ".join(significant), "below": " ".join(below)})
+                    "significantly_below": " ".join(significant), "below": " ".join(below),
+                    "significant_gap": max(gaps) if gaps else np.nan})
     return pd.DataFrame(out)
 
 
@@ -841,10 +841,13 @@ def shortfall_summary(short: pd.DataFrame, measured: str, samples: str = "refits
     lost = short[short["below"] != ""]
     sig = short[short["significantly_below"] != ""]
     budgets = ", ".join(f"{b} {k}" for b, k in sig.groupby("budget", sort=False).size().items())
+    gaps = sig["significant_gap"].astype(float) if "significant_gap" in sig.columns else pd.Series(dtype=float)
+    span = sorted({f"{gaps.min():.2f}", f"{gaps.max():.2f}"}, key=float) if len(gaps) and gaps.notna().all() else []
+    by = f"; by {' to '.join(span)} points, each search's largest shortfall" if span else ""
     return (f"{measured}, of the {n} searches: at least as accurate as every costlier fixed-bit "
             f"baseline in {n - len(lost)}; below one or more of them by less than the {samples} resolve in "
             f"{len(lost) - len(sig)}; significantly less accurate than one (Welch's t-test on the {samples}, one-sided, "
-            f"{SIGNIFICANCE:.0%}) in {len(sig)}" + (f" (by budget: {budgets})" if len(sig) else "") + ".")
+            f"{SIGNIFICANCE:.0%}) in {len(sig)}" + (f" (by budget: {budgets}{by})" if len(sig) else "") + ".")
 
 
 def against_budget_policy(df: pd.DataFrame, columns: list[tuple[str, str]]) -> list[str]:

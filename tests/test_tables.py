@@ -429,12 +429,14 @@ def test_refit_shortfalls_test_the_gap_to_each_costlier_row_against_the_refits_s
     short = tables.refit_shortfalls(df)
     assert list(short["below"]) == ["w5a5 w8a8", "w5a5 w8a8"]
     assert list(short["significantly_below"]) == ["w5a5", "w5a5 w8a8"]
+    assert list(short["significant_gap"]) == pytest.approx([1.0, 1.0])  # the larger one: w5a5's 98.0 - 97.0
     text = render_table(spec, "mini", df, tmp_path)
     assert ("and significantly less accurate than one of them (Welch's t-test over the refits, one-sided, 5%) "
             "in 2 of 2 (w5a5, w8a8)") in text
     assert ("Held out over 4 refits, of the 2 searches: at least as accurate as every costlier fixed-bit baseline "
             "in 0; below one or more of them by less than the refits resolve in 0; significantly less accurate "
-            "than one (Welch's t-test on the refits, one-sided, 5%) in 2 (by budget: w5a5 2).") in text
+            "than one (Welch's t-test on the refits, one-sided, 5%) in 2 (by budget: w5a5 2; by 1.00 points, each "
+            "search's largest shortfall).") in text
     # no verdict without a spread to test against (one refit, or a CSV from before the spreads were kept)
     assert tables.refit_shortfalls(df.drop(columns="test_accuracy_refits_sd")).empty
     assert "Welch" not in render_table(spec, "mini", df.assign(test_accuracy_refits_sd=""), tmp_path)
@@ -467,6 +469,7 @@ def test_final_finetune_measures_each_rows_policy_after_a_longer_finetune(tmp_pa
         out = ff.long_finetune(spec, "mini", rows, 1, 1, 1, tmp_path / "runs")  # 1 epoch of 1,100 images, not 128
     assert not caplog.records  # no row can reproduce its one-epoch top-1 now: no "another top-1" warning for each
     assert (out["final_finetunes"] == 2).all() and (out["final_epochs"] == 1).all()
+    assert (out["test_images"] == 1797 - 1100 - 350).all()  # digits: what the train and val splits leave
     assert list(out["test_accuracy_refits"]) == list(rows["test_accuracy_refits"])  # the table's one-epoch column kept
     cfg = spec.config("mini", "digits-mbv2", "bismo-edge", "w4a4", "haq", 0, tmp_path / "unused")
     cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, epochs=1, max_train_images=None))
@@ -492,4 +495,6 @@ def test_final_finetune_measures_each_rows_policy_after_a_longer_finetune(tmp_pa
     gains = [haq[c] - uniform[c] for c in ("test_accuracy_refits", "final_test_accuracy")]
     assert f"| digits-mbv2 | w4a4 | haq | {gains[0]:+.2f} | {gains[1]:+.2f} |" in text  # minus uniform w4a4, both ways
     assert "- After the one-epoch refits (the table's): one finetune a row, no spread" in text  # refits: 1
+    assert "The held-out split has 347 images (digits-mbv2). The largest significant shortfall is " in text
+    assert "after the one-epoch refits" not in text.split("The held-out split")[1]  # nothing was tested there
     assert len(df) == 4
