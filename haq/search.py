@@ -338,7 +338,9 @@ class Search:
         self.agent.save(ckpt / "agent.zip")
         self.agent.save_replay_buffer(ckpt / "replay.pkl")
         state = {"episodes": n, "best": self.best, "rng": {
-            "torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
+            "torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            # the warm-up's uniform random actions (SB3 reseeds the space when it loads an agent)
+            "action_space": self.agent.action_space.np_random.bit_generator.state}}
         with open(ckpt / "state.pkl", "wb") as fh:
             pickle.dump(state, fh)
             fh.flush()
@@ -464,6 +466,8 @@ class Search:
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
+        if "action_space" in state["rng"]:  # checkpoints written before it was kept resume as they did
+            search.agent.action_space.np_random.bit_generator.state = state["rng"]["action_space"]
         if len(rows) < n:
             raise RuntimeError(f"{run_dir}/episodes.csv has {len(rows)} rows but the checkpoint has {n} episodes")
         # rows past the checkpoint belong to an episode that will be run again: drop them

@@ -310,6 +310,32 @@ def test_killed_search_resumes_without_losing_or_repeating_episodes(tmp_path, sh
     assert got == rows(tmp_path / "ref")  # the same episodes as a run that was never interrupted
 
 
+def test_search_killed_in_its_warm_up_resumes_with_the_warm_ups_next_random_policies(tmp_path, shared_parts):
+    """The warm-up's uniform random actions come from the action space's own generator, which
+    SB3 reseeds when it loads an agent: a resumed warm-up drew its first policies again."""
+    reference = Search(tiny_config(tmp_path, "ref", episodes=5, warmup=4), evaluator=shared_parts.evaluator)
+    reference.run()
+    search = Search(tiny_config(tmp_path, "killed", episodes=5, warmup=4), evaluator=shared_parts.evaluator)
+    env = search.parts.env
+    evaluator, calls = env.evaluator, {"n": 0}
+
+    def dying(policy):
+        calls["n"] += 1
+        if calls["n"] == 3:  # dies in warm-up episode 3
+            raise Crash
+        return evaluator(policy)
+
+    env.evaluator = dying
+    with pytest.raises(Crash):
+        search.run()
+    resumed = Search.resume(tmp_path / "killed", evaluator=shared_parts.evaluator)
+    assert resumed.episodes_done == 2
+    resumed.run()
+    got = rows(tmp_path / "killed")
+    assert len({r[2] for r in got}) == 5  # five different warm-up and agent policies, none drawn twice
+    assert got == rows(tmp_path / "ref")
+
+
 def test_paper_agent_config_file_is_the_papers_agent():
     from haq.config import PAPER_AGENT
 
