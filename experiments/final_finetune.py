@@ -155,8 +155,7 @@ def test_split_note(df: pd.DataFrame, final: pd.DataFrame, epochs: int) -> str:
         parts.append(f"{short['significant_gap'].max():.2f} points ({images.max():.1f} images) after {label}")
     p = float(final.loc[final["method"] == "haq", "final_test_accuracy"].median()) / 100  # the searched rows'
     held = "; ".join(f"{k} images ({', '.join(ms)})" for k, ms in sizes.groupby(sizes).groups.items())
-    return (f"The held-out split has {held}. The largest "
-            f"significant shortfall is {'; '.join(parts)}. The tests take the spread over finetune seeds on this one "
+    return (f"The held-out split has {held}. Largest significant shortfall: {'; '.join(parts)}. The tests take the spread over finetune seeds on this one "
             "split; they do not say whether another split of as many images would order the policies the same way: "
             f"the binomial standard error of one top-1 of {100 * p:.1f}% (the searched rows' median) on "
             f"{sizes.min()} images is "

@@ -495,6 +495,6 @@ def test_final_finetune_measures_each_rows_policy_after_a_longer_finetune(tmp_pa
     gains = [haq[c] - uniform[c] for c in ("test_accuracy_refits", "final_test_accuracy")]
     assert f"| digits-mbv2 | w4a4 | haq | {gains[0]:+.2f} | {gains[1]:+.2f} |" in text  # minus uniform w4a4, both ways
     assert "- After the one-epoch refits (the table's): one finetune a row, no spread" in text  # refits: 1
-    assert "The held-out split has 347 images (digits-mbv2). The largest significant shortfall is " in text
+    assert "The held-out split has 347 images (digits-mbv2). Largest significant shortfall: " in text
     assert "after the one-epoch refits" not in text.split("The held-out split")[1]  # nothing was tested there
     assert len(df) == 4
