@@ -63,8 +63,8 @@ def render(p: pd.DataFrame, epochs: int, finetunes: int) -> str:
               f"(`experiments/final_finetune.py`), top-1 (%) on the held-out test split (347 images), mean of {finetunes} "
               "finetunes (the search's seed and seeds no search used). Sources: `final-finetune-latency-mini.csv` and "
               "`final-finetune-whole-split-latency-mini.csv` (beside this file)."), "",
-             "| budget | seed | reward on 256 | reward on 1,100 | uniform of the budget | w8a8 | mean w / a bits: 256 "
-             "| 1,100 | latency / w8a8: 256 | 1,100 |",
+             ("| budget | seed | reward on 256 | reward on 1,100 | uniform of the budget | w8a8 | mean w / a bits: 256 "
+              "| 1,100 | latency / w8a8: 256 | 1,100 |"),
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in p.sort_values(["budget", "seed"]).to_dict("records"):
         lines.append(f"| {r['budget']} | {r['seed']} | {r['final_test_accuracy_256']:.2f} | "
