@@ -31,7 +31,7 @@ import pandas as pd
 
 from haq import tables
 from haq.cli import nonnegative_int, positive_int
-from haq.search import load_model_and_data
+from haq.search import load_search_data
 from haq.tables import RESULTS_DIR, SCALES, TABLES, TableSpec
 
 log = logging.getLogger("final_finetune")
@@ -83,7 +83,7 @@ def long_finetune(spec: TableSpec, scale: str, rows: pd.DataFrame, epochs: int, 
 def test_images(spec: TableSpec, scale: str, model: str) -> int:
     """How many images `model`'s held-out test split has in `spec`'s searches at `scale`."""
     cfg = spec.config(scale, model, spec.hardware[0], spec.model_budgets(scale, model)[0], "haq", 0, Path("unused"))
-    return len(load_model_and_data(cfg.model, cfg.weights, cfg.dataset, cfg.data_root, **cfg.data)[1].test)
+    return len(load_search_data(cfg.model, cfg.dataset, cfg.data_root, **cfg.data).test)
 
 
 def render(spec: TableSpec, scale: str, df: pd.DataFrame, config_dir: str | None = None) -> str:
@@ -120,9 +120,10 @@ def render(spec: TableSpec, scale: str, df: pd.DataFrame, config_dir: str | None
         return "\n".join(lines) + "\n"
     final = df.assign(test_accuracy_refits=df["final_test_accuracy"], test_accuracy_refits_sd=df["final_test_accuracy_sd"],
                       refits=df["final_finetunes"])
-    for label, samples, frame in (("one-epoch refits (the table's)", "refits", df),
-                                  (f"{epochs}-epoch finetune", "finetunes", final)):
-        short = tables.refit_shortfalls(frame)
+    shorts = {}  # the verdicts after each measure, by its name, for the test-split note too
+    for name, label, samples, frame in (("one-epoch refits", "one-epoch refits (the table's)", "refits", df),
+                                        (f"{epochs}-epoch finetune", f"{epochs}-epoch finetune", "finetunes", final)):
+        short = shorts[name] = tables.refit_shortfalls(frame)
         if short.empty:
             lines.append(f"- After the {label}: one finetune a row, no spread to test the differences against.")
             continue
@@ -134,26 +135,26 @@ def render(spec: TableSpec, scale: str, df: pd.DataFrame, config_dir: str | None
         lines.append(f"- {tables.shortfall_summary(short, f'After the {label}', samples)} Significantly less accurate, by "
                      "cell: " + "; ".join(per_cell) + ".")
     if "test_images" in df.columns:
-        lines += ["", test_split_note(df, final, epochs)]
+        lines += ["", test_split_note(df, shorts)]
     return "\n".join(lines) + "\n"
 
 
-def test_split_note(df: pd.DataFrame, final: pd.DataFrame, epochs: int) -> str:
-    """Markdown: the significant shortfalls in held-out images, and the test split's own sampling
-    error, which the Welch tests (spread over finetune seeds, one fixed split) leave out."""
+def test_split_note(df: pd.DataFrame, shorts: dict[str, pd.DataFrame]) -> str:
+    """Markdown: the significant shortfalls (`shorts`: `refit_shortfalls` after each measure, by
+    its name) in held-out images, and the test split's own sampling error, which the Welch tests
+    (spread over finetune seeds, one fixed split) leave out."""
     sizes = df.groupby("model", sort=False)["test_images"].first().astype(int)
     parts = []
-    for label, frame in (("the one-epoch refits", df), (f"the {epochs}-epoch finetune", final)):
-        short = tables.refit_shortfalls(frame)
+    for name, short in shorts.items():
         if short.empty:  # one finetune a row: nothing was tested
             continue
         short = short[short["significantly_below"] != ""]
         if short.empty:
-            parts.append(f"none after {label}")
+            parts.append(f"none after the {name}")
             continue
         images = short["significant_gap"].astype(float) * short["model"].map(sizes) / 100
-        parts.append(f"{short['significant_gap'].max():.2f} points ({images.max():.1f} images) after {label}")
-    p = float(final.loc[final["method"] == "haq", "final_test_accuracy"].median()) / 100  # the searched rows'
+        parts.append(f"{short['significant_gap'].max():.2f} points ({images.max():.1f} images) after the {name}")
+    p = float(df.loc[df["method"] == "haq", "final_test_accuracy"].median()) / 100  # the searched rows'
     held = "; ".join(f"{k} images ({', '.join(ms)})" for k, ms in sizes.groupby(sizes).groups.items())
     return (f"The held-out split has {held}. Largest significant shortfall: {'; '.join(parts)}. The tests take the spread over finetune seeds on this one "
             "split; they do not say whether another split of as many images would order the policies the same way: "

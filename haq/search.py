@@ -77,15 +77,23 @@ def resolve_budget(config: SearchConfig, cost_model: hw_models.CostModel,
     return float(value) * hw_models.policy_cost(table, [(8, 8)] * len(layers))
 
 
-def load_model_and_data(model: str, weights: str | None = None, dataset: str | None = None,
-                        data_root: str | None = None, **data_kwargs: Any) -> tuple[torch.nn.Module, SearchData, dict[str, Any]]:
-    """A registered model (its own pretraining, or the local `weights`) and its search data
-    (the model's data set unless `dataset` is given), plus the factory keyword arguments
-    that rebuild the same architecture (``create_model(model, pretrained=False, **kwargs)``)."""
+def load_search_data(model: str, dataset: str | None = None, data_root: str | None = None,
+                     **data_kwargs: Any) -> SearchData:
+    """The search data of a registered model: its own data set at its input size, unless
+    `dataset` names another (no model is built or trained)."""
     entry = model_entry(model)
     if dataset is None or dataset == entry.dataset:  # the model's own data, at its input size
         data_kwargs = {**entry.data, **data_kwargs}
-    data = load_dataset(dataset or entry.dataset, data_root, **data_kwargs)
+    return load_dataset(dataset or entry.dataset, data_root, **data_kwargs)
+
+
+def load_model_and_data(model: str, weights: str | None = None, dataset: str | None = None,
+                        data_root: str | None = None, **data_kwargs: Any) -> tuple[torch.nn.Module, SearchData, dict[str, Any]]:
+    """A registered model (its own pretraining, or the local `weights`) and its search data
+    (`load_search_data`), plus the factory keyword arguments that rebuild the same
+    architecture (``create_model(model, pretrained=False, **kwargs)``)."""
+    entry = model_entry(model)
+    data = load_search_data(model, dataset, data_root, **data_kwargs)
     if weights is None:
         if entry.pretrain is not None:  # the digits networks: their own training, at their own class count
             return create_model(model), data, {}
