@@ -31,9 +31,6 @@ MEASURES = {"search-validation": "accuracy", "held out": "test_accuracy", "held 
 KEYS = ["model", "hw", "budget", "method", "seed"]
 
 
-def _signed(x: float) -> str:
-    return f"{round(x, 2) + 0.0:+.2f}"  # no "-0.00"
-
 
 def paired(ablation: pd.DataFrame, main: pd.DataFrame) -> pd.DataFrame:
     """One row per searched cell of the ablation: each measure in both tables (suffixes ``_2`` for
@@ -80,7 +77,7 @@ def section(table: str, ablation: pd.DataFrame, main: pd.DataFrame) -> list[str]
             diff = rows[f"{c}_3"] - rows[f"{c}_2"]
             text = (f"- {method}, {label}: with bits 3..8 at least as accurate in {int((diff >= -1e-3).sum())} of "
                     f"{len(rows)} searches, mean {rows[f'{c}_2'].mean():.2f} -> {rows[f'{c}_3'].mean():.2f} "
-                    f"({_signed(diff.mean())} points; lowest seed {rows[f'{c}_2'].min():.2f} -> "
+                    f"({tables.signed(diff.mean())} points; lowest seed {rows[f'{c}_2'].min():.2f} -> "
                     f"{rows[f'{c}_3'].min():.2f})")
             if method == "haq" and uniform:
                 text += (f"; at least as accurate as the uniform policy of its budget in "

@@ -28,9 +28,6 @@ ABLATIONS = {"noise-offset-latency": "latency-mini.csv", "noise-offset-energy": 
              "noise-offset-size": "size-mini.csv"}
 
 
-def _signed(x: float) -> str:
-    return f"{round(x, 2) + 0.0:+.2f}"  # no "-0.00"
-
 
 def _beats_costlier(v: pd.DataFrame, model: str, hw: str, budget: str) -> pd.Series:
     rows = v[(v["model"] == model) & (v["hw"] == hw) & (v["budget"].astype(str) == str(budget))]
@@ -63,7 +60,7 @@ def compare(ablation: pd.DataFrame, main: pd.DataFrame) -> tuple[list[str], list
         for r in pair.itertuples():
             lines.append(f"| {model} | {hw} | {budget} | {r.seed} | {r.accuracy_plain:.2f} ({r.cost_ratio_plain:.3f}) "
                          f"| {r.accuracy_offset:.2f} ({r.cost_ratio_offset:.3f}) | "
-                         f"{_signed(r.accuracy_offset - r.accuracy_plain)} |")
+                         f"{tables.signed(r.accuracy_offset - r.accuracy_plain)} |")
         beats = {k: _beats_costlier(v, model, hw, budget) for k, v in (("off", off_verdicts), ("plain", plain_verdicts))}
         frame = pd.DataFrame({"search": [f"{model} {hw} {budget} seed {s}" for s in pair["seed"]],
                               "diff": (pair["accuracy_offset"] - pair["accuracy_plain"]).to_numpy(),
@@ -83,7 +80,7 @@ def compare(ablation: pd.DataFrame, main: pd.DataFrame) -> tuple[list[str], list
         lines.append(f"| {model} | {hw} | {budget} | mean +- std | {pair['accuracy_plain'].mean():.2f} +- "
                      f"{pair['accuracy_plain'].std():.2f} | {pair['accuracy_offset'].mean():.2f} +- "
                      f"{pair['accuracy_offset'].std():.2f} | "
-                     f"{_signed((pair['accuracy_offset'] - pair['accuracy_plain']).mean())} |")
+                     f"{tables.signed((pair['accuracy_offset'] - pair['accuracy_plain']).mean())} |")
         verdicts.append(f"- {model} on {hw}, budget {budget}: with offsets at least as accurate as without in {wins} "
                         f"of {n} seeds; at least as accurate as every fixed-bit baseline that costs as much or more "
                         f"(fixed-bit mean top-1 over seeds: {listed}; each seed is compared with its own) in {b_plain} of {n} seeds without offsets, {b_off} of {n} "
@@ -115,9 +112,9 @@ def render(frames: dict[str, pd.DataFrame]) -> str:
         p = pd.concat(paired, ignore_index=True)
         worst = p.loc[p["diff"].idxmin()]
         verdicts.append(f"- All {len(p)} paired searches: with offsets at least as accurate in "
-                        f"{int((p['diff'] >= -1e-3).sum())}, mean difference {_signed(p['diff'].mean())} points, median "
-                        f"{_signed(p['diff'].median())} (one validation image is 0.29 points); largest loss "
-                        f"{_signed(worst['diff'])} ({worst['search']}), largest gain {_signed(p['diff'].max())}. At least "
+                        f"{int((p['diff'] >= -1e-3).sum())}, mean difference {tables.signed(p['diff'].mean())} points, median "
+                        f"{tables.signed(p['diff'].median())} (one validation image is 0.29 points); largest loss "
+                        f"{tables.signed(worst['diff'])} ({worst['search']}), largest gain {tables.signed(p['diff'].max())}. At least "
                         "as accurate as every fixed-bit baseline that costs as much or more: "
                         f"{int(p['beats_plain'].sum())} of {len(p)} searches without offsets, "
                         f"{int(p['beats_off'].sum())} with.")
@@ -128,8 +125,8 @@ def render(frames: dict[str, pd.DataFrame]) -> str:
             if diff is None or diff.isna().any():
                 continue
             verdicts.append(f"- {label}: with offsets at least as accurate in {int((diff >= -1e-3).sum())} of "
-                            f"{len(p)}, mean difference {_signed(diff.mean())} points, median "
-                            f"{_signed(diff.median())}; at least as accurate as every costlier fixed-bit "
+                            f"{len(p)}, mean difference {tables.signed(diff.mean())} points, median "
+                            f"{tables.signed(diff.median())}; at least as accurate as every costlier fixed-bit "
                             f"baseline in {int(p[f'{key}_beats_plain'].sum())} without offsets, "
                             f"{int(p[f'{key}_beats_off'].sum())} with.")
     return "\n".join(lines + ["", "Measured:", ""] + verdicts) + "\n"

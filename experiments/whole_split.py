@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from haq import tables
+
 ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS = ROOT / "experiments" / "results" / "ablations"
 MAIN = ABLATIONS / "final-finetune-latency-mini.csv"  # the table's searches (256-image reward), final finetune
@@ -75,17 +77,14 @@ def render(p: pd.DataFrame, epochs: int, finetunes: int) -> str:
     for budget, g in p.groupby("budget", sort=True):
         d = g["final_test_accuracy_all"] - g["final_test_accuracy_256"]
         lines.append(
-            f"- Budget {budget}: reward on 1,100 images minus reward on 256, {_signed(d.mean())} points on average "
-            f"({', '.join(_signed(x) for x in d)} by seed); against the uniform policy of the budget "
-            f"{_signed((g['final_test_accuracy_256'] - g['uniform']).mean())} (256) and "
-            f"{_signed((g['final_test_accuracy_all'] - g['uniform']).mean())} (1,100); against w8a8 "
-            f"{_signed((g['final_test_accuracy_256'] - g['w8a8']).mean())} and "
-            f"{_signed((g['final_test_accuracy_all'] - g['w8a8']).mean())}.")
+            f"- Budget {budget}: reward on 1,100 images minus reward on 256, {tables.signed(d.mean())} points on average "
+            f"({', '.join(tables.signed(x) for x in d)} by seed); against the uniform policy of the budget "
+            f"{tables.signed((g['final_test_accuracy_256'] - g['uniform']).mean())} (256) and "
+            f"{tables.signed((g['final_test_accuracy_all'] - g['uniform']).mean())} (1,100); against w8a8 "
+            f"{tables.signed((g['final_test_accuracy_256'] - g['w8a8']).mean())} and "
+            f"{tables.signed((g['final_test_accuracy_all'] - g['w8a8']).mean())}.")
     return "\n".join(lines) + "\n"
 
-
-def _signed(x: float) -> str:
-    return f"{round(float(x), 2) + 0.0:+.2f}"  # no "-0.00"
 
 
 def main() -> None:

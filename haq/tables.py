@@ -634,6 +634,11 @@ def _pm(values: pd.Series, fmt: str = ".2f") -> str:
     return f"{values.mean():{fmt}}"
 
 
+def signed(x: float) -> str:
+    """A difference in points with its sign, two decimals, never ``-0.00``."""
+    return f"{round(float(x), 2) + 0.0:+.2f}"
+
+
 def verdicts(df: pd.DataFrame) -> pd.DataFrame:
     """Per (model, hw, budget, seed): does the searched policy beat every fixed-bit baseline
     whose cost is at or above its own (and which ones does it not)?"""
