@@ -278,6 +278,35 @@ class _GradientStep:
         for p in self.params:
             p.grad = None
 
+    def flush_subnormal_moments(self) -> None:
+        """Set the entries of Adam's two moments that are subnormal (nonzero, below float32's
+        smallest normal number, about 1.2e-38) to zero.
+
+        A parameter whose gradient stops (a dead ReLU unit) has its first moment decayed by
+        beta1 each step into the subnormal range, where it sticks for good (0.9 times the
+        smallest subnormal rounds back to it); on x86 every operation that reads or writes a
+        subnormal takes a slow microcode path, and after 100 episodes a fifth of the
+        critic's first moments were subnormal and Adam's passes ran 4-7x slower. Zeroing
+        them once per `HAQDDPG.train` call took 19% off its time (docs/performance.md).
+        This is the one place where the optimiser state leaves SB3's bit for bit, and the
+        parameters do not follow it: with the agent's learning rates (<= 1e-3) and Adam's
+        ``eps`` of 1e-8, a subnormal first moment's share of a step, at most
+        ``lr / (1 - beta1) * 1.2e-38 / eps`` = 1.2e-32, is below half a unit in the last
+        place of any parameter larger than about 1e-24 in magnitude; the next gradient
+        larger than about 1e-29 leaves the same first moment whether it started from the
+        subnormal or from zero; and a subnormal second moment is lost against ``eps`` in
+        the denominator either way. Searches replay episode for episode (tested on one;
+        docs/performance.md). Checkpoints keep the zeros."""
+        if self._buffers is not None:
+            moments = list(self._buffers[1:])
+        else:
+            state = self.optimizer.state
+            moments = [state[p][k] for p in self.params if p in state for k in ("exp_avg", "exp_avg_sq")
+                       if isinstance(state[p].get(k), th.Tensor) and state[p][k].is_floating_point()]
+        with th.no_grad():
+            for m in moments:
+                m.masked_fill_(m.abs() < th.finfo(m.dtype).tiny, 0.0)
+
     def _flat(self) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """One contiguous 1-d tensor each for the parameters, ``exp_avg`` and ``exp_avg_sq``,
         whose slices are the per-parameter tensors that the modules and the optimiser's
@@ -422,7 +451,9 @@ class HAQDDPG(DDPG):
         For SB3's plain MLPs and one critic the gradients are backpropagated by hand
         (`_manual_step`); other networks go through autograd, with the MLPs run by `_run_mlp`
         (no per-layer module calls). Same parameters, optimiser state and random-state draws
-        as SB3's update (tested)."""
+        as SB3's update (tested), but for Adam's subnormal moments, which each call ends by
+        setting to zero (`_GradientStep.flush_subnormal_moments`: they slowed every step
+        and do not move the parameters)."""
         buffer = self.replay_buffer
         if not (isinstance(buffer, EpisodeRewardReplayBuffer) and buffer.episode_targets):
             super().train(gradient_steps, batch_size)
@@ -456,10 +487,13 @@ class HAQDDPG(DDPG):
                 actor_loss = -_run_mlp(critic.q_networks[0], th.cat([features, policy_actions], dim=1)).mean()
                 actor_losses.append(actor_loss.item())
                 actor_step(actor_loss)  # differentiates the actor's parameters only, not the critic's
+        critic_step.flush_subnormal_moments()
+        actor_step.flush_subnormal_moments()
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         if actor_losses:
             self.logger.record("train/actor_loss", float(np.mean(actor_losses)))
-        self.logger.record("train/critic_loss", float(np.mean(critic_losses)))
+        if critic_losses:
+            self.logger.record("train/critic_loss", float(np.mean(critic_losses)))
 
     def _backprop_by_hand(self) -> bool:
         """Whether `train` backpropagates by hand (`_manual_step`): one critic, plain MLPs

@@ -124,12 +124,9 @@ def test_replay_buffer_charges_requests_over_the_budget():
     np.testing.assert_allclose(buf.rewards[:4, 0], [-2.0, -2.0, 1.5, 1.5])
 
 
-@pytest.mark.parametrize(("batch", "by_hand"), [(8, True), (37, True), (8, False)])
-def test_episode_target_updates_equal_sb3s_ddpg_updates(tmp_path, monkeypatch, batch, by_hand):
-    """The target-network-free update used with episode targets, backpropagated by hand (or,
-    for other networks, by autograd), is SB3's update, exactly (37: loss normalisers that are
-    not powers of two)."""
-    from stable_baselines3 import DDPG
+def _twin_agents(batch: int):
+    """The engine's agent and a second one to train with SB3's own update, on a two-layer
+    env, with the same 6 episodes in both replay buffers."""
     from stable_baselines3.common.logger import configure
     from stable_baselines3.common.monitor import Monitor
 
@@ -140,9 +137,6 @@ def test_episode_target_updates_equal_sb3s_ddpg_updates(tmp_path, monkeypatch, b
     env = MixedPrecisionEnv(layers, H.create_hw_model("bismo-edge"), 1.0, lambda policy: 90.0, fp_accuracy=95.0)
     cfg = SearchConfig(agent=AgentConfig(episode_targets=True, batch_size=batch))
     ours, sb3s = (make_agent(cfg, Monitor(env), env.n_steps) for _ in range(2))
-    assert ours._backprop_by_hand()  # SB3's default MLPs: the autograd-free path runs unless turned off here
-    if not by_hand:
-        monkeypatch.setattr(type(ours), "_backprop_by_hand", lambda self: False)
     rng = np.random.default_rng(0)
     for agent in (ours, sb3s):
         agent.set_logger(configure(None, [""]))
@@ -154,6 +148,22 @@ def test_episode_target_updates_equal_sb3s_ddpg_updates(tmp_path, monkeypatch, b
             for agent in (ours, sb3s):
                 agent.replay_buffer.add(obs[t], obs[t + 1], act[t], np.array([final if last else 0.0]),
                                         np.array([last]), [{}])
+    return env, ours, sb3s
+
+
+@pytest.mark.parametrize(("batch", "by_hand"), [(8, True), (37, True), (8, False)])
+def test_episode_target_updates_equal_sb3s_ddpg_updates(tmp_path, monkeypatch, batch, by_hand):
+    """The target-network-free update used with episode targets, backpropagated by hand (or,
+    for other networks, by autograd), is SB3's update, exactly (37: loss normalisers that are
+    not powers of two)."""
+    from stable_baselines3 import DDPG
+    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.monitor import Monitor
+
+    env, ours, sb3s = _twin_agents(batch)
+    assert ours._backprop_by_hand()  # SB3's default MLPs: the autograd-free path runs unless turned off here
+    if not by_hand:
+        monkeypatch.setattr(type(ours), "_backprop_by_hand", lambda self: False)
     np.random.seed(3)
     ours.train(5, batch_size=batch)  # our batches are drawn by EpisodeRewardReplayBuffer.sample_targets
     ours.train(3, batch_size=batch)  # a second call finds the parameters already laid out in one buffer
@@ -191,6 +201,50 @@ def test_episode_target_updates_equal_sb3s_ddpg_updates(tmp_path, monkeypatch, b
     for a, b in ((resumed.actor, sb3s.actor), (resumed.critic, sb3s.critic)):
         for (name, p), q in zip(a.named_parameters(), b.parameters()):
             assert torch.equal(p, q), name
+
+
+def test_subnormal_adam_moments_are_zeroed_and_the_parameters_stay_sb3s():
+    """Each `train` call ends by zeroing Adam's subnormal moments (they slowed every step);
+    every other moment is left alone, and training on from there gives SB3's parameters bit
+    for bit although SB3 kept the subnormals."""
+    from stable_baselines3 import DDPG
+
+    _, ours, sb3s = _twin_agents(8)
+    tiny = torch.finfo(torch.float32).tiny
+    np.random.seed(3)
+    ours.train(4, batch_size=8)
+    np.random.seed(3)
+    DDPG.train(sb3s, 4, batch_size=8)
+    planted = {}
+    for a, b in ((ours.actor, sb3s.actor), (ours.critic, sb3s.critic)):
+        for p, q in zip(a.optimizer.param_groups[0]["params"], b.optimizer.param_groups[0]["params"]):
+            for key, values in (("exp_avg", (tiny / 2, -tiny / 8, 1e-45)), ("exp_avg_sq", (tiny / 3, 2e-45, tiny / 64))):
+                for state in (a.optimizer.state[p], b.optimizer.state[q]):
+                    n = min(3, p.numel())  # the critic's last bias has one element
+                    state[key].view(-1)[:n] = torch.tensor(values[:n])
+                planted[(id(p), key)] = b.optimizer.state[q][key].clone()
+    ours.train(0, batch_size=8)  # no step: only the zeroing at the end of the call
+    for a, b in ((ours.actor, sb3s.actor), (ours.critic, sb3s.critic)):
+        for p, q in zip(a.optimizer.param_groups[0]["params"], b.optimizer.param_groups[0]["params"]):
+            for key in ("exp_avg", "exp_avg_sq"):
+                mine, theirs = a.optimizer.state[p][key].view(-1), planted[(id(p), key)].view(-1)
+                n = min(3, p.numel())
+                assert torch.equal(mine[:n], torch.zeros(n)) and (theirs[:n] != 0).all()
+                normal = (theirs == 0) | (theirs.abs() >= tiny)
+                assert torch.equal(mine[normal], theirs[normal]), key  # nothing else touched
+    np.random.seed(4)
+    ours.train(3, batch_size=8)
+    np.random.seed(4)
+    DDPG.train(sb3s, 3, batch_size=8)
+    for a, b in ((ours.actor, sb3s.actor), (ours.critic, sb3s.critic)):
+        for (name, p), q in zip(a.named_parameters(), b.parameters()):
+            assert torch.equal(p, q), name
+    # on the flat layout (the buffers a gradient step lays out) as on separate tensors
+    step = _GradientStep(ours.critic.optimizer)
+    _, exp_avg, exp_avg_sq = step._flat()
+    exp_avg[5], exp_avg_sq[7], before = -tiny / 2, tiny / 4, exp_avg.clone()
+    step.flush_subnormal_moments()
+    assert exp_avg[5] == 0 and exp_avg_sq[7] == 0 and torch.equal(exp_avg[6:], before[6:])
 
 
 def test_actor_actions_are_sb3s_predictions():
