@@ -285,18 +285,20 @@ class _GradientStep:
         A parameter whose gradient stops (a dead ReLU unit) has its first moment decayed by
         beta1 each step into the subnormal range, where it sticks for good (0.9 times the
         smallest subnormal rounds back to it); on x86 every operation that reads or writes a
-        subnormal takes a slow microcode path, and after 100 episodes a fifth of the
-        critic's first moments were subnormal and Adam's passes ran 4-7x slower. Zeroing
-        them once per `HAQDDPG.train` call took 19% off its time (docs/performance.md).
+        subnormal takes a slow microcode path: at the end of the default 100-episode search
+        37% of the critic's first moments were subnormal, and Adam's passes over such values
+        ran 4-7x slower. Zeroing them once per `HAQDDPG.train` call takes 12-21% off the
+        agent's time per episode from episode 25 on (docs/performance.md, session 20).
         This is the one place where the optimiser state leaves SB3's bit for bit, and the
-        parameters do not follow it: with the agent's learning rates (<= 1e-3) and Adam's
+        parameters do not follow it: with the default learning rates (<= 1e-3) and Adam's
         ``eps`` of 1e-8, a subnormal first moment's share of a step, at most
         ``lr / (1 - beta1) * 1.2e-38 / eps`` = 1.2e-32, is below half a unit in the last
         place of any parameter larger than about 1e-24 in magnitude; the next gradient
         larger than about 1e-29 leaves the same first moment whether it started from the
         subnormal or from zero; and a subnormal second moment is lost against ``eps`` in
-        the denominator either way. Searches replay episode for episode (tested on one;
-        docs/performance.md). Checkpoints keep the zeros."""
+        the denominator either way. Checked: the default search replays episode for episode
+        with bit-identical actor and critic weights; tested on planted subnormals.
+        Checkpoints keep the zeros."""
         if self._buffers is not None:
             moments = list(self._buffers[1:])
         else:
