@@ -31,7 +31,6 @@ MEASURES = {"search-validation": "accuracy", "held out": "test_accuracy", "held 
 KEYS = ["model", "hw", "budget", "method", "seed"]
 
 
-
 def paired(ablation: pd.DataFrame, main: pd.DataFrame) -> pd.DataFrame:
     """One row per searched cell of the ablation: each measure in both tables (suffixes ``_2`` for
     the table's 2..8 bits, ``_3`` for 3..8) and whether the searched policy beat every costlier

@@ -28,7 +28,6 @@ ABLATIONS = {"noise-offset-latency": "latency-mini.csv", "noise-offset-energy": 
              "noise-offset-size": "size-mini.csv"}
 
 
-
 def _beats_costlier(v: pd.DataFrame, model: str, hw: str, budget: str) -> pd.Series:
     rows = v[(v["model"] == model) & (v["hw"] == hw) & (v["budget"].astype(str) == str(budget))]
     return rows.set_index("seed")["beats_all_costlier"]
