@@ -332,25 +332,29 @@ class Crash(Exception):
     pass
 
 
-def test_killed_search_resumes_without_losing_or_repeating_episodes(tmp_path, shared_parts):
-    reference = Search(tiny_config(tmp_path, "ref", episodes=7), evaluator=shared_parts.evaluator)
-    reference.run()
-
-    config = tiny_config(tmp_path, "killed", episodes=7)
-    search = Search(config, evaluator=shared_parts.evaluator)
+def run_until_killed(search: Search, episode: int) -> None:
+    """Run `search` until it dies in the middle of `episode` (in its evaluation), as a killed
+    process would: the episodes before it complete, nothing of that one is kept."""
     env = search.parts.env  # the search's own environment (it borrows only the evaluator)
-    evaluator = env.evaluator
-    calls = {"n": 0}
+    evaluator, calls = env.evaluator, {"n": 0}
 
     def dying(policy):
         calls["n"] += 1
-        if calls["n"] == 5:  # dies in the middle of episode 5, after 4 complete episodes
+        if calls["n"] == episode:
             raise Crash
         return evaluator(policy)
 
     env.evaluator = dying
     with pytest.raises(Crash):
         search.run()
+
+
+def test_killed_search_resumes_without_losing_or_repeating_episodes(tmp_path, shared_parts):
+    reference = Search(tiny_config(tmp_path, "ref", episodes=7), evaluator=shared_parts.evaluator)
+    reference.run()
+
+    config = tiny_config(tmp_path, "killed", episodes=7)
+    run_until_killed(Search(config, evaluator=shared_parts.evaluator), 5)  # after 4 complete episodes
     assert len(read_episodes(tmp_path / "killed")) == 4
     # a row written after the last checkpoint (killed between the CSV write and the checkpoint)
     with open(tmp_path / "killed" / "episodes.csv", "a", newline="") as fh:
@@ -370,18 +374,7 @@ def test_search_killed_in_its_warm_up_resumes_with_the_warm_ups_next_random_poli
     reference = Search(tiny_config(tmp_path, "ref", episodes=5, warmup=4), evaluator=shared_parts.evaluator)
     reference.run()
     search = Search(tiny_config(tmp_path, "killed", episodes=5, warmup=4), evaluator=shared_parts.evaluator)
-    env = search.parts.env
-    evaluator, calls = env.evaluator, {"n": 0}
-
-    def dying(policy):
-        calls["n"] += 1
-        if calls["n"] == 3:  # dies in warm-up episode 3
-            raise Crash
-        return evaluator(policy)
-
-    env.evaluator = dying
-    with pytest.raises(Crash):
-        search.run()
+    run_until_killed(search, 3)  # dies in warm-up episode 3
     resumed = Search.resume(tmp_path / "killed", evaluator=shared_parts.evaluator)
     assert resumed.episodes_done == 2
     resumed.run()
