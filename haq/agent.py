@@ -19,6 +19,7 @@ moving-average baseline; one gradient step per stored transition after each epis
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -225,15 +226,15 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
 class _GradientStep:
     """``zero_grad(); loss.backward(); optimizer.step()`` for one optimiser, with the same
     arithmetic and less Python around it: the gradients of the optimiser's parameters
-    come from ``torch.autograd.grad`` (nothing else is differentiated), and for a plain
-    `torch.optim.Adam` whose state exists they go straight to torch's own functional
-    ``adam`` with the optimiser's settings and state, skipping ``Optimizer.step``'s hooks,
-    profiler records and state lookups (6-8% of a DDPG gradient step on the 300-300
-    MLPs on 2 CPU cores; docs/performance.md). The parameters and both Adam moments are
-    laid out as views of one contiguous buffer each (`_flat`), so Adam runs once over the
-    whole network instead of once per tensor: every operation in Adam is elementwise, so
-    each element gets the same arithmetic (another 8-13% of the agent's time per episode).
-    Any other case (first step, another optimiser, AMSGrad, foreach / fused / capturable
+    come from ``torch.autograd.grad`` (nothing else is differentiated) or are written by
+    hand into `grad_views`, and for a plain `torch.optim.Adam` whose state exists they go
+    straight to torch's Adam arithmetic (`_adam`) with the optimiser's settings and state,
+    skipping ``Optimizer.step``'s hooks, profiler records and state lookups (6-8% of a DDPG
+    gradient step on the 300-300 MLPs on 2 CPU cores; docs/performance.md). The parameters,
+    both Adam moments and the gradients are laid out as views of one contiguous buffer each
+    (`_flat`, `grad_views`), so Adam runs once over the whole network instead of once per
+    tensor: every operation in Adam is elementwise, so each element gets the same arithmetic
+    (another 8-13% of the agent's time per episode). Any other case (first step, another optimiser, AMSGrad, foreach / fused / capturable
     Adam, a GPU parameter, a parameter without gradient) goes through ``optimizer.step()``.
     Parameters, optimiser state and checkpoints are exactly those of the plain loop (tested).
     """
@@ -250,33 +251,120 @@ class _GradientStep:
                        and getattr(optimizer, "grad_scale", None) is None
                        and getattr(optimizer, "found_inf", None) is None)
         self._buffers: tuple[th.Tensor, th.Tensor, th.Tensor] | None = None
+        self._grad: th.Tensor | None = None
+        self._grad_views: dict[th.Tensor, th.Tensor] | None = None
+        self._denom: th.Tensor | None = None
+        self._step: float | None = None  # Adam's step count while `_adam` runs, written back by `sync_steps`
 
     def __call__(self, loss: th.Tensor) -> None:
         self.apply(th.autograd.grad(loss, self.params, allow_unused=True))
 
+    def ready(self) -> bool:
+        """Whether the next step runs Adam over the flat buffers (a plain Adam whose state
+        exists), so that gradients can be written straight into `grad_views`."""
+        state = self.optimizer.state
+        return self.direct and all(p in state for p in self.params)
+
+    def grad_views(self) -> dict[th.Tensor, th.Tensor]:
+        """One gradient tensor per parameter, all views of one flat buffer laid out as the
+        parameters' (call only when `ready`): a gradient written into them goes to Adam
+        without being concatenated first (`apply_flat`)."""
+        if self._buffers is None:
+            self._buffers = self._flat()
+        if self._grad_views is None:
+            self._grad = th.empty_like(self._buffers[0])
+            self._grad_views, offset = {}, 0
+            for p in self.params:
+                self._grad_views[p] = self._grad[offset:offset + p.numel()].view_as(p)
+                offset += p.numel()
+        return self._grad_views
+
+    def apply_flat(self) -> None:
+        """One optimiser step with the gradients written into `grad_views`."""
+        self._adam(self._grad)
+
     def apply(self, grads: tuple[th.Tensor | None, ...] | list[th.Tensor | None]) -> None:
         """One optimiser step with these gradients (one per parameter, in the optimiser's order)."""
-        state = self.optimizer.state
-        if self.direct and all(g is not None for g in grads) and all(p in state for p in self.params):
-            group = self.optimizer.param_groups[0]
+        if self.ready() and all(g is not None for g in grads):
             if self._buffers is None:
                 self._buffers = self._flat()
-            param, exp_avg, exp_avg_sq = self._buffers
-            step = state[self.params[0]]["step"]
-            with th.no_grad():
-                adam([param], [th.cat([g.reshape(-1) for g in grads])], [exp_avg], [exp_avg_sq], [], [step],
-                     amsgrad=False, has_complex=False, beta1=group["betas"][0], beta2=group["betas"][1],
-                     lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
-                     maximize=group["maximize"], foreach=False, capturable=False, differentiable=False,
-                     fused=None, decoupled_weight_decay=group["decoupled_weight_decay"])
-                for p in self.params[1:]:  # every parameter keeps its own step count, as Adam.step leaves it
-                    state[p]["step"].copy_(step)
+            self._adam(th.cat([g.reshape(-1) for g in grads]))
             return
+        self.sync_steps()
         for p, g in zip(self.params, grads):
             p.grad = g
         self.optimizer.step()
         for p in self.params:
             p.grad = None
+
+    def _adam(self, grad: th.Tensor) -> None:
+        """Adam over the flat buffers with the flat gradient: torch's single-tensor Adam
+        (``torch.optim.adam._single_tensor_adam``: the same operations on the same values in
+        the same order), written out here for the plain case (no weight decay, not
+        ``maximize``, float hyperparameters; anything else goes to torch's functional
+        ``adam``) so that two of its passes can be cheaper with the same results:
+
+        * its ``exp_avg_sq.sqrt()`` runs on ``exp_avg_sq.clamp_min(tiny)``. ATen's CPU
+          ``sqrt`` of float32 takes a slow path on exact zeros (10x slower over a buffer
+          with 15% zeros, the second moments of dead ReLU units, than over one without).
+          An entry below ``tiny`` (float32's smallest normal number, 1.2e-38: zero or
+          subnormal) gives a square root of at most 1.1e-19 either way, which divided by the
+          bias correction (at least ``sqrt(1 - beta2)``) stays below half a unit in the last
+          place of ``eps``, so ``denom`` is exactly ``eps`` with or without the clamp; the
+          clamp is used only where that bound holds (always, for SB3's and HAQ's settings);
+        * the denominators are computed in place in one buffer kept for the whole `train`
+          call instead of two new tensors a step.
+
+        The moments and the parameters are torch's bit for bit (tested against
+        ``torch.optim.adam.adam`` on moments with zeros and subnormals, and against SB3's
+        update). The step count is kept as a Python float meanwhile and written into the
+        optimiser's state by `sync_steps` (end of `train`, or before any step that is not this one)."""
+        group = self.optimizer.param_groups[0]
+        param, exp_avg, exp_avg_sq = self._buffers
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        if (group["weight_decay"] != 0 or group["maximize"]
+                or not all(isinstance(x, float | int) for x in (lr, beta1, beta2, eps))):
+            self.sync_steps()
+            step_t = self.optimizer.state[self.params[0]]["step"]
+            with th.no_grad():
+                adam([param], [grad], [exp_avg], [exp_avg_sq], [], [step_t], amsgrad=False, has_complex=False,
+                     beta1=beta1, beta2=beta2, lr=lr, weight_decay=group["weight_decay"], eps=eps,
+                     maximize=group["maximize"], foreach=False, capturable=False, differentiable=False,
+                     fused=None, decoupled_weight_decay=group["decoupled_weight_decay"])
+            for p in self.params[1:]:
+                self.optimizer.state[p]["step"].copy_(step_t)
+            return
+        if self._step is None:
+            self._step = self.optimizer.state[self.params[0]]["step"].item()
+        # the float32 step tensor's ``+= 1``, on a Python float (a 0-d tensor op costs 12 us)
+        self._step = step = float(np.float32(self._step + 1))
+        with th.no_grad():
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            bias_correction1 = 1 - beta1**step
+            bias_correction2 = 1 - beta2**step
+            step_size = lr / bias_correction1
+            bias_correction2_sqrt = bias_correction2**0.5
+            if self._denom is None:
+                self._denom = th.empty_like(param)
+            denom = self._denom
+            tiny = th.finfo(param.dtype).tiny
+            if 2 * math.sqrt(tiny) / bias_correction2_sqrt < float(np.float32(eps)) * 2.0**-25:
+                th.clamp_min(exp_avg_sq, tiny, out=denom).sqrt_()
+            else:
+                th.sqrt(exp_avg_sq, out=denom)
+            denom.div_(bias_correction2_sqrt).add_(eps)
+            param.addcdiv_(exp_avg, denom, value=-step_size)
+
+    def sync_steps(self) -> None:
+        """Write the step count that `_adam` keeps into every parameter's Adam state (so the
+        optimiser's state and checkpoints are as ``Optimizer.step`` leaves them)."""
+        if self._step is None:
+            return
+        state = self.optimizer.state
+        for p in self.params:
+            state[p]["step"].fill_(self._step)
+        self._step = None
 
     def flush_subnormal_moments(self) -> None:
         """Set the entries of Adam's two moments that are subnormal (nonzero, below float32's
@@ -306,8 +394,9 @@ class _GradientStep:
             moments = [state[p][k] for p in self.params if p in state for k in ("exp_avg", "exp_avg_sq")
                        if isinstance(state[p].get(k), th.Tensor) and state[p][k].is_floating_point()]
         with th.no_grad():
-            for m in moments:
-                m.masked_fill_(m.abs() < th.finfo(m.dtype).tiny, 0.0)
+            for m in moments:  # hardshrink by the largest subnormal, in place: 12x faster than a bool mask
+                largest_subnormal = th.tensor(th.finfo(m.dtype).tiny, dtype=m.dtype).nextafter(th.zeros((), dtype=m.dtype))
+                th.ops.aten.hardshrink.out(m, largest_subnormal.item(), out=m)
 
     def _flat(self) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """One contiguous 1-d tensor each for the parameters, ``exp_avg`` and ``exp_avg_sq``,
@@ -375,23 +464,29 @@ def _mlp_forward(net: nn.Sequential, x: th.Tensor) -> tuple[th.Tensor, list[tupl
 
 
 def _mlp_backward(saved: list[tuple[nn.Module, th.Tensor, th.Tensor]], grad: th.Tensor, param_grads: bool,
-                  input_grad: bool) -> tuple[dict[th.Tensor, th.Tensor], th.Tensor | None]:
+                  input_grad: bool, out: dict[th.Tensor, th.Tensor] | None = None,
+                  ) -> tuple[dict[th.Tensor, th.Tensor], th.Tensor | None]:
     """Backpropagate ``grad`` (the gradient of a loss with respect to the net's output)
     through a net run by `_mlp_forward`, calling the very aten operations that autograd's
     backward nodes call for these layers (``F.linear`` is ``addmm(b, x, W.t())``: the weight's
     gradient is ``grad.t().mm(x)``, the bias's ``grad.sum(0)``, the input's ``grad.mm(W)``;
     ReLU's is ``threshold_backward(grad, out, 0)``, tanh's ``tanh_backward(grad, out)``), so
     the gradients equal ``torch.autograd.grad``'s bit for bit (tested) without building and
-    walking a graph. Returns the parameters' gradients (if ``param_grads``) and the input's
-    (if ``input_grad``; otherwise the first layer's input gradient is not computed)."""
+    walking a graph. Returns the parameters' gradients (if ``param_grads``; written into the
+    tensors of `out`, one per parameter, if given: the same kernels, hence the same values)
+    and the input's (if ``input_grad``; otherwise the first layer's input gradient is not
+    computed)."""
     grads: dict[th.Tensor, th.Tensor] = {}
     for i in range(len(saved) - 1, -1, -1):
         m, x, y = saved[i]
         if type(m) is nn.Linear:
             if param_grads:
-                grads[m.weight] = grad.t().mm(x)
+                if out is None:
+                    grads[m.weight] = grad.t().mm(x)
+                else:
+                    grads[m.weight] = th.mm(grad.t(), x, out=out[m.weight])
                 if m.bias is not None:
-                    grads[m.bias] = grad.sum(0)
+                    grads[m.bias] = grad.sum(0) if out is None else th.sum(grad, 0, out=out[m.bias])
             if i == 0 and not input_grad:
                 return grads, None
             grad = grad.mm(m.weight)
@@ -467,28 +562,32 @@ class HAQDDPG(DDPG):
         actor, critic = self.actor, self.critic
         actor_losses, critic_losses = [], []
         manual = self._backprop_by_hand()
-        for _ in range(gradient_steps):
-            self._n_updates += 1
-            if sample is not None:
-                observations, actions, rewards = sample(batch_size)
-            else:
-                data = buffer.sample(batch_size, env=self._vec_normalize_env)
-                observations, actions, rewards = data.observations, data.actions, data.rewards
-            if manual:
-                self._manual_step(observations, actions, rewards, critic_step, actor_step, critic_losses, actor_losses)
-                continue
-            critic_in = th.cat([critic.extract_features(observations, critic.features_extractor), actions], dim=1)
-            critic_loss = sum(F.mse_loss(_run_mlp(q_net, critic_in), rewards) for q_net in critic.q_networks)
-            assert isinstance(critic_loss, th.Tensor)
-            critic_losses.append(critic_loss.item())
-            critic_step(critic_loss)
-            if self._n_updates % self.policy_delay == 0:
-                policy_actions = _run_mlp(actor.mu, actor.extract_features(observations, actor.features_extractor))
-                with th.no_grad():
-                    features = critic.extract_features(observations, critic.features_extractor)
-                actor_loss = -_run_mlp(critic.q_networks[0], th.cat([features, policy_actions], dim=1)).mean()
-                actor_losses.append(actor_loss.item())
-                actor_step(actor_loss)  # differentiates the actor's parameters only, not the critic's
+        try:
+            for _ in range(gradient_steps):
+                self._n_updates += 1
+                if sample is not None:
+                    observations, actions, rewards = sample(batch_size)
+                else:
+                    data = buffer.sample(batch_size, env=self._vec_normalize_env)
+                    observations, actions, rewards = data.observations, data.actions, data.rewards
+                if manual:
+                    self._manual_step(observations, actions, rewards, critic_step, actor_step, critic_losses, actor_losses)
+                    continue
+                critic_in = th.cat([critic.extract_features(observations, critic.features_extractor), actions], dim=1)
+                critic_loss = sum(F.mse_loss(_run_mlp(q_net, critic_in), rewards) for q_net in critic.q_networks)
+                assert isinstance(critic_loss, th.Tensor)
+                critic_losses.append(critic_loss.item())
+                critic_step(critic_loss)
+                if self._n_updates % self.policy_delay == 0:
+                    policy_actions = _run_mlp(actor.mu, actor.extract_features(observations, actor.features_extractor))
+                    with th.no_grad():
+                        features = critic.extract_features(observations, critic.features_extractor)
+                    actor_loss = -_run_mlp(critic.q_networks[0], th.cat([features, policy_actions], dim=1)).mean()
+                    actor_losses.append(actor_loss.item())
+                    actor_step(actor_loss)  # differentiates the actor's parameters only, not the critic's
+        finally:  # Adam's step counts, kept by `_GradientStep` while it steps, into the optimisers' state
+            critic_step.sync_steps()
+            actor_step.sync_steps()
         critic_step.flush_subnormal_moments()
         actor_step.flush_subnormal_moments()
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
@@ -523,9 +622,14 @@ class HAQDDPG(DDPG):
             q, saved = _mlp_forward(q_net, th.cat([features, actions], dim=1))
             loss = F.mse_loss(q, rewards)
             critic_losses.append(loss.item())
+            flat = critic_step.ready()
             grads, _ = _mlp_backward(saved, th.ops.aten.mse_loss_backward(th.ones_like(loss), q, rewards, 1),
-                                     param_grads=True, input_grad=False)
-        critic_step.apply([grads[p] for p in critic_step.params])
+                                     param_grads=True, input_grad=False,
+                                     out=critic_step.grad_views() if flat else None)
+        if flat:
+            critic_step.apply_flat()
+        else:
+            critic_step.apply([grads[p] for p in critic_step.params])
         if self._n_updates % self.policy_delay != 0:
             return
         with th.no_grad():
@@ -536,9 +640,14 @@ class HAQDDPG(DDPG):
             _, grad_in = _mlp_backward(saved, th.full_like(q, -1.0).div(q.numel()), param_grads=False,
                                        input_grad=True)
             assert grad_in is not None
+            flat = actor_step.ready()
             grads, _ = _mlp_backward(actor_saved, grad_in.narrow(1, features.shape[1], policy_actions.shape[1]),
-                                     param_grads=True, input_grad=False)
-        actor_step.apply([grads[p] for p in actor_step.params])
+                                     param_grads=True, input_grad=False,
+                                     out=actor_step.grad_views() if flat else None)
+        if flat:
+            actor_step.apply_flat()
+        else:
+            actor_step.apply([grads[p] for p in actor_step.params])
 
     def _update_learning_rate(self, optimizers: Any) -> None:
         lr = self.lr_schedule(self._current_progress_remaining)

@@ -242,9 +242,52 @@ def test_subnormal_adam_moments_are_zeroed_and_the_parameters_stay_sb3s():
     # on the flat layout (the buffers a gradient step lays out) as on separate tensors
     step = _GradientStep(ours.critic.optimizer)
     _, exp_avg, exp_avg_sq = step._flat()
-    exp_avg[5], exp_avg_sq[7], before = -tiny / 2, tiny / 4, exp_avg.clone()
+    exp_avg[5], exp_avg_sq[7] = -tiny / 2, tiny / 4
+    exp_avg[6], exp_avg[7] = tiny, -tiny  # the smallest normal numbers stay
+    before = exp_avg.clone()
     step.flush_subnormal_moments()
     assert exp_avg[5] == 0 and exp_avg_sq[7] == 0 and torch.equal(exp_avg[6:], before[6:])
+
+
+@pytest.mark.parametrize(("eps", "weight_decay"), [(1e-8, 0.0), (1e-30, 0.0), (1e-8, 1e-2)])
+def test_flat_adam_is_torchs_adam_on_zero_and_subnormal_moments(eps, weight_decay):
+    """The agent's Adam over flat buffers (its square root taken of the second moments
+    clamped to float32's smallest normal number, a slow path of ATen's CPU sqrt avoided) gives
+    torch's Adam's parameters and moments bit for bit, on dead units (zero gradients), on
+    gradients whose squares underflow (a nonzero first moment over a zero second one, where
+    the update is ``exp_avg / eps``) and on planted subnormal moments; with an ``eps`` too
+    small for the clamp to be exact (1e-30) the plain square root runs instead, and with
+    weight decay torch's functional Adam."""
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(7, 30), torch.nn.ReLU(), torch.nn.Linear(30, 2)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    ours, ref = (torch.optim.Adam(net.parameters(), lr=1e-3, eps=eps, weight_decay=weight_decay) for net in nets)
+    step = _GradientStep(ours)
+    tiny = torch.finfo(torch.float32).tiny
+    for k in range(8):
+        grads = [torch.randn_like(p) for p in nets[0].parameters()]
+        grads[0][:5], grads[1][:5], grads[2][:, :5] = 0.0, 0.0, 0.0  # five dead hidden units
+        grads[0][5:8] = 1e-25  # squares underflow: the second moment stays 0, the first does not
+        if k == 3:  # planted in both: subnormal moments, and first moments large enough over
+            for opt in (ours, ref):  # second ones below tiny for exp_avg / denom to move the weights
+                state = opt.state[opt.param_groups[0]["params"][0]]
+                state["exp_avg_sq"][8:10] = torch.tensor([[tiny / 4], [3e-45]]).expand(2, 7)
+                state["exp_avg"][10] = -tiny / 16
+                state["exp_avg"][5:10] = 1e-6
+        if k > 0:
+            assert step.ready()
+        step.apply([g.clone() for g in grads])  # the first step (no state yet) goes through Adam.step
+        for p, g in zip(nets[1].parameters(), grads):
+            p.grad = g.clone()
+        ref.step()
+    step.sync_steps()
+    for (name, p), q in zip(nets[0].named_parameters(), nets[1].parameters()):
+        assert torch.equal(p.view(torch.int32), q.view(torch.int32)), name
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(ours.state[p][key], ref.state[q][key]), (name, key)
+    if weight_decay == 0:  # the case the test is about happened: zero second moments under live first ones
+        assert (ours.state[nets[0][0].weight]["exp_avg_sq"][5:8] == 0).all()
+        assert (ours.state[nets[0][0].weight]["exp_avg"][5:8] != 0).all()
 
 
 def test_actor_actions_are_sb3s_predictions():
