@@ -268,7 +268,7 @@ class _GradientStep:
     def grad_views(self) -> dict[th.Tensor, th.Tensor]:
         """One gradient tensor per parameter, all views of one flat buffer laid out as the
         parameters' (call only when `ready`): a gradient written into them goes to Adam
-        without being concatenated first (`apply_flat`)."""
+        without being concatenated first (`backprop_and_apply`)."""
         if self._buffers is None:
             self._buffers = self._flat()
         if self._grad_views is None:
@@ -279,9 +279,18 @@ class _GradientStep:
                 offset += p.numel()
         return self._grad_views
 
-    def apply_flat(self) -> None:
-        """One optimiser step with the gradients written into `grad_views`."""
-        self._adam(self._grad)
+    def backprop_and_apply(self, saved: list[tuple[nn.Module, th.Tensor, th.Tensor]], grad: th.Tensor) -> None:
+        """One optimiser step for a net run by `_mlp_forward` whose parameters are this
+        optimiser's, from ``grad`` (the loss's gradient with respect to the net's output),
+        backpropagated by `_mlp_backward` straight into `grad_views` when `ready`."""
+        flat = self.ready()
+        with th.no_grad():
+            grads, _ = _mlp_backward(saved, grad, param_grads=True, input_grad=False,
+                                     out=self.grad_views() if flat else None)
+        if flat:
+            self._adam(self._grad)
+        else:
+            self.apply([grads[p] for p in self.params])
 
     def apply(self, grads: tuple[th.Tensor | None, ...] | list[th.Tensor | None]) -> None:
         """One optimiser step with these gradients (one per parameter, in the optimiser's order)."""
@@ -622,14 +631,7 @@ class HAQDDPG(DDPG):
             q, saved = _mlp_forward(q_net, th.cat([features, actions], dim=1))
             loss = F.mse_loss(q, rewards)
             critic_losses.append(loss.item())
-            flat = critic_step.ready()
-            grads, _ = _mlp_backward(saved, th.ops.aten.mse_loss_backward(th.ones_like(loss), q, rewards, 1),
-                                     param_grads=True, input_grad=False,
-                                     out=critic_step.grad_views() if flat else None)
-        if flat:
-            critic_step.apply_flat()
-        else:
-            critic_step.apply([grads[p] for p in critic_step.params])
+            critic_step.backprop_and_apply(saved, th.ops.aten.mse_loss_backward(th.ones_like(loss), q, rewards, 1))
         if self._n_updates % self.policy_delay != 0:
             return
         with th.no_grad():
@@ -640,14 +642,7 @@ class HAQDDPG(DDPG):
             _, grad_in = _mlp_backward(saved, th.full_like(q, -1.0).div(q.numel()), param_grads=False,
                                        input_grad=True)
             assert grad_in is not None
-            flat = actor_step.ready()
-            grads, _ = _mlp_backward(actor_saved, grad_in.narrow(1, features.shape[1], policy_actions.shape[1]),
-                                     param_grads=True, input_grad=False,
-                                     out=actor_step.grad_views() if flat else None)
-        if flat:
-            actor_step.apply_flat()
-        else:
-            actor_step.apply([grads[p] for p in actor_step.params])
+            actor_step.backprop_and_apply(actor_saved, grad_in.narrow(1, features.shape[1], policy_actions.shape[1]))
 
     def _update_learning_rate(self, optimizers: Any) -> None:
         lr = self.lr_schedule(self._current_progress_remaining)
