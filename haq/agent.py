@@ -316,11 +316,12 @@ class _GradientStep:
         * its ``exp_avg_sq.sqrt()`` runs on ``exp_avg_sq.clamp_min(tiny)``. ATen's CPU
           ``sqrt`` of float32 takes a slow path on exact zeros (10x slower over a buffer
           with 15% zeros, the second moments of dead ReLU units, than over one without).
-          An entry below ``tiny`` (float32's smallest normal number, 1.2e-38: zero or
+          An entry below ``tiny`` (the smallest normal number, 1.2e-38 in float32: zero or
           subnormal) gives a square root of at most 1.1e-19 either way, which divided by the
           bias correction (at least ``sqrt(1 - beta2)``) stays below half a unit in the last
           place of ``eps``, so ``denom`` is exactly ``eps`` with or without the clamp; the
-          clamp is used only where that bound holds (always, for SB3's and HAQ's settings);
+          clamp is used only where that bound holds (always, for SB3's and HAQ's settings in
+          float32 and float64);
         * the denominators are computed in place in one buffer kept for the whole `train`
           call instead of two new tensors a step.
 
@@ -358,7 +359,11 @@ class _GradientStep:
                 self._denom = th.empty_like(param)
             denom = self._denom
             tiny = th.finfo(param.dtype).tiny
-            if 2 * math.sqrt(tiny) / bias_correction2_sqrt < float(np.float32(eps)) * 2.0**-25:
+            # eps as the kernels add it, and the bound below which adding leaves it unchanged
+            # (half an ulp: more than eps * 2**-25 in float32, in which every dtype but float64 is computed)
+            wide = param.dtype == th.float64
+            eps_op = float(eps) if wide else float(np.float32(eps))
+            if 2 * math.sqrt(tiny) / bias_correction2_sqrt < eps_op * th.finfo(th.float64 if wide else th.float32).eps / 4:
                 th.clamp_min(exp_avg_sq, tiny, out=denom).sqrt_()
             else:
                 th.sqrt(exp_avg_sq, out=denom)

@@ -249,29 +249,32 @@ def test_subnormal_adam_moments_are_zeroed_and_the_parameters_stay_sb3s():
     assert exp_avg[5] == 0 and exp_avg_sq[7] == 0 and torch.equal(exp_avg[6:], before[6:])
 
 
-@pytest.mark.parametrize(("eps", "weight_decay"), [(1e-8, 0.0), (1e-30, 0.0), (1e-8, 1e-2)])
-def test_flat_adam_is_torchs_adam_on_zero_and_subnormal_moments(eps, weight_decay):
+@pytest.mark.parametrize(("eps", "weight_decay", "dtype"), [(1e-8, 0.0, torch.float32), (1e-30, 0.0, torch.float32),
+                                                         (1e-8, 1e-2, torch.float32), (1e-8, 0.0, torch.float64)])
+def test_flat_adam_is_torchs_adam_on_zero_and_subnormal_moments(eps, weight_decay, dtype):
     """The agent's Adam over flat buffers (its square root taken of the second moments
-    clamped to float32's smallest normal number, a slow path of ATen's CPU sqrt avoided) gives
+    clamped to the smallest normal number, a slow path of ATen's CPU sqrt avoided) gives
     torch's Adam's parameters and moments bit for bit, on dead units (zero gradients), on
     gradients whose squares underflow (a nonzero first moment over a zero second one, where
     the update is ``exp_avg / eps``) and on planted subnormal moments; with an ``eps`` too
     small for the clamp to be exact (1e-30) the plain square root runs instead, and with
-    weight decay torch's functional Adam."""
+    weight decay torch's functional Adam; in float32 and float64."""
     torch.manual_seed(0)
-    nets = [torch.nn.Sequential(torch.nn.Linear(7, 30), torch.nn.ReLU(), torch.nn.Linear(30, 2)) for _ in range(2)]
+    nets = [torch.nn.Sequential(torch.nn.Linear(7, 30), torch.nn.ReLU(), torch.nn.Linear(30, 2)).to(dtype)
+            for _ in range(2)]
     nets[1].load_state_dict(nets[0].state_dict())
     ours, ref = (torch.optim.Adam(net.parameters(), lr=1e-3, eps=eps, weight_decay=weight_decay) for net in nets)
     step = _GradientStep(ours)
-    tiny = torch.finfo(torch.float32).tiny
+    tiny = torch.finfo(dtype).tiny
+    least = torch.zeros((), dtype=dtype).nextafter(torch.ones((), dtype=dtype)).item()  # the smallest subnormal
     for k in range(8):
         grads = [torch.randn_like(p) for p in nets[0].parameters()]
         grads[0][:5], grads[1][:5], grads[2][:, :5] = 0.0, 0.0, 0.0  # five dead hidden units
-        grads[0][5:8] = 1e-25  # squares underflow: the second moment stays 0, the first does not
+        grads[0][5:8] = 1e-25 if dtype == torch.float32 else 1e-170  # squares underflow: the second moment stays 0
         if k == 3:  # planted in both: subnormal moments, and first moments large enough over
             for opt in (ours, ref):  # second ones below tiny for exp_avg / denom to move the weights
                 state = opt.state[opt.param_groups[0]["params"][0]]
-                state["exp_avg_sq"][8:10] = torch.tensor([[tiny / 4], [3e-45]]).expand(2, 7)
+                state["exp_avg_sq"][8:10] = torch.tensor([[tiny / 4], [least]], dtype=dtype).expand(2, 7)
                 state["exp_avg"][10] = -tiny / 16
                 state["exp_avg"][5:10] = 1e-6
         if k > 0:
@@ -282,7 +285,8 @@ def test_flat_adam_is_torchs_adam_on_zero_and_subnormal_moments(eps, weight_deca
         ref.step()
     step.sync_steps()
     for (name, p), q in zip(nets[0].named_parameters(), nets[1].parameters()):
-        assert torch.equal(p.view(torch.int32), q.view(torch.int32)), name
+        bits = torch.int32 if dtype == torch.float32 else torch.int64
+        assert torch.equal(p.view(bits), q.view(bits)), name
         for key in ("step", "exp_avg", "exp_avg_sq"):
             assert torch.equal(ours.state[p][key], ref.state[q][key]), (name, key)
     if weight_decay == 0:  # the case the test is about happened: zero second moments under live first ones
