@@ -234,8 +234,9 @@ class _GradientStep:
     both Adam moments and the gradients are laid out as views of one contiguous buffer each
     (`_flat`, `grad_views`), so Adam runs once over the whole network instead of once per
     tensor: every operation in Adam is elementwise, so each element gets the same arithmetic
-    (another 8-13% of the agent's time per episode). Any other case (first step, another optimiser, AMSGrad, foreach / fused / capturable
-    Adam, a GPU parameter, a parameter without gradient) goes through ``optimizer.step()``.
+    (another 8-13% of the agent's time per episode). Any other case (first step, another
+    optimiser, AMSGrad, foreach / fused / capturable Adam, a GPU parameter, a parameter
+    without gradient) goes through ``optimizer.step()``.
     Parameters, optimiser state and checkpoints are exactly those of the plain loop (tested).
     """
 
@@ -346,7 +347,7 @@ class _GradientStep:
             return
         if self._step is None:
             self._step = self.optimizer.state[self.params[0]]["step"].item()
-        # the float32 step tensor's ``+= 1``, on a Python float (a 0-d tensor op costs 12 us)
+        # the float32 step tensor's ``+= 1``, rounding included, on a Python float (a 0-d tensor op costs 12 us)
         self._step = step = float(np.float32(self._step + 1))
         with th.no_grad():
             exp_avg.lerp_(grad, 1 - beta1)
