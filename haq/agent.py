@@ -197,6 +197,21 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
                          for a in (self.observations, self.actions, self.rewards))
         return obs, act, rew.reshape(-1, 1)
 
+    def sample_targets_steps(self, batch_size: int, steps: int) -> list[tuple[th.Tensor, th.Tensor, th.Tensor]]:
+        """The batches of `steps` calls of `sample_targets`, in order: the same rows and the same
+        draws from NumPy's global random state. With one environment (its index draws are
+        ``randint(0, 1)``, which take nothing from the state) and NumPy's bounded integers drawn
+        one after the other as in one call (`_draws_batch`, checked once per process), the rows
+        of all the steps are drawn in one call and gathered in one pass (a step's batch is a view
+        of the result); otherwise `sample_targets` runs `steps` times."""
+        if self.optimize_memory_usage or self.n_envs != 1 or not _draws_batch():
+            return [self.sample_targets(batch_size) for _ in range(steps)]
+        upper_bound = self.buffer_size if self.full else self.pos
+        batch_inds = np.random.randint(0, upper_bound, size=(steps, batch_size))
+        obs, act, rew = (th.from_numpy(a[batch_inds, 0]).to(self.device)
+                         for a in (self.observations, self.actions, self.rewards))
+        return [(obs[i], act[i], rew[i].reshape(-1, 1)) for i in range(steps)]
+
     @staticmethod
     def overrun(info: dict[str, Any] | None) -> float:
         """How far the requested policy overshot the budget, as a fraction of it (0 if within)."""
@@ -221,6 +236,30 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
             no[env_i, k] = taken[t]
             a[env_i] = scaled[t]
             self._pending[t] = (o, no, a, d, inf)
+
+
+_DRAWS_BATCH: bool | None = None
+
+
+def _draws_batch() -> bool:
+    """Whether NumPy's global random state gives ``randint(0, n, size=(k, m))`` the values and
+    the end state of k calls of ``randint(0, n, size=m)``, and ``randint(0, 1)`` draws nothing
+    (true of the legacy MT19937 generator: checked once per process on small draws, the state
+    put back after)."""
+    global _DRAWS_BATCH
+    if _DRAWS_BATCH is None:
+        state = np.random.get_state()
+        try:
+            rows = [np.random.randint(0, 1000, size=5) for _ in range(3)]
+            np.random.randint(0, high=1, size=(5,))
+            after = np.random.get_state()
+            np.random.set_state(state)
+            together = np.random.randint(0, 1000, size=(3, 5))
+            _DRAWS_BATCH = (np.array_equal(np.stack(rows), together)
+                            and all(np.array_equal(a, b) for a, b in zip(after, np.random.get_state())))
+        finally:
+            np.random.set_state(state)
+    return _DRAWS_BATCH
 
 
 class _GradientStep:
@@ -559,7 +598,8 @@ class HAQDDPG(DDPG):
         them. Each step differentiates only the parameters its optimiser updates (the actor's
         loss leaves the critic's weight gradients alone; SB3 computes and discards them) and
         applies Adam without `Optimizer.step`'s per-call bookkeeping (`_GradientStep`); batches
-        come from `EpisodeRewardReplayBuffer.sample_targets` (SB3's draws, only the fields read).
+        come from `EpisodeRewardReplayBuffer.sample_targets_steps` (SB3's draws, only the fields
+        read, all the steps' rows drawn and gathered at once).
         For SB3's plain MLPs and one critic the gradients are backpropagated by hand
         (`_manual_step`); other networks go through autograd, with the MLPs run by `_run_mlp`
         (no per-layer module calls). Same parameters, optimiser state and random-state draws
@@ -573,15 +613,15 @@ class HAQDDPG(DDPG):
         self.policy.set_training_mode(True)
         self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])
         critic_step, actor_step = _GradientStep(self.critic.optimizer), _GradientStep(self.actor.optimizer)
-        sample = buffer.sample_targets if self._vec_normalize_env is None else None
         actor, critic = self.actor, self.critic
         actor_losses, critic_losses = [], []
         manual = self._backprop_by_hand()
+        batches = buffer.sample_targets_steps(batch_size, gradient_steps) if self._vec_normalize_env is None else None
         try:
-            for _ in range(gradient_steps):
+            for i in range(gradient_steps):
                 self._n_updates += 1
-                if sample is not None:
-                    observations, actions, rewards = sample(batch_size)
+                if batches is not None:
+                    observations, actions, rewards = batches[i]
                 else:
                     data = buffer.sample(batch_size, env=self._vec_normalize_env)
                     observations, actions, rewards = data.observations, data.actions, data.rewards

@@ -124,6 +124,30 @@ def test_replay_buffer_charges_requests_over_the_budget():
     np.testing.assert_allclose(buf.rewards[:4, 0], [-2.0, -2.0, 1.5, 1.5])
 
 
+@pytest.mark.parametrize("n_envs", [1, 2])
+def test_a_train_calls_batches_drawn_at_once_are_the_step_by_step_ones(n_envs):
+    """`sample_targets_steps` (all of a `train` call's batches drawn and gathered at once, with
+    one environment) gives the batches and the global random state of one `sample_targets`
+    call a step; with two environments (index draws that use the random state) it makes them
+    one by one."""
+    from gymnasium import spaces
+    buf = EpisodeRewardReplayBuffer(300, spaces.Box(0, 1, (3,)), spaces.Box(-1, 1, (1,)), n_envs=n_envs)
+    rng = np.random.default_rng(0)
+    for t in range(100):  # 50 episodes of two steps
+        obs = rng.random((n_envs, 3), dtype=np.float32)
+        buf.add(obs, obs, rng.random((n_envs, 1), dtype=np.float32), rng.random(n_envs), np.array([t % 2 == 1] * n_envs),
+                [{}] * n_envs)
+    np.random.seed(5)
+    together = buf.sample_targets_steps(37, 6)
+    state = np.random.get_state()
+    np.random.seed(5)
+    one_by_one = [buf.sample_targets(37) for _ in range(6)]
+    assert all(np.array_equal(a, b) for a, b in zip(state, np.random.get_state()))
+    for x, y in zip(together, one_by_one):
+        for a, b in zip(x, y):
+            assert a.shape == b.shape and torch.equal(a, b)
+
+
 def _twin_agents(batch: int):
     """The engine's agent and a second one to train with SB3's own update, on a two-layer
     env, with the same 6 episodes in both replay buffers."""
