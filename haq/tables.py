@@ -359,11 +359,14 @@ def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, override
     ``val_accuracy_refits`` and ``test_accuracy_refits`` are their means, the comparison the
     selection cannot flatter, ``*_refits_sd`` their sample standard deviations (NaN for one
     refit) and ``refits`` their count.
-    `progress` gets (finetunes run, finetunes to run), after each model and seed."""
+    `progress` gets (finetunes run, finetunes to run), after each policy's finetunes. Each policy
+    is one job, and its results are saved as soon as it is done: an interrupted run loses at most
+    the policies in progress, and with `jobs` > 1 no worker idles while another has a queue."""
     refits = spec.refits if refits is None else refits
     cache_path = base / "held-out.json"
     cache: dict[str, dict[str, Any]] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     keys = [_held_out_key(r) for r in df.to_dict("records")]
+    # (model, seed) -> {key: (policy, canonical finetune to run, refits done)}, in the rows' order
     todo: dict[tuple[str, int], dict[str, tuple[str | tuple[str, str], bool, int]]] = {}
     for r, key in zip(df.to_dict("records"), keys):
         entry = cache.get(key, {})
@@ -375,13 +378,15 @@ def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, override
         from concurrent.futures import as_completed
 
         configs = {(m, seed): spec.config(scale, m, spec.hardware[0], spec.model_budgets(scale, m)[0], "haq", seed,
-                                          base / "unused", overrides) for m, seed in todo}
+                                          base / "unused", overrides).to_dict() for m, seed in todo}
+        # one job a policy, grouped by model so that a worker keeps its evaluator between jobs
+        jobs_todo = [(group, {key: work}, int(work[1]) + refits - work[2])
+                     for group, policies in todo.items() for key, work in policies.items()]
         threads = job_threads(jobs)
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        sizes = {g: sum(c + refits - d for _, c, d in p.values()) for g, p in todo.items()}
-        total, finished = sum(sizes.values()), 0
+        total, finished = sum(n for _, _, n in jobs_todo), 0
 
-        def merge(group: tuple[str, int], result: dict[str, dict[str, Any]]) -> None:
+        def merge(result: dict[str, dict[str, Any]], finetunes: int) -> None:
             nonlocal finished
             for key, new in result.items():
                 old = cache.setdefault(key, {})
@@ -389,22 +394,22 @@ def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, override
                 for k in ("refit_val", "refit_test"):
                     old[k] = old.get(k, []) + new.get(k, [])
             _atomic_write(cache_path, json.dumps(cache, indent=1, sort_keys=True) + "\n")
-            finished += sizes[group]
+            finished += finetunes
             if progress is not None:
                 progress(finished, total)
 
         if progress is not None:
             progress(0, total)
         if jobs == 1:
-            for group, policies in todo.items():
-                merge(group, _held_out_job(configs[group].to_dict(), policies, threads, refits))
+            for group, policies, n in jobs_todo:
+                merge(_held_out_job(configs[group], policies, threads, refits), n)
             _JOB_EVALUATORS.clear()  # in this process: do not keep the model and data alive
         else:
             with job_pool(jobs) as pool:
-                futures = {pool.submit(_held_out_job, configs[g].to_dict(), p, threads, refits): g
-                           for g, p in todo.items()}
+                futures = {pool.submit(_held_out_job, configs[group], policies, threads, refits): n
+                           for group, policies, n in jobs_todo}
                 for future in as_completed(futures):
-                    merge(futures[future], future.result())
+                    merge(future.result(), futures[future])
     out = df.copy()
     out["test_accuracy"] = [cache[k]["test"] for k in keys]
     if refits:

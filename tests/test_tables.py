@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -73,6 +74,34 @@ def test_bad_table_specs_name_the_file_and_key(tmp_path):
     write_spec(tmp_path, refits=-1)
     with pytest.raises(ValueError, match=r"tiny.yaml: refits must be a whole number >= 0 .* got -1"):
         TableSpec.load("tiny", tmp_path)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_an_interrupted_held_out_measurement_keeps_every_policy_it_finished(tmp_path):
+    """Each policy's finetunes are saved when they are done: a run stopped after the first policy
+    measures only the others when started again, and ends with an uninterrupted run's numbers."""
+    spec = TableSpec.load("tiny", write_spec(tmp_path))  # 1 refit: 2 finetunes a policy
+    rows = pd.DataFrame([{"model": "digits-mbv2", "hw": "bismo-edge", "seed": 0, "method": "fixed", "policy": p,
+                          "w_bits": "", "a_bits": "", "accuracy": 0.0} for p in ("w4a4", "w6a6", "w8a8")])
+
+    def stop_after_first_policy(done: int, total: int) -> None:
+        if done:
+            raise _Stop
+
+    base = tmp_path / "held"
+    with pytest.raises(_Stop):
+        tables.held_out(spec, "mini", rows, base, progress=stop_after_first_policy, check_reproduced=False)
+    saved = json.loads((base / "held-out.json").read_text())
+    assert list(saved) == ["digits-mbv2|seed 0|w4a4"] and len(saved["digits-mbv2|seed 0|w4a4"]["refit_test"]) == 1
+    progress: list[tuple[int, int]] = []
+    resumed = tables.held_out(spec, "mini", rows, base, progress=lambda d, t: progress.append((d, t)),
+                              check_reproduced=False)
+    assert progress == [(0, 4), (2, 4), (4, 4)]  # the two policies left, one at a time
+    fresh = tables.held_out(spec, "mini", rows, tmp_path / "fresh", check_reproduced=False)
+    pd.testing.assert_frame_equal(resumed, fresh)
 
 
 @pytest.mark.slow
