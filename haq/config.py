@@ -237,12 +237,13 @@ class SearchConfig:
 
 RUN_LEGACY: dict[str, Any] = {
     "enforcement": "sequential",
+    "quant": {"kmeans_grad": "sum"},
     "agent": {"final_layer_init": 0.0, "over_budget_penalty": 0.0, "store_taken_actions": False,
               "noise_offset_sigma": 0.0},
 }
 """What runs written before a key existed did: the paper's sequential enforcement, PyTorch's
-init, no penalty, the requested actions stored, no exploration offsets (``episode_targets`` has
-always been written)."""
+init, no penalty, the requested actions stored, no exploration offsets, k-means centroids moved
+by their weights' summed gradients (``episode_targets`` has always been written)."""
 
 
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:

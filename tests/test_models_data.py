@@ -112,6 +112,26 @@ def test_kmeans_mode_trains_shared_centroids():
     assert torch.unique(qm.wrappers["grouped"].quantized_weight()).numel() <= 4
 
 
+@pytest.mark.parametrize("kmeans_grad", ["mean", "sum"])
+def test_a_kmeans_centroid_moves_by_the_mean_or_the_sum_of_its_weights_gradients(kmeans_grad):
+    """Deep Compression's centroid gradient is the sum of its weights' gradients; by default the
+    finetune divides it by the centroid's number of weights (QuantConfig.kmeans_grad)."""
+    torch.manual_seed(0)
+    qm = QuantizedModel(TorchvisionStyleNet(), (3, 12, 12), QuantConfig(mode="kmeans", kmeans_grad=kmeans_grad))
+    qm.apply(Policy.uniform(qm.layers, 2, 8))
+    wrapper = qm.wrappers["grouped"]
+    upstream = torch.randn_like(wrapper.layer.weight)  # d loss / d weight, weight by weight
+    (wrapper.quantized_weight() * upstream).sum().backward()
+    index = wrapper.code_index.reshape(-1)
+    summed = torch.zeros(4, dtype=torch.float64).index_add_(0, index, upstream.reshape(-1).double())
+    count = torch.bincount(index, minlength=4).clamp_min(1).double()
+    want = summed / count if kmeans_grad == "mean" else summed
+    torch.testing.assert_close(wrapper.codebook.grad.reshape(-1).double(), want, rtol=1e-5, atol=1e-7)
+    assert (wrapper.code_count is None) == (kmeans_grad == "sum")
+    with pytest.raises(ValueError, match="kmeans_grad must be 'mean' or 'sum', got 'median'"):
+        QuantConfig(mode="kmeans", kmeans_grad="median")
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_every_registered_model_builds_and_has_layers(name):
     entry = model_entry(name)

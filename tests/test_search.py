@@ -475,12 +475,15 @@ def test_a_run_written_before_a_key_existed_keeps_its_behaviour_on_resume(tmp_pa
     del old["enforcement"]
     for key in ("final_layer_init", "over_budget_penalty", "store_taken_actions", "noise_offset_sigma"):
         del old["agent"][key]
+    del old["quant"]["kmeans_grad"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     got = SearchConfig.from_run(tmp_path / "config.yaml")
     assert got.enforcement == "sequential" and got.seed == 4
     assert (got.agent.final_layer_init, got.agent.over_budget_penalty, got.agent.store_taken_actions) == (0, 0, False)
     assert cfg.agent.noise_offset_sigma == 0.2 and got.agent.noise_offset_sigma == 0  # no offsets before the key
     assert got.agent.noise_sigma == cfg.agent.noise_sigma  # keys the file has are kept
+    assert cfg.quant.kmeans_grad == "mean" and got.quant.kmeans_grad == "sum"  # k-means steps as they were
+    assert got.quant.calib_images == cfg.quant.calib_images
 
 
 def test_noise_and_replay_buffer_follow_haq():
