@@ -47,9 +47,8 @@ class QuantConfig:
             of its weights' gradients, ``"sum"`` by their sum (Deep Compression's, the true
             gradient of the shared value). A centroid stands for up to tens of thousands of
             weights, so with the finetune's learning rate the summed step is that many times
-            too long: on the 53-layer `digits32-mbv2`, uniform 2-bit k-means never trained
-            (10% top-1 after 1-6 epochs; 97.7% with the mean) and a searched policy's 6-epoch
-            finetune collapsed (11% against 99.7%).
+            too long: on the 53-layer `digits32-mbv2`, uniform 2-bit k-means did not train and
+            long finetunes of searched policies could collapse (CHANGELOG).
         calib_images: images of the search-train split used to calibrate activations.
         kl_bins: histogram bins for KL calibration.
         kl_stride: candidate thresholds are every `kl_stride` bins.
