@@ -34,7 +34,7 @@ import pandas as pd
 import hw_models
 from haq.config import CONSTRAINTS, SearchConfig, budget_kind, load_yaml
 from haq.evaluator import QuantEvaluator
-from haq.models import model_entry
+from haq.models import create_model, model_entry, read_state_dict, state_fingerprint
 from haq.policy import Policy
 from haq.search import Search, _atomic_write, build_evaluator, build_parts, check_evaluator, read_episodes
 
@@ -212,6 +212,55 @@ class TableSpec:
         return cfg
 
 
+def float_fingerprint(cfg: SearchConfig) -> str:
+    """The `state_fingerprint` of the float model a search of `cfg` quantizes: its weights file's,
+    or the registered model's own trained weights' (``"untrained"`` for neither)."""
+    if cfg.weights is not None:
+        return state_fingerprint(read_state_dict(cfg.weights))
+    if model_entry(cfg.model).pretrain is not None:
+        return state_fingerprint(create_model(cfg.model).state_dict())
+    return "untrained"
+
+
+def check_float_models(base: Path, fingerprints: dict[str, str]) -> None:
+    """Refuse to add to a table's run folder measured on other float models than these.
+
+    ``<base>/float-models.json`` keeps each model's fingerprint (`float_fingerprint`) from the
+    first time the folder is used; a search, baseline or held-out result made on another float
+    model (another training, another weights file) is not this model's, and reusing it would mix
+    two models in one table."""
+    path = base / "float-models.json"
+    known: dict[str, str] = json.loads(path.read_text()) if path.is_file() else {}
+    changed = {m: (known[m], f) for m, f in fingerprints.items() if m in known and known[m] != f}
+    if changed:
+        raise ValueError(f"{base} was measured on other float models than this run's ("
+                         + "; ".join(f"{m}: fingerprint {old} there, {new} now" for m, (old, new) in changed.items())
+                         + f", {path.name}): its searches and results do not apply to them; delete the folder or "
+                         "pass another --runs (haq.models.state_fingerprint)")
+    if any(m not in known for m in fingerprints):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, json.dumps({**known, **fingerprints}, indent=1, sort_keys=True) + "\n")
+
+
+def _model_fingerprints(spec: TableSpec, scale: str, models: Sequence[str], overrides: dict[str, Any] | None,
+                        base: Path) -> dict[str, str]:
+    """`float_fingerprint` of each of `models` as the table's scale configures it."""
+    return {m: float_fingerprint(spec.config(scale, m, spec.hardware[0], spec.model_budgets(scale, m)[0], "haq",
+                                             spec.seeds(scale, m)[0], base / "unused", overrides))
+            for m in dict.fromkeys(models)}
+
+
+def _one_float_model(df: pd.DataFrame) -> None:
+    """Refuse rows of one model measured on float models of different top-1 (run folders
+    written before ``float-models.json``, from two trainings of the model)."""
+    for model, fp in df.groupby("model", sort=False)["fp_accuracy"]:
+        values = sorted({round(float(v), 4) for v in fp})
+        if len(values) > 1:
+            raise ValueError(f"the rows of {model} were measured on float models of different top-1 ({values}): "
+                             "searches or baselines of another training of the model are in the run folder; "
+                             "delete those and run the table again")
+
+
 def _check_list(data: dict[str, Any], key: str, where: str) -> None:
     if not isinstance(data[key], list) or not data[key]:
         raise ValueError(f"{where}: {key} must be a non-empty list")
@@ -254,6 +303,8 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     base = Path(runs_dir) / f"{spec.name}-{scale}{tag}"
     cells = spec.cells(scale, seeds)
+    fingerprints = _model_fingerprints(spec, scale, [c.model for c in cells], overrides, base)
+    check_float_models(base, fingerprints)
     configs = {c: spec.config(scale, c.model, c.hw, c.budget, c.method, c.seed, _run_dir(base, c), overrides)
                for c in cells}
     summaries: dict[Cell, dict[str, Any]] = {}
@@ -308,7 +359,9 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
                   "w8a8_over_cost": done[b]["w8a8_cost"] / done[b]["cost"], "fp_accuracy": done[b]["fp_accuracy"],
                   "w_bits": "", "a_bits": "", "episodes": 0, "warmup": "", "best_episode": ""}
                  for b in spec.baselines]
+    _one_float_model(pd.DataFrame(rows))
     df = held_out(spec, scale, pd.DataFrame(rows), base, overrides, jobs, on_held_out)
+    df["float_model"] = df["model"].map(fingerprints)
     write_table(spec, scale, df, Path(results_dir or RESULTS_DIR), tag)
     return df
 
@@ -363,6 +416,7 @@ def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, override
     is one job, and its results are saved as soon as it is done: an interrupted run loses at most
     the policies in progress, and with `jobs` > 1 no worker idles while another has a queue."""
     refits = spec.refits if refits is None else refits
+    check_float_models(base, _model_fingerprints(spec, scale, list(df["model"]), overrides, base))
     cache_path = base / "held-out.json"
     cache: dict[str, dict[str, Any]] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     keys = [_held_out_key(r) for r in df.to_dict("records")]
@@ -740,6 +794,9 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
              f"is the policy's {spec.constraint} ({units}) over uniform w8a8's; `w8a8 / cost` the saving. Source: "
              f"`{spec.name}-{scale}{tag}.csv` (beside this file)." + (f" {'; '.join(own)} (its baselines too)."
                                                                       if own else "")
+             + (" Float models (fingerprints, `haq.models.state_fingerprint`): "
+                + ", ".join(f"{m} `{f}`" for m, f in df.groupby("model", sort=False)["float_model"].first().items())
+                + "." if "float_model" in df.columns else "")
              + (" `held-out` is the same finetuned network's top-1 on the test split, which no search sees: the "
                 "searches pick their best policy by search-validation top-1, which flatters the searched rows; "
                 "the held-out split does not." if test else "")

@@ -1,5 +1,6 @@
-"""Shared fixtures. The embedded digits model is trained on first use and cached under
-$HAQ_CACHE_DIR (default ~/.cache/haq; .ci/run points it inside the checkout)."""
+"""Shared fixtures. The embedded digits model's weights ship in haq/models/weights/; a model
+trained by the tests (another recipe) is cached under $HAQ_CACHE_DIR (default ~/.cache/haq;
+.ci/run points it inside the checkout)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,18 @@ from torch import nn
 
 from haq import Policy, extract_layers
 from haq.data import augment_batch, batches, decode_images, load_cifar10, load_dataset, load_imagenet
-from haq.models import create_model, list_models, load_weights, model_entry
+from haq.models import (
+    DIGITS32_RECIPE,
+    DIGITS_RECIPE,
+    SHIPPED_WEIGHTS,
+    create_model,
+    list_models,
+    load_weights,
+    model_entry,
+    state_fingerprint,
+    train_on_digits,
+    weights_file_name,
+)
 from haq.qmodel import QuantConfig, QuantizedModel
 from haq.search import load_model_and_data
 
@@ -155,6 +166,56 @@ def test_cifar_sized_digits_model_gets_its_own_data_size(tmp_path):
     assert len(extract_layers(model, data.input_shape)) == 53
     _, small, _ = load_model_and_data("digits32-mbv2", str(path), size=16)
     assert small.input_shape == (1, 16, 16)
+
+
+def _shipped_rows() -> dict[str, tuple[float, str]]:
+    """model -> (float top-1, fingerprint) from the table in haq/models/weights/README.md."""
+    rows = {}
+    for line in (SHIPPED_WEIGHTS / "README.md").read_text().splitlines():
+        cells = [c.strip().strip("`") for c in line.strip("|").split("|")]
+        if len(cells) == 5 and cells[0].endswith(".pt"):
+            rows[cells[1]] = (float(cells[3].rstrip("%")), cells[4])
+    return rows
+
+
+@pytest.mark.parametrize("name,recipe", [("digits-mbv2", DIGITS_RECIPE), ("digits32-mbv2", DIGITS32_RECIPE)])
+def test_the_digits_networks_ship_the_weights_of_their_recipe(name, recipe, tmp_path, monkeypatch):
+    """The mini tables' float models load from the package, nothing trained or cached, and are the
+    models the weights' README describes (fingerprint and float top-1 on search-val)."""
+    from haq.data import load_digits_data
+    from haq.train import evaluate
+
+    monkeypatch.setenv("HAQ_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("haq.train.fit", lambda *a, **k: pytest.fail("trained instead of loading shipped weights"))
+    assert (SHIPPED_WEIGHTS / weights_file_name(name, recipe)).is_file()
+    model = create_model(name)
+    assert not (tmp_path / "cache").exists()
+    top1, fingerprint = _shipped_rows()[name]
+    assert state_fingerprint(model.state_dict()) == fingerprint
+    data = load_digits_data(**model_entry(name).data)
+    assert evaluate(model, data, data.val, 256)["top1"] == pytest.approx(top1, abs=0.005)
+
+
+def test_another_recipe_trains_on_first_use_and_is_cached(tmp_path, monkeypatch):
+    """No shipped weights for a recipe: trained once, cached under a name holding the recipe,
+    then read back (the same weights, no training)."""
+    monkeypatch.setenv("HAQ_CACHE_DIR", str(tmp_path))
+    recipe = {**DIGITS_RECIPE, "epochs": 1}
+    first = train_on_digits("digits-mbv2", recipe)
+    assert (tmp_path / weights_file_name("digits-mbv2", recipe)).is_file()
+    monkeypatch.setattr("haq.train.fit", lambda *a, **k: pytest.fail("trained a cached recipe again"))
+    again = train_on_digits("digits-mbv2", recipe)
+    assert state_fingerprint(again.state_dict()) == state_fingerprint(first.state_dict())
+    assert state_fingerprint(first.state_dict()) != state_fingerprint(create_model("digits-mbv2").state_dict())
+
+
+def test_a_state_fingerprint_changes_with_any_value_and_not_with_the_container():
+    state = create_model("digits-mbv2", pretrained=False).state_dict()
+    same = {k: v.clone() for k, v in state.items()}
+    assert state_fingerprint(same) == state_fingerprint(state)
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    same[key].view(-1)[0] += 1e-6
+    assert state_fingerprint(same) != state_fingerprint(state)
 
 
 def test_user_model_by_module_path():

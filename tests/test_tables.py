@@ -19,7 +19,7 @@ import yaml
 
 from haq import tables
 from haq.cli import main
-from haq.models import create_model
+from haq.models import create_model, state_fingerprint
 from haq.policy import Policy
 from haq.search import build_evaluator, load_model_and_data
 from haq.tables import Cell, TableSpec, render_table, run_table
@@ -402,6 +402,28 @@ def test_a_table_on_an_imagenet_folder_searches_the_weights_given(tmp_path, caps
     model, data, _ = load_model_and_data("mobilenet_v2_cifar", str(weights), "imagenet", str(root), **config["data"])
     assert model.classifier[-1].out_features == 4
     assert df["fp_accuracy"].tolist() == pytest.approx([evaluate(model, data, data.val, 64)["top1"]] * 3, abs=1e-3)
+    # the table and its run folder name the float model they measured; a checkpoint retrained into the same
+    # file is another model, whose results the folder's are not
+    fingerprint = state_fingerprint(model.state_dict())
+    assert set(df["float_model"]) == {fingerprint}
+    assert json.loads((run.parent / "float-models.json").read_text()) == {"mobilenet_v2_cifar": fingerprint}
+    assert f"mobilenet_v2_cifar `{fingerprint}`" in (tmp_path / "results" / "tiny-mini.md").read_text()
+    torch.manual_seed(1)
+    torch.save(create_model("mobilenet_v2_cifar", num_classes=4).state_dict(), weights)
+    capsys.readouterr()
+    assert main([*base, "--weights", f"mobilenet_v2_cifar={weights}"]) == 2
+    err = capsys.readouterr().err
+    assert f"mobilenet_v2_cifar: fingerprint {fingerprint} there" in err and "float-models.json" in err
+
+
+def test_a_table_refuses_rows_of_one_model_from_two_float_models():
+    """Run folders written before float-models.json: rows whose float top-1 differ are two trainings."""
+    rows = pd.DataFrame({"model": ["digits-mbv2", "digits-mbv2", "digits32-mbv2"], "fp_accuracy": [98.0, 98.0, 99.1]})
+    tables._one_float_model(rows)
+    rows.loc[1, "fp_accuracy"] = 98.57
+    with pytest.raises(ValueError, match=r"rows of digits-mbv2 were measured on float models of different top-1 "
+                                         r"\(\[98.0, 98.57\]\)"):
+        tables._one_float_model(rows)
 
 
 def test_cli_table_paper_scale_needs_a_data_root(capsys):

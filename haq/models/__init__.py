@@ -5,11 +5,14 @@ from a local file only (``weights=PATH``, loaded with ``torch.load(weights_only=
 nothing is downloaded. torchvision's ImageNet checkpoints of MobileNetV2, ResNet-18 and
 ResNet-50 fit the networks here (`load_weights`), as does any checkpoint holding the same
 tensors in the same order (a MobileNet-V1 laid out stem, then depthwise and pointwise conv +
-BatchNorm per block, then the classifier). The two networks trained on the shipped digits
-data train themselves on first use and are cached under ``$HAQ_CACHE_DIR`` (default
-``~/.cache/haq``): the embedded default ``digits-mbv2`` (16x16, about 20 s on 2 CPU cores)
-and ``digits32-mbv2``, the CIFAR-sized MobileNetV2 (``mobilenet_v2_cifar`` at width 0.5, one
-input channel) on digits upscaled to 32x32 (about 2 minutes).
+BatchNorm per block, then the classifier). The two networks for the shipped digits data come
+trained (`train_on_digits`): the embedded default ``digits-mbv2`` (16x16) and ``digits32-mbv2``,
+the CIFAR-sized MobileNetV2 (``mobilenet_v2_cifar`` at width 0.5, one input channel) on digits
+upscaled to 32x32. Their weights ship in ``haq/models/weights/`` (see its README): training is
+deterministic on one machine but not across CPUs (the vector instruction set changes the
+rounding, and 30 epochs amplify it to a model 0.5-1 point apart), so shipping them is what makes
+the mini tables reproducible elsewhere. Another recipe trains on first use and is cached under
+``$HAQ_CACHE_DIR`` (default ``~/.cache/haq``): about 20 s and 2 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import hashlib
 import importlib
 import logging
 import os
@@ -176,6 +180,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HAQ_CACHE_DIR", Path.home() / ".cache" / "haq"))
 
 
+def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """A short hash of a state dict's names, dtypes, shapes and values: two models with the same
+    fingerprint compute the same function, whatever file or training they came from."""
+    h = hashlib.sha256()
+    for key, t in state.items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
 def create_model(name: str, *, weights: str | os.PathLike[str] | None = None, pretrained: bool = True,
                  **kwargs: Any) -> nn.Module:
     """Build a registered (or ``"module:factory"``) network.
@@ -183,8 +198,8 @@ def create_model(name: str, *, weights: str | os.PathLike[str] | None = None, pr
     Args:
         name: model name, see `list_models`.
         weights: a local state-dict file to load.
-        pretrained: for the digits networks only (``digits-mbv2``, ``digits32-mbv2``): train
-            on first use and cache (default True).
+        pretrained: for the digits networks only (``digits-mbv2``, ``digits32-mbv2``): their
+            trained weights (`train_on_digits`; default True).
         **kwargs: passed to the factory (e.g. ``num_classes``).
     """
     entry = model_entry(name)
@@ -198,6 +213,7 @@ def create_model(name: str, *, weights: str | os.PathLike[str] | None = None, pr
     return model
 
 
+SHIPPED_WEIGHTS = Path(__file__).with_name("weights")
 DIGITS_RECIPE = {"version": 1, "epochs": 30, "lr": 0.05, "batch_size": 64, "seed": 0}
 DIGITS32_RECIPE = {"version": 1, "epochs": 20, "lr": 0.05, "batch_size": 64, "seed": 0}
 
@@ -210,16 +226,30 @@ def model_layers(name: str) -> list[LayerSpec]:
     return extract_layers(create_model(name, pretrained=False), model_entry(name).input_shape)
 
 
-def train_on_digits(name: str, recipe: dict[str, Any]) -> nn.Module:
+def weights_file_name(name: str, recipe: dict[str, Any]) -> str:
+    """The file name of `name`'s weights trained by `recipe` (shipped or cached): it holds the
+    recipe, so a changed recipe never reads another recipe's weights."""
+    return f"{name}-" + "-".join(f"{k}{v}" for k, v in recipe.items()) + ".pt"
+
+
+def train_on_digits(name: str, recipe: dict[str, Any], *, shipped: bool = True) -> nn.Module:
     """Registered model `name` trained on the digits search-train split by `recipe` (SGD,
-    cosine schedule; see `haq.train.fit`), cached on first use under a name that holds
-    the recipe, so a changed recipe trains again."""
+    cosine schedule; see `haq.train.fit`).
+
+    The weights shipped in ``haq/models/weights/`` for this recipe when there are some (and
+    `shipped`); otherwise trained on first use and cached under `cache_dir` by a name that
+    holds the recipe. ``shipped=False`` trains this machine's own (bit-identical on one machine,
+    not across CPUs: the weights' README)."""
     from haq.data import load_digits_data
     from haq.train import fit
 
     entry = model_entry(name)
-    tag = "-".join(f"{k}{v}" for k, v in recipe.items())
-    path = cache_dir() / f"{name}-{tag}.pt"
+    file_name = weights_file_name(name, recipe)
+    if shipped and (SHIPPED_WEIGHTS / file_name).is_file():
+        model = entry.factory()
+        load_weights(model, SHIPPED_WEIGHTS / file_name)
+        return model
+    path = cache_dir() / file_name
     if path.is_file():
         model = entry.factory()
         try:
@@ -242,7 +272,7 @@ def train_on_digits(name: str, recipe: dict[str, Any]) -> nn.Module:
 
 
 def pretrained_digits() -> nn.Module:
-    """The embedded default, trained on the digits search-train split on first use and cached."""
+    """The embedded default, trained on the digits search-train split (`train_on_digits`)."""
     return train_on_digits("digits-mbv2", DIGITS_RECIPE)
 
 
@@ -277,10 +307,10 @@ def _mbv1_cifar(num_classes: int = 10, in_channels: int = 3, width: float = 1.0)
 
 
 register_model("digits-mbv2", digits_mbv2, (1, 16, 16), "digits",
-               "Small MobileNetV2-style network for the embedded digits data (trained and cached on first use)",
+               "Small MobileNetV2-style network for the embedded digits data (trained weights shipped)",
                pretrain=pretrained_digits)
 register_model("digits32-mbv2", digits32_mbv2, (1, 32, 32), "digits",
-               "CIFAR-sized MobileNet-V2 (width 0.5) on digits upscaled to 32x32 (trained and cached on first use)",
+               "CIFAR-sized MobileNet-V2 (width 0.5) on digits upscaled to 32x32 (trained weights shipped)",
                data={"size": 32}, pretrain=lambda: train_on_digits("digits32-mbv2", DIGITS32_RECIPE))
 register_model("mobilenet_v1", MobileNetV1, (3, 224, 224), "imagenet", "MobileNet-V1 (ImageNet, 224 px)")
 register_model("mobilenet_v2", MobileNetV2, (3, 224, 224), "imagenet", "MobileNet-V2 (ImageNet, 224 px)")
@@ -291,4 +321,5 @@ register_model("resnet18", _resnet18, (3, 224, 224), "imagenet")
 register_model("resnet50", _resnet50, (3, 224, 224), "imagenet")
 
 __all__ = ["ModelEntry", "cache_dir", "checkpoint_classes", "create_model", "list_models", "load_weights",
-           "model_entry", "pretrained_digits", "read_state_dict", "register_model", "train_on_digits"]
+           "model_entry", "pretrained_digits", "read_state_dict", "register_model", "state_fingerprint",
+           "train_on_digits", "weights_file_name"]
