@@ -488,6 +488,13 @@ def test_refit_shortfalls_test_the_gap_to_each_costlier_row_against_the_refits_s
             "in 0; below one or more of them by less than the refits resolve in 0; significantly less accurate "
             "than one (Welch's t-test on the refits, one-sided, 5%) in 2 (by budget: w5a5 2; by 1.00 points, each "
             "search's largest shortfall).") in text
+    # the saving at comparable accuracy: none where a seed falls significantly below w8a8 ...
+    assert "- digits-mbv2 on bismo-edge: no budget; seeds significantly below w8a8 at w5a5: 1 of 2." in text
+    # ... and w8a8's cost over the searched policy's where none does (97.0 against 97.3, +- 0.5 both)
+    spread = df.assign(test_accuracy_refits_sd=0.5).iloc[::-1]  # any row order
+    assert tables.comparable_saving(spread, tables.refit_shortfalls(spread), "latency")[-1] == (
+        "- digits-mbv2 on bismo-edge: 2.56x less latency than w8a8 (budget w5a5, -0.30 points of top-1 over the "
+        "refits).")
     # no verdict without a spread to test against (one refit, or a CSV from before the spreads were kept)
     assert tables.refit_shortfalls(df.drop(columns="test_accuracy_refits_sd")).empty
     assert "Welch" not in render_table(spec, "mini", df.assign(test_accuracy_refits_sd=""), tmp_path)
