@@ -10,8 +10,8 @@ trained (`train_on_digits`): the embedded default ``digits-mbv2`` (16x16) and ``
 the CIFAR-sized MobileNetV2 (``mobilenet_v2_cifar`` at width 0.5, one input channel) on digits
 upscaled to 32x32. Their weights ship in ``haq/models/weights/`` (see its README): training is
 deterministic on one machine but not across CPUs (the vector instruction set changes the
-rounding, and 30 epochs amplify it to a model 0.5-1 point apart), so shipping them is what makes
-the mini tables reproducible elsewhere. Another recipe trains on first use and is cached under
+rounding, and 30 epochs amplify it into a model up to 1.4 points apart in float top-1), so shipping
+them is what makes the mini tables reproducible elsewhere. Another recipe trains on first use and is cached under
 ``$HAQ_CACHE_DIR`` (default ``~/.cache/haq``): about 20 s and 2 minutes on 2 CPU cores.
 """
 
