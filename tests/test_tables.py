@@ -495,6 +495,11 @@ def test_refit_shortfalls_test_the_gap_to_each_costlier_row_against_the_refits_s
     assert tables.comparable_saving(spread, tables.refit_shortfalls(spread), "latency")[-1] == (
         "- digits-mbv2 on bismo-edge: 2.56x less latency than w8a8 (budget w5a5, -0.30 points of top-1 over the "
         "refits).")
+    # the README Status's counts come from the same functions (experiments/status_counts.py)
+    got = _experiment("status_counts").counts(df)
+    assert got["searches"] == 2 and got["every costlier row, held out over the refits"] == 0
+    assert got["significantly below a costlier row"] == 2 == got["significantly below the uniform policy of its budget"]
+    assert got["uniform of budget, search-validation"] == 2 and got["uniform of budget, held out over the refits"] == 0
     # no verdict without a spread to test against (one refit, or a CSV from before the spreads were kept)
     assert tables.refit_shortfalls(df.drop(columns="test_accuracy_refits_sd")).empty
     assert "Welch" not in render_table(spec, "mini", df.assign(test_accuracy_refits_sd=""), tmp_path)
