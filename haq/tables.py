@@ -360,7 +360,7 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
                   "w_bits": "", "a_bits": "", "episodes": 0, "warmup": "", "best_episode": ""}
                  for b in spec.baselines]
     _one_float_model(pd.DataFrame(rows))
-    df = held_out(spec, scale, pd.DataFrame(rows), base, overrides, jobs, on_held_out)
+    df = held_out(spec, scale, pd.DataFrame(rows), base, overrides, jobs, on_held_out, fingerprints=fingerprints)
     df["float_model"] = df["model"].map(fingerprints)
     write_table(spec, scale, df, Path(results_dir or RESULTS_DIR), tag)
     return df
@@ -392,7 +392,8 @@ def held_out_test_samples(base: Path, df: pd.DataFrame, refits: int) -> list[lis
 
 def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, overrides: dict[str, Any] | None = None,
              jobs: int = 1, progress: Callable[[int, int], None] | None = None,
-             refits: int | None = None, check_reproduced: bool = True) -> pd.DataFrame:
+             refits: int | None = None, check_reproduced: bool = True,
+             fingerprints: dict[str, str] | None = None) -> pd.DataFrame:
     """`df` with ``test_accuracy``: each row's policy finetuned again (the same finetune its
     ``accuracy`` came from: an evaluation is a function of the policy, model, seed and thread
     count) and measured on the held-out test split, which no search ever sees. The search
@@ -414,9 +415,12 @@ def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, override
     refit) and ``refits`` their count.
     `progress` gets (finetunes run, finetunes to run), after each policy's finetunes. Each policy
     is one job, and its results are saved as soon as it is done: an interrupted run loses at most
-    the policies in progress, and with `jobs` > 1 no worker idles while another has a queue."""
+    the policies in progress, and with `jobs` > 1 no worker idles while another has a queue.
+    `fingerprints` (model -> `float_fingerprint`, computed here when not given) are checked
+    against the folder's (`check_float_models`)."""
     refits = spec.refits if refits is None else refits
-    check_float_models(base, _model_fingerprints(spec, scale, list(df["model"]), overrides, base))
+    check_float_models(base, fingerprints if fingerprints is not None
+                       else _model_fingerprints(spec, scale, list(df["model"]), overrides, base))
     cache_path = base / "held-out.json"
     cache: dict[str, dict[str, Any]] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     keys = [_held_out_key(r) for r in df.to_dict("records")]
