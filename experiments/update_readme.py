@@ -1,15 +1,35 @@
-"""Copy the generated mini-scale tables into the README (between the tables markers).
+"""Copy the generated mini-scale tables into the README (between the tables markers), and the Status's
+counts (`experiments/status_counts.py`) between the status markers.
 
     python experiments/update_readme.py
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- tables:start (experiments/update_readme.py) -->", "<!-- tables:end -->"
+STATUS_START, STATUS_END = "<!-- status:start (experiments/update_readme.py) -->", "<!-- status:end -->"
+
+
+def replace_between(body: str, start: str, end: str, text: str) -> str:
+    """``body`` with what lies between the markers ``start`` and ``end`` replaced by ``text``."""
+    if start not in body or end not in body:
+        raise SystemExit(f"README.md lacks the markers {start} ... {end}")
+    head, rest = body.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return head + start + "\n" + text + end + tail
+
+
+def status_block() -> str:
+    """The Status's counts, from experiments/status_counts.py (a script, not a package module)."""
+    spec = importlib.util.spec_from_file_location("status_counts", ROOT / "experiments" / "status_counts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.status_markdown()
 
 
 def main() -> None:
@@ -25,12 +45,8 @@ def main() -> None:
         text = text.replace("(beside this file)", "(in experiments/results/)")
         parts.append(text)
     readme = ROOT / "README.md"
-    body = readme.read_text()
-    if START not in body or END not in body:
-        raise SystemExit(f"README.md lacks the markers {START} ... {END}")
-    head, rest = body.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(head + START + "\n" + "\n".join(parts) + END + tail)
+    body = replace_between(readme.read_text(), START, END, "\n".join(parts))
+    readme.write_text(replace_between(body, STATUS_START, STATUS_END, status_block()))
     print("updated README.md")
 
 

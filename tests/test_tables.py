@@ -500,6 +500,13 @@ def test_refit_shortfalls_test_the_gap_to_each_costlier_row_against_the_refits_s
     assert got["searches"] == 2 and got["every costlier row, held out over the refits"] == 0
     assert got["significantly below a costlier row"] == 2 == got["significantly below the uniform policy of its budget"]
     assert got["uniform of budget, search-validation"] == 2 and got["uniform of budget, held out over the refits"] == 0
+    # ... and so does the table the README's Status shows (experiments/update_readme.py copies it there)
+    df.assign(table="latency").to_csv(tmp_path / "latency-mini.csv", index=False)
+    block = _experiment("status_counts").status_markdown(tmp_path, ("latency", "energy"))
+    assert "| | latency |\n|---|---|\n| float models | digits-mbv2 98.00% (not recorded) |" in block
+    assert ("| at least as accurate as the uniform policy of its budget (search-validation / held out / over the "
+            "refits) | 2 / 2 / 0 of 2 |") in block
+    assert "| significantly below a costlier fixed-bit row over the refits | 2 |" in block
     # no verdict without a spread to test against (one refit, or a CSV from before the spreads were kept)
     assert tables.refit_shortfalls(df.drop(columns="test_accuracy_refits_sd")).empty
     assert "Welch" not in render_table(spec, "mini", df.assign(test_accuracy_refits_sd=""), tmp_path)
