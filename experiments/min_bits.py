@@ -1,8 +1,8 @@
 """Ablation: does a 3-bit floor (`min_bits: 3`) help the tables' digits32-mbv2 searches?
 
 Compares, seed by seed, each `experiments/results/ablations/min-bits-<table>-mini.csv` (bits 3..8:
-latency at budget w4a4, energy at 0.8) with the same cells of `experiments/results/<table>-mini.csv`
-(bits 2..8, the table's): top-1 of the best policy on the search-validation split, held out, and
+latency at budget w4a4, energy at 0.8) with the same cells of the table as measured on the same float
+models, `experiments/results/earlier-models/<table>-mini.csv` (bits 2..8, the table's): top-1 of the best policy on the search-validation split, held out, and
 held out over the refits; and whether each searched policy is at least as accurate as every
 fixed-bit row that costs as much or more (`haq.tables.verdicts`, each table against its own
 fixed-bit rows). Writes `experiments/results/ablations/min-bits.md`.
@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 TABLES = ("latency", "energy")  # ablations/min-bits-<table>-mini.csv against <table>-mini.csv
 OUT = RESULTS / "ablations" / "min-bits.md"
+MAIN = RESULTS / "earlier-models"  # the tables on the float models these ablations were measured on
 MEASURES = {"search-validation": "accuracy", "held out": "test_accuracy", "held out, refits": "test_accuracy_refits"}
 KEYS = ["model", "hw", "budget", "method", "seed"]
 
@@ -57,7 +58,7 @@ def section(table: str, ablation: pd.DataFrame, main: pd.DataFrame) -> list[str]
     budgets = ", ".join(sorted(set(p["budget"])))
     head = "| hardware | method | seed | " + " | ".join(f"{m}: bits 2..8 | 3..8" for m in MEASURES) + " |"
     lines = [f"## {table.capitalize()} table, budget {budgets}", "",
-             (f"Sources: `experiments/results/{table}-mini.csv` (bits 2..8) and "
+             (f"Sources: `experiments/results/earlier-models/{table}-mini.csv` (bits 2..8, the table on the same float models) and "
               f"`experiments/results/ablations/min-bits-{table}-mini.csv` "
               f"(`experiments/configs/ablations/min-bits-{table}.yaml`, bits 3..8)."), "",
              head, "|" + "---|" * (3 + 2 * len(MEASURES))]
@@ -105,8 +106,10 @@ def render(frames: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> str:
 
 def main() -> None:
     frames = {t: (pd.read_csv(RESULTS / "ablations" / f"min-bits-{t}-mini.csv", keep_default_na=False),
-                  pd.read_csv(RESULTS / f"{t}-mini.csv", keep_default_na=False))
+                  pd.read_csv(MAIN / f"{t}-mini.csv", keep_default_na=False))
               for t in TABLES if (RESULTS / "ablations" / f"min-bits-{t}-mini.csv").is_file()}
+    for t, (ablation, main_df) in frames.items():
+        tables.check_same_float_models(ablation, main_df, f"ablations/min-bits-{t}-mini.csv", str(MAIN / f"{t}-mini.csv"))
     OUT.write_text(render(frames))
     print(f"wrote {OUT}")
 

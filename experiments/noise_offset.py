@@ -2,9 +2,10 @@
 weight and all activation steps, the default since this ablation) help the search? Runs (or
 reads back) the ablation tables in experiments/configs/ablations/: every search of the main mini
 tables *without* the offsets (`noise_offset_sigma: 0`, the former default), and compares them,
-seed by seed, with the same searches of the main tables (experiments/results/<table>-mini.csv:
-same budgets, episodes, finetune and seeds, with the offsets). Writes
-experiments/results/ablations/noise-offset.md.
+seed by seed, with the same searches of the main tables as measured on the same float models
+(experiments/results/earlier-models/<table>-mini.csv: same budgets, episodes, finetune and seeds,
+with the offsets; `haq.tables.check_same_float_models` refuses tables of other float models).
+Writes experiments/results/ablations/noise-offset.md.
 
     OMP_NUM_THREADS=1 python experiments/noise_offset.py [--jobs 2] [--render-only]
 """
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "experiments" / "configs" / "ablations"
 RESULTS = ROOT / "experiments" / "results"
 OUT = RESULTS / "ablations"
+MAIN = RESULTS / "earlier-models"  # the main tables on the float models these ablations were measured on
 HELD_OUT = {"test": "test_accuracy", "refit": "test_accuracy_refits"}  # measures of haq.tables.held_out
 ABLATIONS = {"noise-offset-latency": "latency-mini.csv", "noise-offset-energy": "energy-mini.csv",
              "noise-offset-size": "size-mini.csv"}
@@ -95,7 +97,8 @@ def render(frames: dict[str, pd.DataFrame]) -> str:
              "one for all activation steps, N(0, 0.2), decayed like sigma), against the same seed, budget, "
              "episodes and finetune without the offsets (`noise_offset_sigma: 0`, the default before this "
              "ablation). Top-1 (%) of the best policy on the search-validation split, its cost over w8a8's in "
-             "brackets. Sources: the main tables' CSVs and `experiments/results/ablations/noise-offset-*-mini.csv` "
+             "brackets. Sources: the main tables' CSVs as measured on the earlier float models "
+             "(`experiments/results/earlier-models/`) and `experiments/results/ablations/noise-offset-*-mini.csv` "
              "(without offsets).", "",
              "| model | hardware | budget | seed | without offsets | with offsets (default) | difference |",
              "|---|---|---|---|---|---|---|"]
@@ -103,7 +106,9 @@ def render(frames: dict[str, pd.DataFrame]) -> str:
     paired: list[pd.DataFrame] = []
     for name, main_csv in ABLATIONS.items():
         if name in frames:
-            rows, said, p = compare(frames[name], pd.read_csv(RESULTS / main_csv))
+            main = pd.read_csv(MAIN / main_csv)
+            tables.check_same_float_models(frames[name], main, f"ablations/{name}-mini.csv", str(MAIN / main_csv))
+            rows, said, p = compare(frames[name], main)
             lines += rows
             verdicts += said
             paired.append(p)

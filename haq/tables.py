@@ -261,6 +261,23 @@ def _one_float_model(df: pd.DataFrame) -> None:
                              "delete those and run the table again")
 
 
+def check_same_float_models(a: pd.DataFrame, b: pd.DataFrame, a_name: str, b_name: str) -> None:
+    """Refuse to compare two tables' rows measured on different float models of the same network.
+
+    Each model both tables have must have the same float top-1 (``fp_accuracy``) in both, and the
+    same fingerprint (``float_model``) where both record one: an ablation measured on one training
+    compared with a table measured on another would report the difference of the trainings."""
+    for model in sorted(set(a["model"]) & set(b["model"])):
+        ra, rb = a[a["model"] == model].iloc[0], b[b["model"] == model].iloc[0]
+        fa, fb = str(ra.get("float_model", "") or ""), str(rb.get("float_model", "") or "")
+        if round(float(ra["fp_accuracy"]), 4) != round(float(rb["fp_accuracy"]), 4) or (fa and fb and fa != fb):
+            raise ValueError(f"{model} was measured on another float model in {a_name} (float top-1 "
+                             f"{float(ra['fp_accuracy']):.2f}%{', ' + fa if fa else ''}) than in {b_name} "
+                             f"({float(rb['fp_accuracy']):.2f}%{', ' + fb if fb else ''}): compare tables measured "
+                             "on the same float models (experiments/results/earlier-models/ keeps the tables of "
+                             "the earlier ones)")
+
+
 def _check_list(data: dict[str, Any], key: str, where: str) -> None:
     if not isinstance(data[key], list) or not data[key]:
         raise ValueError(f"{where}: {key} must be a non-empty list")

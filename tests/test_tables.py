@@ -512,6 +512,22 @@ def test_refit_shortfalls_test_the_gap_to_each_costlier_row_against_the_refits_s
     assert "Welch" not in render_table(spec, "mini", df.assign(test_accuracy_refits_sd=""), tmp_path)
 
 
+def test_tables_of_different_float_models_are_not_compared():
+    """An ablation measured on one training of a network is not compared with a table of another:
+    the difference would be the trainings'. Same float top-1 and fingerprint (or none recorded): fine."""
+    a = pd.DataFrame({"model": ["digits-mbv2", "digits32-mbv2"], "fp_accuracy": [98.571, 98.857]})
+    tables.check_same_float_models(a, a.assign(fp_accuracy=[98.5710001, 98.857]), "a.csv", "b.csv")
+    tables.check_same_float_models(a, pd.DataFrame({"model": ["other"], "fp_accuracy": [50.0]}), "a.csv", "b.csv")
+    with pytest.raises(ValueError, match=r"digits32-mbv2 was measured on another float model in a.csv \(float top-1 "
+                                         r"98.86%\) than in b.csv \(99.14%\)"):
+        tables.check_same_float_models(a, a.assign(fp_accuracy=[98.571, 99.143]), "a.csv", "b.csv")
+    printed = a.assign(float_model=["0cc802a036f3b2a5", "9aecff6b46e253cc"])
+    tables.check_same_float_models(printed, a, "a.csv", "b.csv")  # one side from before fingerprints
+    with pytest.raises(ValueError, match="98.57%, 0cc802a036f3b2a5\\) than in b.csv \\(98.57%, 1111"):
+        tables.check_same_float_models(printed, printed.assign(float_model=["1111", "9aecff6b46e253cc"]),
+                                       "a.csv", "b.csv")
+
+
 def _experiment(name: str):
     """An experiments/ script as a module."""
     import importlib.util
