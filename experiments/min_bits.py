@@ -2,10 +2,10 @@
 
 Compares, seed by seed, each `experiments/results/ablations/min-bits-<table>-mini.csv` (bits 3..8:
 latency at budget w4a4, energy at 0.8) with the same cells of the table as measured on the same float
-models, `experiments/results/earlier-models/<table>-mini.csv` (bits 2..8, the table's): top-1 of the best policy on the search-validation split, held out, and
-held out over the refits; and whether each searched policy is at least as accurate as every
-fixed-bit row that costs as much or more (`haq.tables.verdicts`, each table against its own
-fixed-bit rows). Writes `experiments/results/ablations/min-bits.md`.
+models, `experiments/results/earlier-models/<table>-mini.csv` (bits 2..8, the table's): top-1 of the
+best policy on the search-validation split, held out, and held out over the refits; and whether
+each searched policy is at least as accurate as every fixed-bit row that costs as much or more
+(`haq.tables.verdicts`, each table against its own fixed-bit rows). Writes `experiments/results/ablations/min-bits.md`.
 
     OMP_NUM_THREADS=1 haq table min-bits-latency --config-dir experiments/configs/ablations \
         --results experiments/results/ablations --jobs 2
@@ -58,7 +58,8 @@ def section(table: str, ablation: pd.DataFrame, main: pd.DataFrame) -> list[str]
     budgets = ", ".join(sorted(set(p["budget"])))
     head = "| hardware | method | seed | " + " | ".join(f"{m}: bits 2..8 | 3..8" for m in MEASURES) + " |"
     lines = [f"## {table.capitalize()} table, budget {budgets}", "",
-             (f"Sources: `experiments/results/earlier-models/{table}-mini.csv` (bits 2..8, the table on the same float models) and "
+             (f"Sources: `experiments/results/earlier-models/{table}-mini.csv` (bits 2..8, the table on the same "
+              "float models) and "
               f"`experiments/results/ablations/min-bits-{table}-mini.csv` "
               f"(`experiments/configs/ablations/min-bits-{table}.yaml`, bits 3..8)."), "",
              head, "|" + "---|" * (3 + 2 * len(MEASURES))]
@@ -109,7 +110,8 @@ def main() -> None:
                   pd.read_csv(MAIN / f"{t}-mini.csv", keep_default_na=False))
               for t in TABLES if (RESULTS / "ablations" / f"min-bits-{t}-mini.csv").is_file()}
     for t, (ablation, main_df) in frames.items():
-        tables.check_same_float_models(ablation, main_df, f"ablations/min-bits-{t}-mini.csv", str(MAIN / f"{t}-mini.csv"))
+        tables.check_same_float_models(ablation, main_df, f"ablations/min-bits-{t}-mini.csv",
+                                       str(MAIN / f"{t}-mini.csv"))
     OUT.write_text(render(frames))
     print(f"wrote {OUT}")
 
