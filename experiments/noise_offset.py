@@ -106,9 +106,9 @@ def render(frames: dict[str, pd.DataFrame]) -> str:
     paired: list[pd.DataFrame] = []
     for name, main_csv in ABLATIONS.items():
         if name in frames:
-            main = pd.read_csv(MAIN / main_csv)
-            tables.check_same_float_models(frames[name], main, f"ablations/{name}-mini.csv", str(MAIN / main_csv))
-            rows, said, p = compare(frames[name], main)
+            main_df = pd.read_csv(MAIN / main_csv)
+            tables.check_same_float_models(frames[name], main_df, f"ablations/{name}-mini.csv", str(MAIN / main_csv))
+            rows, said, p = compare(frames[name], main_df)
             lines += rows
             verdicts += said
             paired.append(p)

@@ -6,9 +6,10 @@ counts (`experiments/status_counts.py`) between the status markers.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
+
+from status_counts import status_markdown  # beside this script (run as `python experiments/update_readme.py`)
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- tables:start (experiments/update_readme.py) -->", "<!-- tables:end -->"
@@ -22,14 +23,6 @@ def replace_between(body: str, start: str, end: str, text: str) -> str:
     head, rest = body.split(start, 1)
     _, tail = rest.split(end, 1)
     return head + start + "\n" + text + end + tail
-
-
-def status_block() -> str:
-    """The Status's counts, from experiments/status_counts.py (a script, not a package module)."""
-    spec = importlib.util.spec_from_file_location("status_counts", ROOT / "experiments" / "status_counts.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.status_markdown()
 
 
 def main() -> None:
@@ -46,7 +39,7 @@ def main() -> None:
         parts.append(text)
     readme = ROOT / "README.md"
     body = replace_between(readme.read_text(), START, END, "\n".join(parts))
-    readme.write_text(replace_between(body, STATUS_START, STATUS_END, status_block()))
+    readme.write_text(replace_between(body, STATUS_START, STATUS_END, status_markdown()))
     print("updated README.md")
 
 
