@@ -155,20 +155,27 @@ def _layout(x: torch.Tensor, channels_last: bool | None) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(model: nn.Module, data: SearchData, split: ImageSplit, batch_size: int = 512,
              bf16: bool | None = False, channels_last: bool | None = False) -> dict[str, float]:
-    """Top-1 and top-5 accuracy in percent (optionally under bf16 autocast / NHWC)."""
+    """Top-1 and top-5 accuracy in percent (optionally under bf16 autocast / NHWC), and two
+    smoother measures of the same predictions: ``loss``, the mean cross-entropy, and ``p_true``,
+    the mean softmax probability of the true class in percent (the expected top-1 of a
+    classifier that samples its answer from its softmax)."""
     model.eval()
-    top1 = torch.zeros((), device=split.images.device)
-    top5 = torch.zeros((), device=split.images.device)
+    device = split.images.device
+    top1, top5, nll, p_true = (torch.zeros((), device=device) for _ in range(4))
     k = min(5, data.num_classes)
     for x, y in batches(split, data, batch_size):
-        with _autocast(split.images.device, bf16):
+        with _autocast(device, bf16):
             logits = model(_layout(x, channels_last)).float()
         pred = logits.topk(k, dim=1).indices
         hit = pred == y.view(-1, 1)
         top1 += hit[:, 0].sum()
         top5 += hit.any(dim=1).sum()
+        log_p = logits.log_softmax(dim=1).gather(1, y.view(-1, 1))
+        nll -= log_p.sum()
+        p_true += log_p.exp().sum()
     n = max(len(split), 1)
-    return {"top1": float(top1) * 100.0 / n, "top5": float(top5) * 100.0 / n}
+    return {"top1": float(top1) * 100.0 / n, "top5": float(top5) * 100.0 / n, "loss": float(nll) / n,
+            "p_true": float(p_true) * 100.0 / n}
 
 
 def fit(model: nn.Module, data: SearchData, epochs: int, lr: float = 0.05, batch_size: int = 64,

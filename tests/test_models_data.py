@@ -196,6 +196,27 @@ def test_the_digits_networks_ship_the_weights_of_their_recipe(name, recipe, tmp_
     assert evaluate(model, data, data.val, 256)["top1"] == pytest.approx(top1, abs=0.005)
 
 
+def test_evaluate_reports_top1_cross_entropy_and_true_class_probability_by_their_formulas():
+    """`evaluate`'s smoother measures are the textbook ones, over every image whatever the batch size."""
+    from haq.data import ImageSplit, SearchData
+    from haq.train import evaluate
+
+    gen = torch.Generator().manual_seed(0)
+    split = ImageSplit(torch.randint(0, 256, (37, 1, 4, 4), dtype=torch.uint8, generator=gen),
+                       torch.randint(0, 3, (37,), generator=gen))
+    data = SearchData("toy", split, split, split, num_classes=3, mean=(0.5,), std=(0.25,))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x = (split.images.float() / 255 - 0.5) / 0.25
+    with torch.no_grad():
+        logits = model(x)
+    p = logits.softmax(dim=1)[torch.arange(37), split.labels]
+    out = evaluate(model, data, split, batch_size=8)
+    assert out["top1"] == pytest.approx(100 * int((logits.argmax(1) == split.labels).sum()) / 37)
+    assert out["loss"] == pytest.approx(nn.functional.cross_entropy(logits, split.labels).item(), rel=1e-5)
+    assert out["p_true"] == pytest.approx(100 * p.mean().item(), rel=1e-5)
+    assert out["top5"] == 100.0  # three classes: the true one is always among the top five
+
+
 def test_another_recipe_trains_on_first_use_and_is_cached(tmp_path, monkeypatch):
     """No shipped weights for a recipe: trained once, cached under a name holding the recipe,
     then read back (the same weights, no training)."""
