@@ -87,7 +87,7 @@ def _model_layers(name: str, input_shape: tuple[int, ...] | None) -> list[Any]:
 
 # ---------------------------------------------------------------------------- commands
 SEARCH_FLAGS = ("model", "weights", "dataset", "data_root", "hw", "constraint", "budget", "episodes", "warmup",
-                "seed", "device", "out", "min_bits", "max_bits", "pin_first_last", "workers", "ray_address")
+                "seed", "device", "out", "min_bits", "max_bits", "pin_first_last", "workers", "ray_address", "reward_measure")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -133,7 +133,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         search = Search(config, on_episode=on_episode)
     cfg = search.config
     print(f"run directory: {search.run_dir}", file=sys.stderr)
-    print(f"float top-1 {search.parts.env.fp_accuracy:.2f}%, {len(search.parts.layers)} layers, budget "
+    print(f"float top-1 {search.parts.evaluator.fp_accuracy:.2f}%, {len(search.parts.layers)} layers, budget "
           f"{search.parts.env.budget:.5g} {cfg.metric} ({search.parts.env.budget / search.parts.env.reference_cost:.3f}"
           f" of w8a8)", file=sys.stderr)
     if cfg.finetune.compile and search.episodes_done < cfg.episodes:
@@ -598,6 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-bits", dest="max_bits", type=int)
     s.add_argument("--pin-first-last", dest="pin_first_last", action=argparse.BooleanOptionalAction, default=None,
                    help="hold the first and last layer at max bits")
+    s.add_argument("--reward-measure", dest="reward_measure", choices=["top1", "p_true"],
+                   help="what the reward reads on search-validation: top1 (default, the paper's) or p_true, the mean "
+                        "true-class probability (less noisy on small splits)")
     s.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, help="finetune epochs per evaluation")
     s.add_argument("--distill", action="store_true",
                    help="knowledge distillation from the float model in every finetune (finetune.distill)")

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from envs import ENFORCEMENTS
+from haq.evaluator import REWARD_MEASURES
 from haq.policy import parse_uniform
 from haq.qmodel import QuantConfig
 from haq.train import FinetuneConfig, auto_compile
@@ -129,6 +130,10 @@ class SearchConfig:
         pin_first_last: keep the first and last layer at max_bits (the reference code does;
             the paper does not say so; off by default).
         reward_scale: lambda of the reward (paper: 0.1).
+        reward_measure: what the reward reads on search-validation (`haq.evaluator.REWARD_MEASURES`):
+            ``top1`` (default, the paper's Eq. 9) or ``p_true``, the mean true-class probability,
+            which varies less between finetunes (`haq.evaluator.RewardMeasure`). Either way the
+            episodes' and the summary's ``accuracy`` is top-1. One process only (``workers: 1``).
         workers: policies evaluated at once, each by its own Ray worker with its own model
             copy (and GPU when ``device`` is CUDA); 1 evaluates in-process.
         ray_address: a Ray cluster to join for the workers (None: a local Ray instance).
@@ -163,6 +168,7 @@ class SearchConfig:
     max_bits: int = 8
     pin_first_last: bool = False
     reward_scale: float = 0.1
+    reward_measure: str = "top1"
     weights_only: bool = False
     enforcement: str = "highest-first"
     workers: int = 1
@@ -179,6 +185,11 @@ class SearchConfig:
             raise ValueError(f"enforcement must be one of {list(ENFORCEMENTS)}, got {self.enforcement!r}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.reward_measure not in REWARD_MEASURES:
+            raise ValueError(f"reward_measure must be one of {list(REWARD_MEASURES)}, got {self.reward_measure!r}")
+        if self.reward_measure != "top1" and self.workers > 1:
+            raise ValueError(f"reward_measure {self.reward_measure!r} is read in the search's own process; "
+                             f"set workers: 1 (got {self.workers}) or reward_measure: top1")
         if self.episodes < 1 or self.warmup < 0:
             raise ValueError(f"episodes must be >= 1 and warmup >= 0, got {self.episodes}, {self.warmup}")
         if not 1 <= self.min_bits <= self.max_bits <= 8:

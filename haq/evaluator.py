@@ -26,7 +26,8 @@ def policy_seed(seed: int, bits: Sequence[tuple[int, int]]) -> int:
 
 
 class QuantEvaluator:
-    """Callable ``policy -> top-1 accuracy (percent)`` on the search-val split.
+    """Callable ``policy -> top-1 accuracy (percent)`` on the search-val split (`val_metrics`:
+    every measure of `haq.train.evaluate`).
 
     Holds one quantization-wrapped copy of the model on `device` (copied once), the
     search data on the same device, and the calibration cache for the whole search.
@@ -36,9 +37,10 @@ class QuantEvaluator:
     An evaluation is a function of the policy: the finetune's shuffling is seeded from the
     base seed and the policy's bits (`policy_seed`) and every call starts from the float
     weights and the same calibration. So a call (the accuracy a search's reward reads)
-    returns the recorded top-1 when the same policy was already evaluated with the same seed,
-    quantizer and finetune settings, instead of finetuning again: the same number, without the
-    finetune (a search repeats a policy often once its exploration noise has decayed).
+    returns the recorded top-1 (`val_metrics`: all the recorded measures) when the same policy
+    was already evaluated with the same seed, quantizer and finetune settings, instead of
+    finetuning again: the same number, without the finetune (a search repeats a policy often
+    once its exploration noise has decayed).
     `evaluate` always runs and leaves `qmodel` holding that policy's finetuned weights, for
     callers that export or inspect the model. ``memo = False`` turns the reuse off.
 
@@ -70,7 +72,8 @@ class QuantEvaluator:
         self.calls = 0  # evaluations run
         self.reused = 0  # calls answered from an earlier identical evaluation
         self.memo = True
-        self._top1: dict[tuple[Any, ...], float] = {}
+        self._val: dict[tuple[Any, ...], dict[str, float]] = {}
+        self._last: tuple[tuple[Any, ...], dict[str, float]] | None = None
         self.run_model: nn.Module = self.qmodel.model
         if self.finetune.compile:
             self.qmodel.use_tensor_bits()
@@ -131,15 +134,66 @@ class QuantEvaluator:
     def _evaluate(self, model: nn.Module, split: str, cfg: FinetuneConfig) -> dict[str, float]:
         return evaluate(model, self.data, getattr(self.data, split), cfg.eval_batch_size, cfg.bf16, cfg.channels_last)
 
-    def __call__(self, policy: Policy | Sequence[tuple[int, int]]) -> float:
-        """Top-1 (percent) of `policy` after the finetune; an identical earlier evaluation's
-        result when there is one (see the class docstring)."""
-        policy = self.as_policy(policy)
-        key = (policy.bits, self.seed, self.finetune, self.qmodel.config)
-        if self.memo and key in self._top1:
+    def val_metrics(self, policy: Policy | Sequence[tuple[int, int]]) -> dict[str, float]:
+        """`evaluate`'s search-validation metrics of `policy` after the finetune; an identical
+        earlier evaluation's when there is one (see the class docstring)."""
+        key = self._key(self.as_policy(policy))
+        if self.memo and key in self._val:
             self.reused += 1
-            return self._top1[key]
-        top1 = self.evaluate(policy)["top1"]
-        if self.memo:
-            self._top1[key] = top1
-        return top1
+            metrics = self._val[key]
+        else:
+            metrics = self.evaluate(policy)
+            if self.memo:
+                self._val[key] = metrics
+        self._last = (key, metrics)
+        return dict(metrics)
+
+    def recorded(self, policy: Policy | Sequence[tuple[int, int]]) -> dict[str, float]:
+        """What `val_metrics` gave for `policy`, without evaluating it: from the memo, or the last
+        call's (with the memo off); KeyError when neither holds it."""
+        key = self._key(self.as_policy(policy))
+        if key in self._val:
+            return dict(self._val[key])
+        if self._last is not None and self._last[0] == key:
+            return dict(self._last[1])
+        raise KeyError(f"policy {policy} has not been evaluated with this seed and these settings")
+
+    def _key(self, policy: Policy) -> tuple[Any, ...]:
+        return (policy.bits, self.seed, self.finetune, self.qmodel.config)
+
+    def __call__(self, policy: Policy | Sequence[tuple[int, int]]) -> float:
+        """Top-1 (percent) of `policy` on search-validation after the finetune (`val_metrics`)."""
+        return self.val_metrics(policy)["top1"]
+
+
+REWARD_MEASURES = {
+    "top1": "top-1 accuracy, the paper's (HAQ Eq. 9)",
+    "p_true": "the mean softmax probability of the true class (percent)",
+}
+"""What the reward may read from a finetuned network on search-validation (``SearchConfig.reward_measure``)."""
+
+
+class RewardMeasure:
+    """An evaluator as the environment reads it when the reward is not top-1: ``policy -> measure``
+    on search-validation and the float model's ``fp_accuracy`` in the same measure, so the reward
+    ``reward_scale * (measure - float measure)`` keeps HAQ's form (Eq. 9) and scale, both in percent.
+
+    ``p_true`` is the expected top-1 of a classifier that draws its answer from its softmax: it
+    moves with every image's confidence, not only with the few images near the decision
+    boundary, so one finetune's value varies less from seed to seed than its top-1 does, and on the
+    digits splits it ranks policies of equal cost as held-out top-1 does more often
+    (`experiments/results/ablations/reward-signal-latency-mini.md`)."""
+
+    def __init__(self, evaluator: QuantEvaluator, name: str) -> None:
+        if name not in REWARD_MEASURES:
+            raise ValueError(f"reward measure must be one of {list(REWARD_MEASURES)}, got {name!r}")
+        self.evaluator = evaluator
+        self.name = name
+
+    @property
+    def fp_accuracy(self) -> float:
+        """The float model's measure on search-validation."""
+        return self.evaluator.fp_metrics[self.name]
+
+    def __call__(self, policy: Policy | Sequence[tuple[int, int]]) -> float:
+        return self.evaluator.val_metrics(policy)[self.name]

@@ -39,7 +39,7 @@ from envs.mixed_precision import OBS_FEATURES
 from haq.agent import HAQDDPG, EpisodeRewardReplayBuffer, TruncatedNormalNoise
 from haq.config import SearchConfig, budget_kind
 from haq.data import SearchData, load_dataset
-from haq.evaluator import QuantEvaluator
+from haq.evaluator import QuantEvaluator, RewardMeasure
 from haq.models import checkpoint_classes, create_model, load_weights, model_entry, read_state_dict
 from haq.policy import Policy
 
@@ -177,7 +177,10 @@ def build_parts(config: SearchConfig, evaluator: QuantEvaluator | None = None) -
     data = evaluator.data
     layers = evaluator.layers
     budget = resolve_budget(config, cost_model, layers)
-    env = MixedPrecisionEnv(layers, cost_model, budget, evaluator, metric=config.metric,
+    reward_input: QuantEvaluator | RewardMeasure = evaluator
+    if config.reward_measure != "top1":  # the reward reads another measure; episodes still record top-1
+        reward_input = RewardMeasure(evaluator, config.reward_measure)
+    env = MixedPrecisionEnv(layers, cost_model, budget, reward_input, metric=config.metric,
                             min_bits=config.min_bits, max_bits=config.max_bits,
                             pin_first_last=config.pin_first_last, reward_scale=config.reward_scale,
                             weights_only=config.weights_only, enforcement=config.enforcement)
@@ -302,7 +305,10 @@ class Search:
         policy = Policy.from_bits(self.parts.layers, info["policy"])
         w, a = policy.as_strings()
         req_w, req_a = Policy.from_bits(self.parts.layers, info.get("requested_policy", info["policy"])).as_strings()
-        row = {"episode": self.episodes_done + 1, "reward": info["reward"], "accuracy": info["accuracy"],
+        accuracy = info["accuracy"]
+        if self.config.reward_measure != "top1":  # the reward read another measure of the same finetune
+            accuracy = self.parts.evaluator.recorded(policy)["top1"]
+        row = {"episode": self.episodes_done + 1, "reward": info["reward"], "accuracy": accuracy,
                "cost": info["cost"], "cost_ratio": info["cost_ratio"], "wall_s": round(now - self._last_time, 4),
                "w_bits": w, "a_bits": a, "phase": "warmup" if self.episodes_done < self.config.warmup else "agent",
                "requested_w_bits": req_w, "requested_a_bits": req_a}
@@ -408,7 +414,8 @@ class Search:
         assert self.best is not None
         summary = {
             "model": self.config.model, "hw": self.config.hw, "metric": self.config.metric,
-            "units": hw_models.METRIC_UNITS[self.config.metric], "fp_accuracy": env.fp_accuracy,
+            "units": hw_models.METRIC_UNITS[self.config.metric], "fp_accuracy": ev.fp_accuracy,
+            "reward_measure": self.config.reward_measure, "fp_reward_measure": env.fp_accuracy,
             "budget": env.budget, "budget_ratio": env.budget / env.reference_cost, "budget_spec": self.config.budget,
             "w8a8_cost": env.reference_cost, "episodes": self.episodes_done,
             "best": {k: self.best[k] for k in ("episode", "reward", "accuracy", "cost", "cost_ratio", "w_bits", "a_bits")},

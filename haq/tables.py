@@ -558,7 +558,7 @@ def _baseline(parts: Any, policy: str) -> dict[str, float]:
     """Accuracy (the model's finetune) and cost (this hardware) of one uniform policy."""
     pol = [budget_kind(policy)[1]] * len(parts.layers)
     return {"accuracy": parts.evaluator(pol), "cost": parts.env.cost(pol),
-            "w8a8_cost": parts.env.reference_cost, "fp_accuracy": parts.env.fp_accuracy}
+            "w8a8_cost": parts.env.reference_cost, "fp_accuracy": parts.evaluator.fp_accuracy}
 
 
 def _run_parallel(base: Path, configs: dict[Cell, SearchConfig], summaries: dict[Cell, dict[str, Any]],

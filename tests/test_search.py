@@ -399,6 +399,29 @@ def test_same_seed_same_policies_and_rewards(tmp_path, shared_parts):
     assert rows(tmp_path / "c") != rows(tmp_path / "a")
 
 
+def test_a_p_true_reward_reads_the_true_class_probability_and_the_episodes_still_record_top1(tmp_path, shared_parts):
+    """``reward_measure: p_true``: each episode's reward is HAQ's Eq. 9 on the mean true-class
+    probability (the policy's and the float model's, on search-validation), while its accuracy,
+    the summary's and the fixed-bit rows' stay top-1; bad values and Ray workers are refused."""
+    ev = shared_parts.evaluator
+    summary = Search(tiny_config(tmp_path, "p", reward_measure="p_true", episodes=3), evaluator=ev).run()
+    fp = ev.fp_metrics
+    assert summary["reward_measure"] == "p_true" and summary["fp_reward_measure"] == fp["p_true"]
+    assert summary["fp_accuracy"] == fp["top1"] and fp["p_true"] != fp["top1"]
+    episodes = read_episodes(tmp_path / "p")
+    assert len(episodes) == 3
+    for r in episodes:  # an evaluation is a function of the policy: the episode's finetune again
+        metrics = ev.evaluate(Policy.from_strings(ev.layers, r["w_bits"], r["a_bits"]))
+        assert float(r["accuracy"]) == pytest.approx(metrics["top1"], abs=1e-9)
+        assert float(r["reward"]) == pytest.approx(0.1 * (metrics["p_true"] - fp["p_true"]), abs=1e-9)
+    for b in summary["uniform_baselines"]:
+        assert b["accuracy"] == ev.evaluate(Policy.from_string(ev.layers, b["policy"]))["top1"]
+    with pytest.raises(ValueError, match="reward_measure must be one of \\['top1', 'p_true'\\], got 'loss'"):
+        tiny_config(tmp_path, reward_measure="loss")
+    with pytest.raises(ValueError, match="reward_measure 'p_true' is read in the search's own process; set workers: 1"):
+        tiny_config(tmp_path, reward_measure="p_true", workers=2)
+
+
 class Crash(Exception):
     pass
 

@@ -588,3 +588,33 @@ def test_final_finetune_measures_each_rows_policy_after_a_longer_finetune(tmp_pa
     assert "The held-out split has 347 images (digits-mbv2). Largest significant shortfall: " in text
     assert "after the one-epoch refits" not in text.split("The held-out split")[1]  # nothing was tested there
     assert len(df) == 4
+
+
+def test_reward_signal_groups_equal_cost_policies_and_scores_how_each_measure_ranks_them():
+    """experiments/reward_signal.py: a table cell's searched and random-search policies and the
+    uniform policy of its budget form one equal-cost group; a measure that orders policies as their
+    other finetunes' held-out top-1 does agrees fully, one that reverses them not at all, a constant
+    one half (ties count half), and the loss counts lower as better."""
+    rs = _experiment("reward_signal")
+    table = pd.DataFrame([
+        {"model": "m", "hw": "edge", "budget": "w4a4", "method": "haq", "w_bits": "4 3", "a_bits": "4 4"},
+        {"model": "m", "hw": "edge", "budget": "w4a4", "method": "random", "w_bits": "3 4", "a_bits": "4 4"},
+        {"model": "m", "hw": "edge", "budget": "w4a4", "method": "fixed", "w_bits": "4 4", "a_bits": "4 4"},
+        {"model": "other", "hw": "edge", "budget": "w4a4", "method": "haq", "w_bits": "8 8", "a_bits": "8 8"}])
+    pol = rs.table_policies(table, "m").set_index("key")
+    assert list(pol.index) == [*rs.UNIFORM, "4 3|4 4", "3 4|4 4"]  # the fixed-bit row is its uniform policy
+    assert pol.loc["w4a4", "groups"] == pol.loc["4 3|4 4", "groups"] == pol.loc["3 4|4 4", "groups"] == "edge w4a4"
+    assert pol.loc["w8a8", "groups"] == ""  # no search at its cost
+    truth = {"w4a4": [96.0, 96.2], "4 3|4 4": [97.0, 97.2], "3 4|4 4": [95.0, 95.2]}  # held out, two finetunes
+    rows = []
+    for policy, tests in truth.items():
+        for seed, test in zip((1000, 2000), tests):
+            rows.append({"model": "m", "policy": policy, "groups": "edge w4a4", "finetune_seed": seed,
+                         "test_top1": test, "val_top1": test - 1,  # the same order: agrees
+                         "val_p_true": 90.0,  # constant: every pair a tie
+                         "val_loss": test / 100})  # higher loss for the better policies: reversed
+    ag = rs.agreement(pd.DataFrame(rows)).set_index("measure")
+    assert ag.loc["top1", "equal_cost_agreement"] == 1.0 and ag.loc["top1", "spearman"] == pytest.approx(1.0)
+    assert ag.loc["loss", "equal_cost_agreement"] == 0.0 and ag.loc["loss", "spearman"] == pytest.approx(-1.0)
+    assert ag.loc["p_true", "equal_cost_agreement"] == 0.5
+    assert (ag["equal_cost_pairs"] == 3).all() and (ag["policies"] == 3).all()
