@@ -136,6 +136,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"float top-1 {search.parts.evaluator.fp_accuracy:.2f}%, {len(search.parts.layers)} layers, budget "
           f"{search.parts.env.budget:.5g} {cfg.metric} ({search.parts.env.budget / search.parts.env.reference_cost:.3f}"
           f" of w8a8)", file=sys.stderr)
+    if cfg.reward_measure != "top1":
+        print(f"the reward reads {cfg.reward_measure} (float {search.parts.env.fp_accuracy:.2f}); accuracies shown are "
+              "top-1", file=sys.stderr)
     if cfg.finetune.compile and search.episodes_done < cfg.episodes:
         print("the finetune is compiled once (torch.compile): the first episode takes a minute or two longer "
               "(--no-compile to run eagerly)", file=sys.stderr)
