@@ -1,6 +1,6 @@
 """Ablation: which search-validation measure best predicts a policy's held-out top-1?
 
-The search's reward reads one finetune's top-1 on the search-validation split (HAQ Eq. 9). On the
+The search's reward reads one finetune's top-1 on the search-validation split (HAQ Eq. 2). On the
 digits splits (350 images) that number moves by a point or more from one finetune seed to another,
 about as much as policies of one budget differ, and the search keeps the policy whose one
 finetune scored best. This script asks whether a smoother measure of the same finetuned network

@@ -131,7 +131,7 @@ class SearchConfig:
             the paper does not say so; off by default).
         reward_scale: lambda of the reward (paper: 0.1).
         reward_measure: what the reward reads on search-validation (`haq.evaluator.REWARD_MEASURES`):
-            ``top1`` (default, the paper's Eq. 9) or ``p_true``, the mean true-class probability,
+            ``top1`` (default, the paper's Eq. 2) or ``p_true``, the mean true-class probability,
             which varies less between finetunes (`haq.evaluator.RewardMeasure`). Either way the
             episodes' and the summary's ``accuracy`` is top-1. One process only (``workers: 1``).
         workers: policies evaluated at once, each by its own Ray worker with its own model

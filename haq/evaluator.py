@@ -167,7 +167,7 @@ class QuantEvaluator:
 
 
 REWARD_MEASURES = {
-    "top1": "top-1 accuracy, the paper's (HAQ Eq. 9)",
+    "top1": "top-1 accuracy, the paper's (HAQ Eq. 2)",
     "p_true": "the mean softmax probability of the true class (percent)",
 }
 """What the reward may read from a finetuned network on search-validation (``SearchConfig.reward_measure``)."""
@@ -176,7 +176,7 @@ REWARD_MEASURES = {
 class RewardMeasure:
     """An evaluator as the environment reads it when the reward is not top-1: ``policy -> measure``
     on search-validation and the float model's ``fp_accuracy`` in the same measure, so the reward
-    ``reward_scale * (measure - float measure)`` keeps HAQ's form (Eq. 9) and scale, both in percent.
+    ``reward_scale * (measure - float measure)`` keeps HAQ's form (Eq. 2) and scale, both in percent.
 
     ``p_true`` is the expected top-1 of a classifier that draws its answer from its softmax: it
     moves with every image's confidence, not only with the few images near the decision

@@ -400,7 +400,7 @@ def test_same_seed_same_policies_and_rewards(tmp_path, shared_parts):
 
 
 def test_a_p_true_reward_reads_the_true_class_probability_and_the_episodes_still_record_top1(tmp_path, shared_parts):
-    """``reward_measure: p_true``: each episode's reward is HAQ's Eq. 9 on the mean true-class
+    """``reward_measure: p_true``: each episode's reward is HAQ's Eq. 2 on the mean true-class
     probability (the policy's and the float model's, on search-validation), while its accuracy,
     the summary's and the fixed-bit rows' stay top-1; bad values and Ray workers are refused."""
     ev = shared_parts.evaluator
