@@ -47,13 +47,14 @@ def paired(main: pd.DataFrame, ablation: pd.DataFrame) -> pd.DataFrame:
     out = main.loc[main["method"] == "haq", KEYS + cols].merge(
         ablation.loc[ablation["method"] == "haq", KEYS + cols], on=KEYS, suffixes=("_top1", "_p"))
     fixed = ablation[ablation["method"] == "fixed"].set_index(["model", "hw", "seed", "policy"])[REFIT]
+    records = out.to_dict("records")
     out["uniform"] = [float(fixed.get((r["model"], r["hw"], r["seed"], r["budget"]), np.nan))
-                      for r in out.to_dict("records")]  # NaN where the budget is a ratio, not a fixed-bit row
-    for suffix, df in (("_top1", main), ("_p", ablation)):
-        short = tables.refit_shortfalls(df.assign(budget=df["budget"].astype(str))).set_index(KEYS)
-        below = [short.loc[tuple(r[k] for k in KEYS), "significantly_below"] for r in out.to_dict("records")]
+                      for r in records]  # NaN where the budget is a ratio, not a fixed-bit row
+    for suffix, df in (("_top1", main), ("_p", ablation)):  # budgets already strings (above)
+        short = tables.refit_shortfalls(df).set_index(KEYS)
+        below = [short.loc[tuple(r[k] for k in KEYS), "significantly_below"] for r in records]
         out[f"significant{suffix}"] = [b != "" for b in below]
-        out[f"below_uniform{suffix}"] = [r["budget"] in b.split() for r, b in zip(out.to_dict("records"), below)]
+        out[f"below_uniform{suffix}"] = [r["budget"] in b.split() for r, b in zip(records, below)]
     return out
 
 
