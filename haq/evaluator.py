@@ -35,7 +35,8 @@ class QuantEvaluator:
     ``finetune.epochs`` on search-train and evaluates on search-val.
 
     An evaluation is a function of the policy: the finetune's shuffling is seeded from the
-    base seed and the policy's bits (`policy_seed`) and every call starts from the float
+    base seed and the policy's bits (`finetune_seed`; from the base seed alone with
+    ``finetune.shared_shuffle``) and every call starts from the float
     weights and the same calibration. So a call (the accuracy a search's reward reads)
     returns the recorded top-1 (`val_metrics`: all the recorded measures) when the same policy
     was already evaluated with the same seed, quantizer and finetune settings, instead of
@@ -109,7 +110,7 @@ class QuantEvaluator:
         self.calls += 1
         self.qmodel.apply(policy)
         cfg = self.finetune if epochs is None else dataclasses.replace(self.finetune, epochs=epochs)
-        seed = policy_seed(self.seed, policy.bits)
+        seed = self.finetune_seed(policy)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
@@ -121,6 +122,11 @@ class QuantEvaluator:
             out[split] = self._evaluate(self.run_model, split, cfg)
             out[split]["train_loss"] = float(loss)
         return out
+
+    def finetune_seed(self, policy: Policy | Sequence[tuple[int, int]]) -> int:
+        """The seed of `policy`'s finetune (shuffling, augmentation): `policy_seed` of the base
+        seed and the policy, or of the base seed alone with ``finetune.shared_shuffle``."""
+        return policy_seed(self.seed, () if self.finetune.shared_shuffle else self.as_policy(policy).bits)
 
     @torch.no_grad()
     def _teacher_logits(self, float_model: nn.Module) -> torch.Tensor:

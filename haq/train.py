@@ -49,6 +49,11 @@ class FinetuneConfig:
             of the embedded default; docs/performance.md).
         compile_backend: the ``torch.compile`` backend (``inductor``; ``aot_eager`` compiles
             in seconds but runs no faster than eager, useful to check a model compiles).
+        shared_shuffle: seed every policy's finetune (its shuffling and augmentation) from the
+            evaluator's base seed alone instead of the base seed and the policy
+            (`haq.evaluator.policy_seed`): common random numbers, so two policies' accuracies
+            differ by the policies more than by their finetunes' luck (on the digits models
+            they do not: experiments/results/ablations/reward-signal-latency-mini-shared-shuffle.md).
     """
 
     epochs: int = 1
@@ -65,6 +70,7 @@ class FinetuneConfig:
     distill_alpha: float = 0.9
     compile: bool | None = None
     compile_backend: str = "inductor"
+    shared_shuffle: bool = False
 
     def resolve(self, device: torch.device | str, quant_mode: str = "linear") -> FinetuneConfig:
         """The config with ``None`` (auto) settings decided for `device` and the quantization

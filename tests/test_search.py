@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from haq.cli import main
 from haq.config import AgentConfig, SearchConfig
 from haq.policy import Policy
 from haq.qmodel import QuantConfig
+from haq.evaluator import policy_seed
 from haq.search import Search, build_evaluator, build_parts, read_episodes
 from haq.train import FinetuneConfig
 
@@ -386,6 +388,33 @@ def test_an_evaluation_is_a_function_of_the_policy_and_a_repeat_is_reused(shared
             ev.evaluate_splits(p, ("valid",))
     finally:
         ev.memo, ev.seed = False, seed0
+
+
+def test_shared_shuffle_finetunes_every_policy_with_the_base_seeds_shuffle(shared_parts):
+    """``finetune.shared_shuffle`` (common random numbers): every policy's finetune is seeded by
+    the base seed alone, so two policies share it; without it the policy joins the seed. Either
+    way an evaluation stays a function of the policy, and the two settings are not mixed up in
+    the memo."""
+    ev = shared_parts.evaluator
+    finetune, seed0 = ev.finetune, ev.seed
+    p, q = Policy.uniform(ev.layers, 4, 4), Policy.uniform(ev.layers, 3, 5)
+    try:
+        ev.memo, ev.seed = True, 0
+        assert ev.finetune_seed(p) != ev.finetune_seed(q)
+        ev(p)  # now in the memo
+        calls, reused = ev.calls, ev.reused
+        ev.finetune = dataclasses.replace(finetune, shared_shuffle=True)
+        assert ev.finetune_seed(p) == ev.finetune_seed(q) == policy_seed(0, ())
+        ev.seed = 1
+        assert ev.finetune_seed(p) == policy_seed(1, ()) != policy_seed(0, ())
+        ev.seed = 0
+        first = ev.evaluate(p)
+        ev.evaluate(q)
+        assert ev.evaluate(p) == first
+        assert ev(p) == first["top1"]
+        assert (ev.calls - calls, ev.reused - reused) == (4, 0)  # the memo of the plain p was not read
+    finally:
+        ev.finetune, ev.seed, ev.memo = finetune, seed0, False
 
 
 def test_same_seed_same_policies_and_rewards(tmp_path, shared_parts):

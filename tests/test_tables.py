@@ -618,3 +618,9 @@ def test_reward_signal_groups_equal_cost_policies_and_scores_how_each_measure_ra
     assert ag.loc["loss", "equal_cost_agreement"] == 0.0 and ag.loc["loss", "spearman"] == pytest.approx(-1.0)
     assert ag.loc["p_true", "equal_cost_agreement"] == 0.5
     assert (ag["equal_cost_pairs"] == 3).all() and (ag["policies"] == 3).all()
+    # the noise of a comparison: every policy moves by +0.2 between its finetunes, so no pair's
+    # difference varies (0); moving w4a4 by 0.2 more, its 2 pairs vary by std([d, d + 0.2]) = 0.1414
+    spread = rs.pair_spread(pd.DataFrame(rows), "test_top1")
+    assert spread["m"] == pytest.approx(0.0) and rs.pair_spread(
+        pd.DataFrame(rows).assign(test_top1=lambda d: d["test_top1"] + (d["policy"] == "w4a4") * d["finetune_seed"] / 5000),
+        "test_top1")["m"] == pytest.approx((2 * 0.2 / 2**0.5) / 3)
