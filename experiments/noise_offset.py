@@ -2,9 +2,11 @@
 weight and all activation steps, the default since this ablation) help the search? Runs (or
 reads back) the ablation tables in experiments/configs/ablations/: every search of the main mini
 tables *without* the offsets (`noise_offset_sigma: 0`, the former default), and compares them,
-seed by seed, with the same searches of the main tables as measured on the same float models
-(experiments/results/earlier-models/<table>-mini.csv: same budgets, episodes, finetune and seeds,
-with the offsets; `haq.tables.check_same_float_models` refuses tables of other float models).
+seed by seed, with the same searches of the main tables on the same (shipped) float models
+(experiments/results/<table>-mini.csv: same budgets, episodes, finetune and seeds, with the
+offsets; `haq.tables.check_same_float_models` refuses tables of other float models; the
+measurement on the earlier float models is in git history before this script compared with
+experiments/results/).
 Writes experiments/results/ablations/noise-offset.md.
 
     OMP_NUM_THREADS=1 python experiments/noise_offset.py [--jobs 2] [--render-only]
@@ -16,6 +18,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
+from scipy import stats
 
 from haq import tables
 from haq.tables import TableSpec, run_table
@@ -24,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "experiments" / "configs" / "ablations"
 RESULTS = ROOT / "experiments" / "results"
 OUT = RESULTS / "ablations"
-MAIN = RESULTS / "earlier-models"  # the main tables on the float models these ablations were measured on
+MAIN = RESULTS  # the main tables, on the float models these ablations were measured on
 HELD_OUT = {"test": "test_accuracy", "refit": "test_accuracy_refits"}  # measures of haq.tables.held_out
 ABLATIONS = {"noise-offset-latency": "latency-mini.csv", "noise-offset-energy": "energy-mini.csv",
              "noise-offset-size": "size-mini.csv"}
@@ -97,9 +100,8 @@ def render(frames: dict[str, pd.DataFrame]) -> str:
              "one for all activation steps, N(0, 0.2), decayed like sigma), against the same seed, budget, "
              "episodes and finetune without the offsets (`noise_offset_sigma: 0`, the default before this "
              "ablation). Top-1 (%) of the best policy on the search-validation split, its cost over w8a8's in "
-             "brackets. Sources: the main tables' CSVs as measured on the earlier float models "
-             "(`experiments/results/earlier-models/`) and `experiments/results/ablations/noise-offset-*-mini.csv` "
-             "(without offsets).", "",
+             "brackets. Sources: the main tables' CSVs (`experiments/results/<table>-mini.csv`, with offsets) and "
+             "`experiments/results/ablations/noise-offset-*-mini.csv` (without offsets), on the same float models.", "",
              "| model | hardware | budget | seed | without offsets | with offsets (default) | difference |",
              "|---|---|---|---|---|---|---|"]
     verdicts: list[str] = []
@@ -112,6 +114,14 @@ def render(frames: dict[str, pd.DataFrame]) -> str:
             lines += rows
             verdicts += said
             paired.append(p)
+    for name, p in zip((n for n in ABLATIONS if n in frames), paired):
+        if "refit_diff" in p and not p["refit_diff"].isna().any():
+            d, p = p["refit_diff"].reset_index(drop=True), p.reset_index(drop=True)
+            verdicts.append(f"- {name.removeprefix('noise-offset-')} table, held out over the refits: with offsets at least "
+                            f"as accurate in {int((d >= -1e-3).sum())} of {len(p)}, mean difference "
+                            f"{tables.signed(d.mean())} points, median {tables.signed(d.median())}; largest loss "
+                            f"{tables.signed(d.min())} ({p.loc[d.idxmin(), 'search']}), largest gain "
+                            f"{tables.signed(d.max())} ({p.loc[d.idxmax(), 'search']}).")
     if paired:
         p = pd.concat(paired, ignore_index=True)
         worst = p.loc[p["diff"].idxmin()]
@@ -128,9 +138,10 @@ def render(frames: dict[str, pd.DataFrame]) -> str:
             diff = p.get(f"{key}_diff")
             if diff is None or diff.isna().any():
                 continue
+            test = stats.ttest_1samp(diff, 0.0)
             verdicts.append(f"- {label}: with offsets at least as accurate in {int((diff >= -1e-3).sum())} of "
                             f"{len(p)}, mean difference {tables.signed(diff.mean())} points, median "
-                            f"{tables.signed(diff.median())}; at least as accurate as every costlier fixed-bit "
+                            f"{tables.signed(diff.median())} (paired t-test, two-sided, p = {test.pvalue:.3f}); at least as accurate as every costlier fixed-bit "
                             f"baseline in {int(p[f'{key}_beats_plain'].sum())} without offsets, "
                             f"{int(p[f'{key}_beats_off'].sum())} with.")
     return "\n".join(lines + ["", "Measured:", ""] + verdicts) + "\n"
