@@ -3,8 +3,8 @@
 The tables' searches reward one finetune's top-1 on the 350-image search-validation split (HAQ
 Eq. 2); `experiments/reward_signal.py` found the mean true-class probability of the same finetune
 ranks equal-cost policies as held-out top-1 does more often. The ablations
-`experiments/configs/ablations/p-true-<table>.yaml` run every searched cell of the latency and
-energy tables with ``reward_measure: p_true`` (same float models, budgets, episodes, finetune,
+`experiments/configs/ablations/p-true-<table>.yaml` run every searched cell of the latency, energy
+and size tables with ``reward_measure: p_true`` (same float models, budgets, episodes, finetune,
 agent and seeds). This script pairs the two searches of each cell seed by seed, held out over the
 refits (the mean test top-1 of 4 finetunes with seeds no search used), with the uniform policy of
 the budget where the budget is one, and writes `experiments/results/ablations/p-true.md` (a
@@ -13,6 +13,8 @@ section for each table whose ablation has been run).
     OMP_NUM_THREADS=1 haq table p-true-latency --config-dir experiments/configs/ablations \\
         --results experiments/results/ablations --jobs 2
     OMP_NUM_THREADS=1 haq table p-true-energy --config-dir experiments/configs/ablations \\
+        --results experiments/results/ablations --jobs 2
+    OMP_NUM_THREADS=1 haq table p-true-size --config-dir experiments/configs/ablations \\
         --results experiments/results/ablations --jobs 2
     python experiments/p_true.py
 """
@@ -29,7 +31,7 @@ from haq import tables
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
-TABLES = ("latency", "energy")  # main table RESULTS/<t>-mini.csv (top-1 reward), ablation ABLATIONS/p-true-<t>-mini.csv
+TABLES = ("latency", "energy", "size")  # main table RESULTS/<t>-mini.csv (top-1 reward), ablation ABLATIONS/p-true-<t>-mini.csv
 ABLATIONS = RESULTS / "ablations"
 OUT = RESULTS / "ablations" / "p-true.md"
 KEYS = ["model", "hw", "budget", "seed"]
