@@ -105,7 +105,7 @@ def render(frames: dict[str, pd.DataFrame]) -> str:
              "| model | hardware | budget | seed | without offsets | with offsets (default) | difference |",
              "|---|---|---|---|---|---|---|"]
     verdicts: list[str] = []
-    paired: list[pd.DataFrame] = []
+    paired: dict[str, pd.DataFrame] = {}
     for name, main_csv in ABLATIONS.items():
         if name in frames:
             main_df = pd.read_csv(MAIN / main_csv)
@@ -113,8 +113,8 @@ def render(frames: dict[str, pd.DataFrame]) -> str:
             rows, said, p = compare(frames[name], main_df)
             lines += rows
             verdicts += said
-            paired.append(p)
-    for name, p in zip((n for n in ABLATIONS if n in frames), paired):
+            paired[name] = p
+    for name, p in paired.items():
         if "refit_diff" in p and not p["refit_diff"].isna().any():
             d, p = p["refit_diff"].reset_index(drop=True), p.reset_index(drop=True)
             verdicts.append(f"- {name.removeprefix('noise-offset-')} table, held out over the refits: with offsets at least "
@@ -123,7 +123,7 @@ def render(frames: dict[str, pd.DataFrame]) -> str:
                             f"{tables.signed(d.min())} ({p.loc[d.idxmin(), 'search']}), largest gain "
                             f"{tables.signed(d.max())} ({p.loc[d.idxmax(), 'search']}).")
     if paired:
-        p = pd.concat(paired, ignore_index=True)
+        p = pd.concat(paired.values(), ignore_index=True)
         worst = p.loc[p["diff"].idxmin()]
         verdicts.append(f"- All {len(p)} paired searches: with offsets at least as accurate in "
                         f"{int((p['diff'] >= -1e-3).sum())}, mean difference {tables.signed(p['diff'].mean())} points, median "

@@ -17,9 +17,9 @@ from scipy.stats import truncnorm
 from haq.agent import EpisodeRewardReplayBuffer, TruncatedNormalNoise, _GradientStep
 from haq.cli import main
 from haq.config import AgentConfig, SearchConfig
+from haq.evaluator import policy_seed
 from haq.policy import Policy
 from haq.qmodel import QuantConfig
-from haq.evaluator import policy_seed
 from haq.search import Search, build_evaluator, build_parts, read_episodes
 from haq.train import FinetuneConfig
 
