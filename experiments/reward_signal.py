@@ -17,7 +17,10 @@ finetunes (so a finetune's own luck on both splits does not count as agreement):
 - Spearman's rank correlation over all of a model's policies;
 - within each group of policies of equal cost (the rows of one table cell, and the uniform policy
   of its budget: what a search at that budget chooses between), the fraction of pairs the measure
-  orders as held-out top-1 does (a tie in the measure counts half).
+  orders as held-out top-1 does (a tie in the measure counts half);
+- the same fraction for each measure averaged over 1 or 2 finetunes, against the mean held-out
+  top-1 of 2 other finetunes (`averaged_agreement`; needs 4 finetunes): what a reward averaged over
+  finetune seeds, at 2 finetunes an episode, would gain.
 
 Results are cached per finetune in ``runs/reward-signal/<table>-<scale>/`` (an interrupted run
 resumes). Writes `experiments/results/ablations/reward-signal-<table>-<scale>.csv` (one row per
@@ -52,6 +55,7 @@ OUT = RESULTS_DIR / "ablations"
 UNIFORM = tuple(f"w{b}a{b}" for b in range(3, 9))
 MEASURES = {"top1": "top-1 (the paper's reward)", "p_true": "true-class probability", "loss": "cross-entropy"}
 SPLITS = ("val", "test")
+AVERAGED_SIZES = (1, 2)  # finetunes a reward is averaged over in `averaged_agreement`
 
 
 def table_policies(df: pd.DataFrame, model: str) -> pd.DataFrame:
@@ -160,6 +164,52 @@ def pair_spread(df: pd.DataFrame, column: str) -> pd.Series:
     return pd.Series(out)
 
 
+def _pair_hits(score: pd.Series, truth: pd.Series, groups: dict[str, list[str]]) -> tuple[float, int]:
+    """How many equal-cost pairs `score` orders as `truth` does (a tie in `score` counts half; a tie
+    in `truth` is no pair), and how many pairs there are."""
+    hits, pairs = 0.0, 0
+    for members in groups.values():
+        for a, b in itertools.combinations(members, 2):
+            t = np.sign(truth[a] - truth[b])
+            if t == 0:
+                continue
+            s = np.sign(score[a] - score[b])
+            hits += 1.0 if s == t else 0.5 if s == 0 else 0.0
+            pairs += 1
+    return hits, pairs
+
+
+def averaged_agreement(df: pd.DataFrame, sizes: tuple[int, ...] = (1, 2), truth_finetunes: int = 2) -> pd.DataFrame:
+    """Would a reward averaged over several finetunes rank equal-cost policies better? Per model and
+    measure, and per number `k` of finetunes in `sizes`: the fraction of equal-cost pairs that the
+    measure's mean over `k` finetunes orders as the mean held-out top-1 of `truth_finetunes` other
+    finetunes does, over every such choice of disjoint finetunes (the same target for every `k`, so
+    the rows compare). Beside the search-validation measures, ``test_top1``: held-out top-1 itself
+    over `k` finetunes, what the target's own finetune-to-finetune noise allows."""
+    out = []
+    for model, g in df.groupby("model", sort=False):
+        columns = {m: f"val_{m}" for m in MEASURES} | {"test_top1": "test_top1"}
+        wide = {m: g.pivot(index="policy", columns="finetune_seed", values=c) for m, c in columns.items()}
+        seeds = list(wide["test_top1"].columns)
+        if len(seeds) < max(sizes) + truth_finetunes:
+            raise ValueError(f"{model}: {len(seeds)} finetunes a policy; averaging {max(sizes)} against "
+                             f"{truth_finetunes} others needs {max(sizes) + truth_finetunes}")
+        groups = _groups(g)
+        for m in columns:
+            row: dict[str, Any] = {"model": model, "measure": m}
+            for k in sizes:
+                hits, pairs = 0.0, 0
+                for chosen in itertools.combinations(seeds, k):
+                    rest = [s for s in seeds if s not in chosen]
+                    score = _score(wide[m][list(chosen)].mean(axis=1), m)
+                    for target in itertools.combinations(rest, truth_finetunes):
+                        h, n = _pair_hits(score, wide["test_top1"][list(target)].mean(axis=1), groups)
+                        hits, pairs = hits + h, pairs + n
+                row[f"agreement_{k}"] = hits / pairs if pairs else np.nan
+            out.append(row)
+    return pd.DataFrame(out)
+
+
 def agreement(df: pd.DataFrame) -> pd.DataFrame:
     """Per model and search-validation measure: the mean over finetunes of Spearman's rho with the
     other finetunes' mean held-out top-1, and the fraction of equal-cost pairs ordered the same."""
@@ -175,14 +225,8 @@ def agreement(df: pd.DataFrame) -> pd.DataFrame:
                 score = _score(wide[f"val_{m}"][seed], m)
                 truth = wide["test_top1"].drop(columns=seed).mean(axis=1)
                 rhos.append(float(score.rank().corr(truth.rank())))
-                for members in groups.values():
-                    for a, b in itertools.combinations(members, 2):
-                        t = np.sign(truth[a] - truth[b])
-                        if t == 0:
-                            continue
-                        s = np.sign(score[a] - score[b])
-                        hits += 1.0 if s == t else 0.5 if s == 0 else 0.0
-                        pairs += 1
+                h, n = _pair_hits(score, truth, groups)
+                hits, pairs = hits + h, pairs + n
             out.append({"model": model, "measure": m, "policies": len(wide["test_top1"]), "finetunes": len(seeds),
                         "spearman": float(np.mean(rhos)), "equal_cost_pairs": pairs // len(seeds),
                         "equal_cost_agreement": hits / pairs if pairs else np.nan})
@@ -218,6 +262,18 @@ def render(spec: TableSpec, scale: str, df: pd.DataFrame, shared_shuffle: bool =
     for r in ag.to_dict("records"):
         lines.append(f"| {r['model']} | {MEASURES[r['measure']]} | {r['policies']} | {r['spearman']:.3f} | "
                      f"{r['equal_cost_pairs']} | {r['equal_cost_agreement']:.3f} |")
+    if n >= AVERAGED_SIZES[-1] + 2:
+        av = averaged_agreement(df, AVERAGED_SIZES, 2)
+        names = MEASURES | {"test_top1": "held-out top-1 itself (the target's own noise)"}
+        lines += ["", "A reward averaged over finetunes (each finetune costs as much as an episode): agreement on the "
+                  "equal-cost pairs of a measure's mean over 1 or 2 finetunes with the mean held-out top-1 of 2 "
+                  "other finetunes, over every such choice of finetunes; the last row of a model puts held-out "
+                  "top-1 of 1 or 2 finetunes in the measure's place.", "",
+                  "| model | measure | " + " | ".join(f"{k} finetune{'s' * (k > 1)}" for k in AVERAGED_SIZES) + " |",
+                  "|---|---|" + "---|" * len(AVERAGED_SIZES)]
+        for r in av.to_dict("records"):
+            lines.append(f"| {r['model']} | {names[r['measure']]} | "
+                         + " | ".join(f"{r[f'agreement_{k}']:.3f}" for k in AVERAGED_SIZES) + " |")
     noise = df.groupby(["model", "policy"])[["val_top1", "val_p_true", "test_top1"]].std().groupby("model").mean()
     lines += ["", "Spread of one policy over its finetunes (mean standard deviation over policies, points): "
               + "; ".join(f"{model}: top-1 {r['val_top1']:.2f} and true-class probability {r['val_p_true']:.2f} on "

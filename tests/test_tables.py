@@ -624,3 +624,24 @@ def test_reward_signal_groups_equal_cost_policies_and_scores_how_each_measure_ra
     assert spread["m"] == pytest.approx(0.0) and rs.pair_spread(
         pd.DataFrame(rows).assign(test_top1=lambda d: d["test_top1"] + (d["policy"] == "w4a4") * d["finetune_seed"] / 5000),
         "test_top1")["m"] == pytest.approx((2 * 0.2 / 2**0.5) / 3)
+
+
+def test_reward_signal_averaged_agreement_counts_every_disjoint_choice_of_finetunes():
+    """experiments/reward_signal.py: a reward averaged over k finetunes is scored against the mean
+    held-out top-1 of 2 other finetunes, over every disjoint choice. By hand: policy a is better held
+    out in every finetune; on search-validation its first finetune (96.5) scores below b's 97, the
+    others (98) above. One finetune orders the pair right in 3 choices of 4 (each against the 3
+    pairs of the other finetunes): 0.75; the mean of two is right in all 6 (96.5 + 98 > 2 x 97): 1.0."""
+    rs = _experiment("reward_signal")
+    rows = []
+    for policy, vals, test in (("a", [96.5, 98.0, 98.0, 98.0], 97.0), ("b", [97.0] * 4, 96.0)):
+        for seed, val in zip((1000, 2000, 3000, 4000), vals):
+            rows.append({"model": "m", "policy": policy, "groups": "edge w4a4", "finetune_seed": seed,
+                         "test_top1": test, "val_top1": val, "val_p_true": 90.0, "val_loss": val / 100})
+    av = rs.averaged_agreement(pd.DataFrame(rows), (1, 2), 2).set_index("measure")
+    assert av.loc["top1", "agreement_1"] == 0.75 and av.loc["top1", "agreement_2"] == 1.0
+    assert av.loc["loss", "agreement_1"] == 0.25 and av.loc["loss", "agreement_2"] == 0.0  # lower is better
+    assert av.loc["p_true", "agreement_2"] == 0.5  # a constant ties every pair
+    assert av.loc["test_top1", "agreement_1"] == av.loc["test_top1", "agreement_2"] == 1.0  # no noise held out
+    with pytest.raises(ValueError, match="m: 4 finetunes a policy; averaging 3 against 2 others needs 5"):
+        rs.averaged_agreement(pd.DataFrame(rows), (1, 3), 2)
