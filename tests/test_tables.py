@@ -645,3 +645,30 @@ def test_reward_signal_averaged_agreement_counts_every_disjoint_choice_of_finetu
     assert av.loc["test_top1", "agreement_1"] == av.loc["test_top1", "agreement_2"] == 1.0  # no noise held out
     with pytest.raises(ValueError, match="m: 4 finetunes a policy; averaging 3 against 2 others needs 5"):
         rs.averaged_agreement(pd.DataFrame(rows), (1, 3), 2)
+
+
+def test_budget_frontier_raises_layers_by_gain_per_cost_and_tests_against_w8a8():
+    """experiments/budget_frontier.py: a raise sets one layer's weights or activations to 8 bits;
+    the path takes every raise, best gain per added cost first; a policy is
+    'below w8a8' only when Welch's one-sided test says so; the summary keeps the screen out."""
+    bf = _experiment("budget_frontier")
+    bits = [(4, 4), (4, 4), (4, 4)]
+    assert bf.raised(bits, (1, "w")) == [(4, 4), (8, 4), (4, 4)] and bf.raised(bits, (2, "a")) == [(4, 4), (4, 4), (4, 8)]
+    assert bits == [(4, 4)] * 3  # not modified in place
+    assert bf.key([(8, 4), (3, 5)]) == "8 3|4 5"
+    screen = pd.DataFrame([{"layer": 0, "kind": "w", "gain": 0.2, "added_cost": 0.1},   # 2.0 a unit of cost
+                           {"layer": 1, "kind": "a", "gain": 0.3, "added_cost": 0.05},  # 6.0
+                           {"layer": 2, "kind": "w", "gain": -0.1, "added_cost": 0.01},  # a loss: -10, last
+                           {"layer": 2, "kind": "a", "gain": 0.0, "added_cost": 0.01}])  # no gain: 0
+    assert bf.greedy_order(screen) == [(1, "a"), (0, "w"), (2, "a"), (2, "w")]
+    assert bf.below([97.0, 97.2, 97.1], [99.0, 99.2, 99.1])  # clearly lower
+    assert not bf.below([98.9, 99.3, 99.1], [99.0, 99.2, 99.1])  # the same within the spread
+    assert not bf.below([99.1, 99.1], [99.1, 99.1])  # identical, no spread
+    rows = [{"role": "screen", "name": "w4a4", "step": -1, "cost_ratio": 0.25, "test_top1": 50.0, "val_top1": 50.0}]
+    for role, name, step, cost, tests in (("path", "w4a4", 0, 0.25, [97.0, 97.2]), ("uniform", "w4a4", -1, 0.25, [97.0, 97.2]),
+                                          ("uniform", "w8a8", -1, 1.0, [99.0, 99.2])):
+        rows += [{"role": role, "name": name, "step": step, "cost_ratio": cost, "test_top1": t, "val_top1": t - 1}
+                 for t in tests]
+    s = bf.summary(pd.DataFrame(rows)).set_index(["role", "name"])
+    assert len(s) == 3 and s.loc[("path", "w4a4"), "test_top1"] == pytest.approx(97.1)
+    assert s.loc[("path", "w4a4"), "below_w8a8"] and not s.loc[("uniform", "w8a8"), "below_w8a8"]
