@@ -13,8 +13,9 @@ measuring each on search-validation and held out: a sensitivity-ordered frontier
 uniform one. Each raise is priced, not paid for by lowering another layer, so every step costs
 more than the one before.
 
-Finetunes are cached in ``runs/budget-frontier/<table>-<scale>-<model>-<hw>/finetunes.json`` (an
-interrupted run resumes). Writes `experiments/results/ablations/budget-frontier-<table>-<scale>-
+Finetunes are cached in ``runs/budget-frontier/<table>-<scale>-<model>/finetunes.json`` (an
+interrupted run resumes; a finetune does not depend on the hardware model, so another `--hw`
+reuses them). Writes `experiments/results/ablations/budget-frontier-<table>-<scale>-
 <model>-<hw>.csv` (one row per policy and finetune), its markdown and a figure of held-out top-1
 against cost.
 
@@ -108,7 +109,10 @@ def measure(spec: TableSpec, scale: str, model: str, hw: str, start: str, screen
     layers = ev.layers
     table = hw_models.create_hw_model(cfg.hw, **cfg.hw_params).table(layers, cfg.metric)
     w8a8 = hw_models.policy_cost(table, [(8, 8)] * len(layers))
-    cost = lambda bits: hw_models.policy_cost(table, bits) / w8a8  # noqa: E731
+
+    def cost(bits: list[tuple[int, int]]) -> float:
+        return hw_models.policy_cost(table, bits) / w8a8
+
     run = Finetunes(ev, base / "finetunes.json")
     rows: list[dict[str, Any]] = []
     origin = [parse_uniform(start)] * len(layers)
@@ -253,7 +257,7 @@ def main() -> None:
     hw = args.hw or spec.hardware[0]
     name = f"budget-frontier-{spec.name}-{args.scale}-{args.model}-{hw}"
     df = measure(spec, args.scale, args.model, hw, args.start, args.screen_finetunes, args.refits,
-                 Path(args.runs) / name.removeprefix("budget-frontier-"))
+                 Path(args.runs) / f"{spec.name}-{args.scale}-{args.model}")  # a finetune is the same on every hw
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / f"{name}.csv", index=False, float_format="%.5g")
