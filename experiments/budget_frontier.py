@@ -143,7 +143,7 @@ def measure(spec: TableSpec, scale: str, model: str, hw: str, start: str, screen
         bits = raised(bits, step)
         pending.append(f"{layers[step[0]].name}.{step[1]}=8")
         if n % every == 0 or n == len(order):
-            record("path", "+ " + ", ".join(pending), bits, refit_seeds, n)
+            record("path", "+ " + (pending[0] if len(pending) == 1 else f"{len(pending)} raises"), bits, refit_seeds, n)
             pending = []
             log.info("path: step %d of %d (cost %.3f of w8a8, %.0f s)", n, len(order), cost(bits),
                      time.perf_counter() - t0)
