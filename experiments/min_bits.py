@@ -2,7 +2,7 @@
 
 Compares, seed by seed, each `experiments/results/ablations/min-bits-<table>-mini.csv` (bits 3..8:
 latency at budget w4a4, energy at 0.8) with the same cells of the table as measured on the same float
-models, `experiments/results/earlier-models/<table>-mini.csv` (bits 2..8, the table's): top-1 of the
+models, `experiments/results/<table>-mini.csv` (bits 2..8, the table's): top-1 of the
 best policy on the search-validation split, held out, and held out over the refits; and whether
 each searched policy is at least as accurate as every fixed-bit row that costs as much or more
 (`haq.tables.verdicts`, each table against its own fixed-bit rows). Writes `experiments/results/ablations/min-bits.md`.
@@ -27,22 +27,22 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 TABLES = ("latency", "energy")  # ablations/min-bits-<table>-mini.csv against <table>-mini.csv
 OUT = RESULTS / "ablations" / "min-bits.md"
-MAIN = RESULTS / "earlier-models"  # the tables on the float models these ablations were measured on
+MAIN = RESULTS  # the tables on the float models these ablations were measured on (the shipped ones)
 MEASURES = {"search-validation": "accuracy", "held out": "test_accuracy", "held out, refits": "test_accuracy_refits"}
 KEYS = ["model", "hw", "budget", "method", "seed"]
 
 
-def paired(ablation: pd.DataFrame, main: pd.DataFrame) -> pd.DataFrame:
-    """One row per searched cell of the ablation: each measure in both tables (suffixes ``_2`` for
-    the table's 2..8 bits, ``_3`` for 3..8) and whether the searched policy beat every costlier
-    fixed-bit row of its own table on that measure (``beats_<column>_2`` / ``_3``), and the uniform
-    policy of its budget (``uniform_<column>_2`` / ``_3``, meaningful for a budget like w4a4);
-    haq rows only."""
+def paired(ablation: pd.DataFrame, main: pd.DataFrame, suffixes: tuple[str, str] = ("_2", "_3")) -> pd.DataFrame:
+    """One row per searched cell of the ablation: each measure in both tables (`suffixes`: the
+    main table's, here ``_2`` for its 2..8 bits, then the ablation's, ``_3`` for 3..8) and whether
+    the searched policy beat every costlier fixed-bit row of its own table on that measure
+    (``beats_<column>_2`` / ``_3``), and the uniform policy of its budget (``uniform_<column>_2`` /
+    ``_3``, meaningful for a budget like w4a4); searched rows (haq, random) only."""
     ablation, main = (df.assign(budget=df["budget"].astype(str)) for df in (ablation, main))
     searched = [df[df["method"] != "fixed"] for df in (ablation, main)]
-    out = searched[1].merge(searched[0], on=KEYS, suffixes=("_2", "_3"))
+    out = searched[1].merge(searched[0], on=KEYS, suffixes=suffixes)
     for column in MEASURES.values():
-        for suffix, df in (("_2", main), ("_3", ablation)):
+        for suffix, df in zip(suffixes, (main, ablation)):
             v = tables.verdicts(df.assign(accuracy=df[column]))
             v["budget"] = v["budget"].astype(str)
             v = v.rename(columns={"beats_all_costlier": f"beats_{column}{suffix}",
@@ -58,7 +58,7 @@ def section(table: str, ablation: pd.DataFrame, main: pd.DataFrame) -> list[str]
     budgets = ", ".join(sorted(set(p["budget"])))
     head = "| hardware | method | seed | " + " | ".join(f"{m}: bits 2..8 | 3..8" for m in MEASURES) + " |"
     lines = [f"## {table.capitalize()} table, budget {budgets}", "",
-             (f"Sources: `experiments/results/earlier-models/{table}-mini.csv` (bits 2..8, the table on the same "
+             (f"Sources: `{(MAIN / f'{table}-mini.csv').relative_to(ROOT)}` (bits 2..8, the table on the same "
               "float models) and "
               f"`experiments/results/ablations/min-bits-{table}-mini.csv` "
               f"(`experiments/configs/ablations/min-bits-{table}.yaml`, bits 3..8)."), "",
