@@ -20,6 +20,12 @@ reuses them). Writes `experiments/results/ablations/budget-frontier-<table>-<sca
 against cost.
 
     OMP_NUM_THREADS=2 python experiments/budget_frontier.py latency --model digits-mbv2 --hw bismo-edge
+    OMP_NUM_THREADS=2 python experiments/budget_frontier.py latency --model digits-mbv2 --hw bismo-cloud
+    OMP_NUM_THREADS=2 python experiments/budget_frontier.py latency --model digits32-mbv2 --hw bismo-edge \
+        --screen-finetunes 1 --every 8        # 53 layers: 35 minutes on one thread beside a table run
+
+(digits-mbv2: about 10 minutes on one thread; on a second `--hw` less, the screen and the uniform
+policies coming from the cache.)
 """
 
 from __future__ import annotations
@@ -260,6 +266,8 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/budget-frontier", help="where the finetunes' cache is kept")
     parser.add_argument("--out", default=str(OUT), help="where to write the CSV, markdown and figure")
     args = parser.parse_args()
+    if args.refits > SCREEN_BASE:
+        raise SystemExit(f"--refits must be at most {SCREEN_BASE}: the screen's finetunes use the seeds after them")
     if args.start not in UNIFORM[:-1]:
         raise SystemExit(f"--start must be a uniform policy below w8a8 that the frontier also measures, "
                          f"one of {', '.join(UNIFORM[:-1])}; got {args.start!r}")
