@@ -19,13 +19,13 @@ reuses them). Writes `experiments/results/ablations/budget-frontier-<table>-<sca
 <model>-<hw>.csv` (one row per policy and finetune), its markdown and a figure of held-out top-1
 against cost.
 
-    OMP_NUM_THREADS=2 python experiments/budget_frontier.py latency --model digits-mbv2 --hw bismo-edge
-    OMP_NUM_THREADS=2 python experiments/budget_frontier.py latency --model digits-mbv2 --hw bismo-cloud
-    OMP_NUM_THREADS=2 python experiments/budget_frontier.py latency --model digits32-mbv2 --hw bismo-edge \
+    OMP_NUM_THREADS=1 python experiments/budget_frontier.py latency --model digits-mbv2 --hw bismo-edge
+    OMP_NUM_THREADS=1 python experiments/budget_frontier.py latency --model digits-mbv2 --hw bismo-cloud
+    OMP_NUM_THREADS=1 python experiments/budget_frontier.py latency --model digits32-mbv2 --hw bismo-edge \
         --screen-finetunes 1 --every 8        # 53 layers: 35 minutes on one thread beside a table run
 
-(digits-mbv2: about 10 minutes on one thread; on a second `--hw` less, the screen and the uniform
-policies coming from the cache.)
+(Measured with one thread, as the tables' finetunes are; digits-mbv2: about 10 minutes; on a
+second `--hw` less, the screen and the uniform policies coming from the cache.)
 """
 
 from __future__ import annotations
