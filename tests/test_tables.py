@@ -672,3 +672,33 @@ def test_budget_frontier_raises_layers_by_gain_per_cost_and_tests_against_w8a8()
     s = bf.summary(pd.DataFrame(rows)).set_index(["role", "name"])
     assert len(s) == 3 and s.loc[("path", "w4a4"), "test_top1"] == pytest.approx(97.1)
     assert s.loc[("path", "w4a4"), "below_w8a8"] and not s.loc[("uniform", "w8a8"), "below_w8a8"]
+
+
+def test_noise_decay_pairs_each_search_with_the_tables_and_counts_verdicts(monkeypatch):
+    """experiments/noise_decay.py (through min_bits.paired): each searched cell of the ablation
+    meets the table's same cell and seed; the differences, and the verdicts against each table's
+    own fixed-bit rows, are counted as computed by hand."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "experiments"))
+    nd = _experiment("noise_decay")
+
+    def table(haq: list[float]) -> pd.DataFrame:
+        rows = []
+        for seed, acc in enumerate(haq):
+            rows.append({"model": "m", "hw": "edge", "budget": "w4a4", "method": "haq", "policy": "searched",
+                         "seed": seed, "cost": 1.0, "accuracy": acc, "test_accuracy": acc,
+                         "test_accuracy_refits": acc})
+            for policy, cost, fixed in (("w4a4", 1.0, 97.0), ("w8a8", 4.0, 98.0)):
+                rows.append({"model": "m", "hw": "edge", "budget": policy, "method": "fixed", "policy": policy,
+                             "seed": seed, "cost": cost, "accuracy": fixed, "test_accuracy": fixed,
+                             "test_accuracy_refits": fixed})
+        return pd.DataFrame(rows)
+
+    p = nd.paired(table([98.5, 96.0]), table([97.5, 96.5]), nd.SUFFIXES)  # ablation (0.99) first, as main() does
+    text = nd.render(p[p["method"] == "haq"])
+    assert "| edge | 0 | 97.50 | 98.50 |" in text and "| edge | 1 | 96.50 | 96.00 |" in text
+    # 0.99 minus 0.97: +1.0 and -0.5 -> at least as accurate in 1 of 2, mean 97.00 -> 97.25 (+0.25);
+    # at or above uniform w4a4 (97): seed 0 both ways, seed 1 neither; above w8a8 (98) only seed 0 with 0.99
+    assert ("- search-validation: with decay 0.99 at least as accurate in 1 of 2 searches, mean 97.00 -> 97.25 "
+            "(+0.25 points, paired t-test p = ") in text
+    assert ("at least as accurate as the uniform policy of its budget in 1 of 2 with 0.97, 1 with 0.99; as every "
+            "costlier fixed-bit row in 0 with 0.97, 1 with 0.99.") in text
