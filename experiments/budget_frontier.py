@@ -77,7 +77,8 @@ def greedy_order(screen: pd.DataFrame) -> list[tuple[int, str]]:
 
 
 def below(samples: list[float], reference: list[float], alpha: float = SIGNIFICANCE) -> bool:
-    """Welch's t-test, one-sided: is `samples`' mean significantly below `reference`'s?"""
+    """Welch's t-test, one-sided: is `samples`' mean significantly below `reference`'s? With fewer
+    than 2 values, or no spread in either, a lower mean counts as below."""
     if len(samples) < 2 or len(reference) < 2 or np.std(samples) == np.std(reference) == 0:
         return float(np.mean(samples)) < float(np.mean(reference))
     with warnings.catch_warnings():  # nearly identical samples (a spread of 0) warn of precision loss
@@ -105,6 +106,23 @@ class Finetunes:
         return got[str(seed)]
 
 
+def check_settings(base: Path, cfg: Any) -> None:
+    """Refuse a cache of finetunes made with other evaluation settings (the model's data, quantizer
+    and finetune); record them in ``<base>/settings.json`` on first use."""
+    full = cfg.to_dict()
+    settings = {k: full[k] for k in ("model", "weights", "dataset", "data", "quant", "finetune")}
+    path = base / "settings.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        differ = sorted(k for k in settings if old.get(k) != json.loads(json.dumps(settings[k])))
+        if differ:
+            raise SystemExit(f"{base}: its finetunes were made with other {', '.join(differ)} settings than the "
+                             "table's now; remove the folder or pass another --runs")
+    else:
+        base.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
+
+
 def measure(spec: TableSpec, scale: str, model: str, hw: str, start: str, screen_finetunes: int, refits: int,
             base: Path, every: int = 1) -> pd.DataFrame:
     """Screen every single raise, walk the greedy path and measure it (at every `every`-th step
@@ -120,6 +138,7 @@ def measure(spec: TableSpec, scale: str, model: str, hw: str, start: str, screen
     def cost(bits: list[tuple[int, int]]) -> float:
         return hw_models.policy_cost(table, bits) / w8a8
 
+    check_settings(base, cfg)
     run = Finetunes(ev, base / "finetunes.json")
     rows: list[dict[str, Any]] = []
     origin = [parse_uniform(start)] * len(layers)

@@ -702,3 +702,18 @@ def test_noise_decay_pairs_each_search_with_the_tables_and_counts_verdicts(monke
             "(+0.25 points, paired t-test p = ") in text
     assert ("at least as accurate as the uniform policy of its budget in 1 of 2 with 0.97, 1 with 0.99; as every "
             "costlier fixed-bit row in 0 with 0.97, 1 with 0.99.") in text
+
+
+def test_budget_frontier_refuses_a_cache_of_other_finetune_settings(tmp_path):
+    """experiments/budget_frontier.py: the finetune cache records the evaluation settings it was
+    made with and refuses, naming them, to serve a run whose settings differ."""
+    from haq.config import SearchConfig
+    from haq.train import FinetuneConfig
+
+    bf = _experiment("budget_frontier")
+    cfg = SearchConfig()
+    bf.check_settings(tmp_path / "cache", cfg)
+    bf.check_settings(tmp_path / "cache", dataclasses.replace(cfg, hw="bismo-cloud", seed=3))  # not evaluation
+    other = dataclasses.replace(cfg, finetune=FinetuneConfig(lr=0.05))
+    with pytest.raises(SystemExit, match="other finetune settings than the table's now"):
+        bf.check_settings(tmp_path / "cache", other)
