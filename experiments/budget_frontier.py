@@ -23,6 +23,8 @@ against cost.
     OMP_NUM_THREADS=1 python experiments/budget_frontier.py latency --model digits-mbv2 --hw bismo-cloud
     OMP_NUM_THREADS=1 python experiments/budget_frontier.py latency --model digits32-mbv2 --hw bismo-edge \
         --screen-finetunes 1 --every 8        # 53 layers: 35 minutes on one thread beside a table run
+    OMP_NUM_THREADS=1 python experiments/budget_frontier.py latency --model digits32-mbv2 --hw bismo-cloud \
+        --screen-finetunes 1 --every 8
 
 (Measured with one thread, as the tables' finetunes are; digits-mbv2: about 10 minutes; on a
 second `--hw` less, the screen and the uniform policies coming from the cache.)
