@@ -36,13 +36,11 @@ import argparse
 import json
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 import hw_models
 from haq import tables
@@ -79,13 +77,14 @@ def greedy_order(screen: pd.DataFrame) -> list[tuple[int, str]]:
 
 
 def below(samples: list[float], reference: list[float], alpha: float = SIGNIFICANCE) -> bool:
-    """Welch's t-test, one-sided: is `samples`' mean significantly below `reference`'s? With fewer
-    than 2 values, or no spread in either, a lower mean counts as below."""
-    if len(samples) < 2 or len(reference) < 2 or np.std(samples) == np.std(reference) == 0:
+    """Is `samples`' mean significantly below `reference`'s (`haq.tables.significantly_below`:
+    Welch's t-test, one-sided)? With fewer than 2 values, or no spread in either, a lower mean
+    counts as below."""
+    if len(samples) < 2 or len(reference) < 2:
         return float(np.mean(samples)) < float(np.mean(reference))
-    with warnings.catch_warnings():  # nearly identical samples (a spread of 0) warn of precision loss
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return bool(stats.ttest_ind(samples, reference, equal_var=False, alternative="less").pvalue < alpha)
+    return tables.significantly_below(float(np.mean(samples)), float(np.std(samples, ddof=1)), len(samples),
+                                      float(np.mean(reference)), float(np.std(reference, ddof=1)), len(reference),
+                                      alpha)
 
 
 class Finetunes:

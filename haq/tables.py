@@ -740,6 +740,21 @@ SIGNIFICANCE = 0.05
 """Level of `refit_shortfalls`' one-sided test."""
 
 
+def significantly_below(mean: float, sd: float, n: int, ref_mean: float, ref_sd: float, ref_n: int,
+                        alpha: float = SIGNIFICANCE) -> bool:
+    """Welch's t-test, one-sided, level `alpha`, from two samples' means, sample standard
+    deviations and counts: is `mean` significantly below `ref_mean`? Where both spreads are 0 a
+    lower mean is significant."""
+    from scipy import stats
+
+    if mean >= ref_mean:
+        return False
+    if sd == 0 and ref_sd == 0:
+        return True
+    return bool(stats.ttest_ind_from_stats(mean, sd, n, ref_mean, ref_sd, ref_n, equal_var=False,
+                                           alternative="less").pvalue < alpha)
+
+
 def refit_shortfalls(df: pd.DataFrame, alpha: float = SIGNIFICANCE) -> pd.DataFrame:
     """Per searched (``haq``) row: the costlier fixed-bit rows (same model, hardware and seed,
     cost at or above its own) whose held-out top-1 over the refits is significantly higher than
@@ -752,8 +767,6 @@ def refit_shortfalls(df: pd.DataFrame, alpha: float = SIGNIFICANCE) -> pd.DataFr
     separated), ``below`` (every costlier policy with a higher refit mean), ``significant_gap`` (the
     largest of the significant shortfalls, top-1 points; NaN where none). Empty without the
     standard deviations (tables measured with fewer than 2 refits, or before they were kept)."""
-    from scipy import stats
-
     cols = ("test_accuracy_refits", "test_accuracy_refits_sd", "refits")
     if not all(c in df.columns for c in cols) or df["test_accuracy_refits_sd"].astype(str).isin(["", "nan"]).all():
         return pd.DataFrame()
@@ -768,8 +781,7 @@ def refit_shortfalls(df: pd.DataFrame, alpha: float = SIGNIFICANCE) -> pd.DataFr
             if mb <= m:
                 continue
             below.append(b["policy"])
-            if (sd == 0 and sdb == 0) or stats.ttest_ind_from_stats(
-                    m, sd, n, mb, sdb, nb, equal_var=False, alternative="less").pvalue < alpha:
+            if significantly_below(m, sd, n, mb, sdb, nb, alpha):
                 significant.append(b["policy"])
                 gaps.append(mb - m)
         out.append({"model": r["model"], "hw": r["hw"], "budget": r["budget"], "seed": r["seed"],
