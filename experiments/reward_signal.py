@@ -56,6 +56,7 @@ UNIFORM = tuple(f"w{b}a{b}" for b in range(3, 9))
 MEASURES = {"top1": "top-1 (the paper's reward)", "p_true": "true-class probability", "loss": "cross-entropy"}
 SPLITS = ("val", "test")
 AVERAGED_SIZES = (1, 2)  # finetunes a reward is averaged over in `averaged_agreement`
+TRUTH_FINETUNES = 2  # ... against the mean held-out top-1 of this many other finetunes
 
 
 def table_policies(df: pd.DataFrame, model: str) -> pd.DataFrame:
@@ -262,13 +263,14 @@ def render(spec: TableSpec, scale: str, df: pd.DataFrame, shared_shuffle: bool =
     for r in ag.to_dict("records"):
         lines.append(f"| {r['model']} | {MEASURES[r['measure']]} | {r['policies']} | {r['spearman']:.3f} | "
                      f"{r['equal_cost_pairs']} | {r['equal_cost_agreement']:.3f} |")
-    if n >= AVERAGED_SIZES[-1] + 2:
-        av = averaged_agreement(df, AVERAGED_SIZES, 2)
+    if n >= max(AVERAGED_SIZES) + TRUTH_FINETUNES:
+        av = averaged_agreement(df, AVERAGED_SIZES, TRUTH_FINETUNES)
+        sizes = " or ".join(map(str, AVERAGED_SIZES))
         names = MEASURES | {"test_top1": "held-out top-1 itself (the target's own noise)"}
         lines += ["", "A reward averaged over finetunes (each finetune costs as much as an episode): agreement on the "
-                  "equal-cost pairs of a measure's mean over 1 or 2 finetunes with the mean held-out top-1 of 2 "
-                  "other finetunes, over every such choice of finetunes; the last row of a model puts held-out "
-                  "top-1 of 1 or 2 finetunes in the measure's place.", "",
+                  f"equal-cost pairs of a measure's mean over {sizes} finetunes with the mean held-out top-1 of "
+                  f"{TRUTH_FINETUNES} other finetunes, over every such choice of finetunes; the last row of a model "
+                  f"puts held-out top-1 of {sizes} finetunes in the measure's place.", "",
                   "| model | measure | " + " | ".join(f"{k} finetune{'s' * (k > 1)}" for k in AVERAGED_SIZES) + " |",
                   "|---|---|" + "---|" * len(AVERAGED_SIZES)]
         for r in av.to_dict("records"):
