@@ -704,6 +704,52 @@ def test_noise_decay_pairs_each_search_with_the_tables_and_counts_verdicts(monke
             "costlier fixed-bit row in 0 with 0.97, 1 with 0.99.") in text
 
 
+def test_long_search_pairs_searches_and_reads_where_each_found_its_best(monkeypatch, tmp_path):
+    """experiments/long_search.py: each 200-episode search meets the table's same cell and seed (the
+    generic render of one changed setting, as noise_decay's), and a run folder here adds the episode of
+    its best policy and its distinct policies, in all and in the first 60 episodes, counted by hand."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "experiments"))
+    ls = _experiment("long_search")
+    rows = []
+    for which, acc in (("table", 97.0), ("ablation", 98.5)):
+        rows.append([{"model": "m", "hw": "edge", "budget": "w4a4", "method": "haq", "policy": "searched", "seed": 0,
+                      "cost": 1.0, "accuracy": acc, "test_accuracy": acc, "test_accuracy_refits": acc}]
+                    + [{"model": "m", "hw": "edge", "budget": pol, "method": "fixed", "policy": pol, "seed": 0,
+                        "cost": cost, "accuracy": fixed, "test_accuracy": fixed, "test_accuracy_refits": fixed}
+                       for pol, cost, fixed in (("w4a4", 1.0, 97.5), ("w8a8", 4.0, 98.0))])
+    p = ls.paired(pd.DataFrame(rows[1]), pd.DataFrame(rows[0]), ls.SUFFIXES)
+    run = tmp_path / "m-edge-w4a4-haq-seed0"
+    run.mkdir()
+    # 70 episodes: policies A, B, A, C, ... -> 3 distinct in the first 60, a 4th (D) at episode 65
+    bits = ["4 4", "5 3", "4 4", "3 5"] * 15 + ["4 4"] * 4 + ["8 2"] + ["4 4"] * 5
+    pd.DataFrame({"episode": range(1, 71), "reward": 0.0, "w_bits": bits, "a_bits": "4 4"}).to_csv(
+        run / "episodes.csv", index=False)
+    (run / "best_policy.json").write_text(json.dumps({"episode": 65}))
+    text = ls.render(p[p["method"] == "haq"], tmp_path)
+    assert "| edge | 0 | 97.00 | 98.50 | 97.00 | 98.50 | 97.00 | 98.50 |" in text
+    assert ("- search-validation: with episodes 200 at least as accurate in 1 of 1 searches, mean 97.00 -> 98.50 "
+            "(+1.50 points); at least as accurate as the uniform policy of its budget in 0 of 1 with 60, 1 with 200; "
+            "as every costlier fixed-bit row in 0 with 60, 1 with 200.") in text
+    assert ("- edge, seed 0: best policy from episode 65 of 70; 4 distinct policies evaluated, 3 of them in the "
+            "first 60 episodes.") in text
+    assert "best policy from" not in ls.render(p[p["method"] == "haq"], tmp_path / "elsewhere")  # no run folder
+
+
+def test_every_table_config_loads():
+    """Every table YAML the repository ships, the paper's and the ablations', passes `TableSpec.load`'s
+    checks, so none of the commands in their headers fails on its own config."""
+    configs = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+    names = 0
+    for folder in (configs, configs / "ablations"):
+        for path in sorted(folder.glob("*.yaml")):
+            if path.stem == "paper_agent":  # a search config, not a table
+                continue
+            spec = TableSpec.load(path.stem, folder)
+            assert spec.cells("mini"), path
+            names += 1
+    assert names >= 10
+
+
 def test_budget_frontier_refuses_a_cache_of_other_finetune_settings(tmp_path):
     """experiments/budget_frontier.py: the finetune cache records the evaluation settings it was
     made with and refuses, naming them, to serve a run whose settings differ."""
