@@ -425,7 +425,11 @@ class Search:
             "seconds_per_episode": _mean([r["wall_s"] for r in self.records]),
             # the other episodes repeated one of these (QuantEvaluator reuses its accuracy)
             "distinct_policies": len({(r["w_bits"], r["a_bits"]) for r in self.records}),
+            "agent_distinct_policies": len({(r["w_bits"], r["a_bits"]) for r in self.records[self.config.warmup:]}),
         }
+        stuck = stuck_agent(self.records, self.config.warmup)
+        if stuck:
+            log.warning("%s: %s", self.run_dir, stuck)
         _atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         plot_policy(env.layers, self.best["policy"], self.run_dir / "policy.png",
                     title=f"{self.config.model} on {self.config.hw}: best policy "
@@ -504,6 +508,27 @@ def _typed_row(row: dict[str, str]) -> dict[str, Any]:
     for k in ("reward", "accuracy", "cost", "cost_ratio", "wall_s"):
         out[k] = float(row[k])
     return out
+
+
+def stuck_agent(records: list[dict[str, Any]], warmup: int, at_least: int = 10) -> str | None:
+    """A sentence when every episode the agent chose after the warm-up (``at_least`` of them or
+    more) evaluated the same policy, else None. Seen in the mini tables: after a warm-up of random
+    policies, many with 2-bit layers and a point or many below, the actor asks for 6-8 bits in every
+    layer and budget enforcement lowers each such request to the same policy, so the search
+    evaluates nothing new after its warm-up."""
+    agent = records[warmup:]
+    if len(agent) < at_least or len({(r["w_bits"], r["a_bits"]) for r in agent}) != 1:
+        return None
+
+    def mean_bits(key: str) -> float:
+        return float(np.mean([float(b) for r in agent for b in str(r[key]).split()]))
+
+    text = (f"all {len(agent)} episodes after the warm-up evaluated one policy (mean {mean_bits('w_bits'):.2f} "
+            f"weight / {mean_bits('a_bits'):.2f} activation bits)")
+    if all("requested_w_bits" in r for r in agent):
+        text += (f"; the agent asked for {mean_bits('requested_w_bits'):.2f} / {mean_bits('requested_a_bits'):.2f} "
+                 "bits on average and budget enforcement lowered every request to it")
+    return text + ": the search explored nothing past its warm-up; its best policy is the warm-up's or this one"
 
 
 def _mean(values: list[float]) -> float | None:
