@@ -510,25 +510,32 @@ def _typed_row(row: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def stuck_agent(records: list[dict[str, Any]], warmup: int, at_least: int = 10) -> str | None:
-    """A sentence when every episode the agent chose after the warm-up (``at_least`` of them or
-    more) evaluated the same policy, else None. Seen in the mini tables: after a warm-up of random
-    policies, many with 2-bit layers and a point or many below, the actor asks for 6-8 bits in every
-    layer and budget enforcement lowers each such request to the same policy, so the search
-    evaluates nothing new after its warm-up."""
+def stuck_agent(records: list[dict[str, Any]], warmup: int, at_least: int = 10, share: float = 0.9) -> str | None:
+    """A sentence when one policy took ``share`` or more of the episodes the agent chose after the
+    warm-up (``at_least`` of them or more), else None. Seen in the mini tables: after a warm-up of
+    random policies, many with 2-bit layers and a point or many below, the actor asks for 6-8 bits
+    in every layer and budget enforcement lowers each such request to the same policy (the uniform
+    one of the budget), so the search evaluates next to nothing new after its warm-up."""
     agent = records[warmup:]
-    if len(agent) < at_least or len({(r["w_bits"], r["a_bits"]) for r in agent}) != 1:
+    if len(agent) < at_least:
+        return None
+    keys = [(r["w_bits"], r["a_bits"]) for r in agent]
+    top = max(set(keys), key=keys.count)
+    same = [r for r, k in zip(agent, keys, strict=True) if k == top]
+    if len(same) < share * len(agent):
         return None
 
-    def mean_bits(key: str) -> float:
-        return float(np.mean([float(b) for r in agent for b in str(r[key]).split()]))
+    def mean_bits(rows: list[dict[str, Any]], key: str) -> float:
+        return float(np.mean([float(b) for r in rows for b in str(r[key]).split()]))
 
-    text = (f"all {len(agent)} episodes after the warm-up evaluated one policy (mean {mean_bits('w_bits'):.2f} "
-            f"weight / {mean_bits('a_bits'):.2f} activation bits)")
-    if all("requested_w_bits" in r for r in agent):
-        text += (f"; the agent asked for {mean_bits('requested_w_bits'):.2f} / {mean_bits('requested_a_bits'):.2f} "
-                 "bits on average and budget enforcement lowered every request to it")
-    return text + ": the search explored nothing past its warm-up; its best policy is the warm-up's or this one"
+    text = (f"{'all' if len(same) == len(agent) else f'{len(same)} of the'} {len(agent)} episodes after the warm-up "
+            f"evaluated one policy (mean {mean_bits(same, 'w_bits'):.2f} weight / {mean_bits(same, 'a_bits'):.2f} "
+            "activation bits)")
+    if all("requested_w_bits" in r for r in same):
+        text += (f"; the agent asked for {mean_bits(same, 'requested_w_bits'):.2f} / "
+                 f"{mean_bits(same, 'requested_a_bits'):.2f} bits on average and budget enforcement lowered every "
+                 "such request to it")
+    return text + ": the search explored next to nothing past its warm-up"
 
 
 def _mean(values: list[float]) -> float | None:
