@@ -28,7 +28,7 @@ from haq import tables
 ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS = ROOT / "experiments" / "results" / "ablations"
 # the table's searches (256-image reward) after the final finetune, on the float models this ablation was measured on
-MAIN = ROOT / "experiments" / "results" / "earlier-models" / "final-finetune-latency-mini.csv"
+MAIN = ABLATIONS / "final-finetune-latency-mini.csv"
 WHOLE = ABLATIONS / "final-finetune-whole-split-latency-mini.csv"  # the ablation's, final finetune
 OUT = ABLATIONS / "whole-split.md"
 KEYS = ["model", "hw", "budget", "seed"]
@@ -65,7 +65,7 @@ def render(p: pd.DataFrame, epochs: int, finetunes: int, test_images: int) -> st
               f"policy, and the fixed-bit rows, after the same {epochs}-epoch final finetune on the whole split "
               f"(`experiments/final_finetune.py`), top-1 (%) on the held-out test split ({test_images} images), mean of {finetunes} "
               "finetunes (the search's seed and seeds no search used). Sources: "
-              "`../earlier-models/final-finetune-latency-mini.csv` (the table on the same float models) and "
+              f"`{MAIN.relative_to(OUT.parent).as_posix()}` (the table's final finetune, on the same float models) and "
               "`final-finetune-whole-split-latency-mini.csv` (beside this file)."), "",
              ("| budget | seed | reward on 256 | reward on 1,100 | uniform of the budget | w8a8 | mean w / a bits: 256 "
               "| 1,100 | latency / w8a8: 256 | 1,100 |"),
@@ -91,7 +91,7 @@ def render(p: pd.DataFrame, epochs: int, finetunes: int, test_images: int) -> st
 def main() -> None:
     main_df = pd.read_csv(MAIN, keep_default_na=False)
     whole = pd.read_csv(WHOLE, keep_default_na=False)
-    tables.check_same_float_models(whole, main_df, WHOLE.name, f"earlier-models/{MAIN.name}")
+    tables.check_same_float_models(whole, main_df, WHOLE.name, MAIN.relative_to(OUT.parent).as_posix())
     p = paired(main_df, whole)
     counts = {int(n) for df in (main_df, whole) for n in df["final_finetunes"]}
     if len(counts) != 1:

@@ -735,6 +735,32 @@ def test_long_search_pairs_searches_and_reads_where_each_found_its_best(monkeypa
     assert "best policy from" not in ls.render(p[p["method"] == "haq"], tmp_path / "elsewhere")  # no run folder
 
 
+def test_whole_split_pairs_the_tables_final_finetune_with_the_ablations():
+    """experiments/whole_split.py: each searched cell after the final finetune, the table's (256-image
+    reward) beside the ablation's (whole split), with the ablation's uniform-of-budget and w8a8 rows,
+    mean bits and the differences computed by hand."""
+    ws = _experiment("whole_split")
+
+    def rows(searched: float, w_bits: str) -> pd.DataFrame:
+        out = [{"model": "m", "hw": "edge", "budget": "w4a4", "method": "haq", "policy": "searched", "seed": 0,
+                "final_test_accuracy": searched, "final_test_accuracy_sd": 0.1, "w_bits": w_bits, "a_bits": "4 4",
+                "cost_ratio": 0.25}]
+        out += [{"model": "m", "hw": "edge", "budget": pol, "method": "fixed", "policy": pol, "seed": 0,
+                 "final_test_accuracy": acc, "final_test_accuracy_sd": 0.0, "w_bits": "", "a_bits": "",
+                 "cost_ratio": c} for pol, acc, c in (("w4a4", 98.0, 0.25), ("w8a8", 99.0, 1.0))]
+        return pd.DataFrame(out)
+
+    p = ws.paired(rows(98.5, "4 4"), rows(97.5, "3 5"))
+    assert len(p) == 1 and p.loc[0, "uniform"] == 98.0 and p.loc[0, "w8a8"] == 99.0
+    assert (p.loc[0, "mean_w_256"], p.loc[0, "mean_w_all"]) == (4.0, 4.0)
+    text = ws.render(p, 3, 4, 347)
+    assert "| w4a4 | 0 | 98.50 | 97.50 | 98.00 | 99.00 | 4.00 / 4.00 | 4.00 / 4.00 | 0.250 | 0.250 |" in text
+    assert ("- Budget w4a4: reward on 1,100 images minus reward on 256, -1.00 points on average (-1.00 by seed); "
+            "against the uniform policy of the budget +0.50 (256) and -0.50 (1,100); against w8a8 -0.50 and "
+            "-1.50.") in text
+    assert "`final-finetune-latency-mini.csv` (the table's final finetune, on the same float models)" in text
+
+
 def test_every_table_config_loads():
     """Every table YAML the repository ships, the paper's and the ablations', passes `TableSpec.load`'s
     checks, so none of the commands in their headers fails on its own config."""
