@@ -735,6 +735,34 @@ def test_long_search_pairs_searches_and_reads_where_each_found_its_best(monkeypa
     assert "best policy from" not in ls.render(p[p["method"] == "haq"], tmp_path / "elsewhere")  # no run folder
 
 
+def test_penalty_ablation_says_what_each_agent_did_after_its_warm_up(monkeypatch, tmp_path):
+    """experiments/penalty.py: each search with penalty 3 meets the table's same cell and seed, and
+    each run folder here adds whether its agent collapsed onto one policy (`stuck_agent`) or how
+    many distinct policies it evaluated after the warm-up, counted by hand."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "experiments"))
+    pe = _experiment("penalty")
+    frames = []
+    for acc in (98.0, 98.4):
+        frames.append(pd.DataFrame(
+            [{"model": "m", "hw": "edge", "budget": "w4a4", "method": "haq", "policy": "searched", "seed": 1,
+              "cost": 1.0, "accuracy": acc, "test_accuracy": acc, "test_accuracy_refits": acc, "warmup": 2}]
+            + [{"model": "m", "hw": "edge", "budget": pol, "method": "fixed", "policy": pol, "seed": 1, "cost": c,
+                "accuracy": 98.0, "test_accuracy": 98.0, "test_accuracy_refits": 98.0, "warmup": ""}
+               for pol, c in (("w4a4", 1.0), ("w8a8", 4.0))]))
+    p = pe.paired(frames[1], frames[0], pe.SUFFIXES)
+    runs = (tmp_path / "table", tmp_path / "ablation")
+    warm = [("2 8", "3 3"), ("5 2", "4 6")]
+    for base, agent in ((runs[0], [("4 4", "4 4")] * 10), (runs[1], [("4 4", "4 4"), ("3 5", "4 4"), ("5 3", "4 4")] * 4)):
+        (base / "m-edge-w4a4-haq-seed1").mkdir(parents=True)
+        pd.DataFrame([{"w_bits": w, "a_bits": a} for w, a in warm + agent]).to_csv(
+            base / "m-edge-w4a4-haq-seed1" / "episodes.csv", index=False)
+    text = pe.render(p[p["method"] == "haq"], runs)
+    assert "| edge | 1 | 98.00 | 98.40 |" in text
+    assert ("- edge, w4a4, seed 1, penalty 1: all 10 episodes after the warm-up evaluated one policy (mean 4.00 "
+            "weight / 4.00 activation bits).") in text
+    assert "- edge, w4a4, seed 1, penalty 3: explored: 3 distinct policies in the 12 episodes after the warm-up." in text
+
+
 def test_whole_split_pairs_the_tables_final_finetune_with_the_ablations():
     """experiments/whole_split.py: each searched cell after the final finetune, the table's (256-image
     reward) beside the ablation's (whole split), with the ablation's uniform-of-budget and w8a8 rows,
