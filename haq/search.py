@@ -429,7 +429,9 @@ class Search:
         }
         stuck = stuck_agent(self.records, self.config.warmup)
         if stuck:
-            log.warning("%s: %s", self.run_dir, stuck)
+            log.warning("%s: %s. A larger agent.over_budget_penalty (3 kept the mini tables' collapsed searches "
+                        "exploring; experiments/results/ablations/penalty.md) or min_bits: 3 avoids it", self.run_dir,
+                        stuck)
         _atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         plot_policy(env.layers, self.best["policy"], self.run_dir / "policy.png",
                     title=f"{self.config.model} on {self.config.hw}: best policy "
