@@ -18,6 +18,7 @@ of its budget (`haq.tables.verdicts`, each table against its own fixed-bit rows)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -37,9 +38,10 @@ SUFFIXES = ("_97", "_99")
 def render_change(p: pd.DataFrame, *, script: str, title: str, intro: str, setting: str,
                   values: tuple[str, str], suffixes: tuple[str, str]) -> str:
     """Markdown of an ablation that changes one search setting, from `min_bits.paired` rows (``suffixes``:
-    the table's, then the ablation's): a row per hardware and seed, then per measure how often and by
-    how much the ablation's value of ``setting`` (``values``: the table's, the ablation's) is at least
-    as accurate, and the verdicts against each table's own fixed-bit rows (`haq.tables.verdicts`)."""
+    the table's, then the ablation's): a row per hardware (and budget, where they differ) and seed,
+    then per measure how often and by how much the ablation's value of ``setting`` (``values``: the
+    table's, the ablation's) is at least as accurate, and the verdicts against each table's own
+    fixed-bit rows (`haq.tables.verdicts`)."""
     (old, new), (s0, s1) = values, suffixes
     budgets = p["budget"].nunique() > 1  # a budget column only where the rows differ in it
     head = ("| hardware | " + ("budget | " if budgets else "") + "seed | "
@@ -78,13 +80,20 @@ def render(p: pd.DataFrame) -> str:
                          intro=intro, setting="decay", values=("0.97", "0.99"), suffixes=SUFFIXES)
 
 
+def write_change(main: Path, ablation: Path, suffixes: tuple[str, str], out: Path,
+                 render: Callable[[pd.DataFrame], str]) -> None:
+    """Pair an ablation's searches (``ablation``, a table CSV) with the main table's (``main``) on the
+    same float models, and write ``render`` of the searched (haq) rows to ``out``."""
+    abl = pd.read_csv(ablation, keep_default_na=False)
+    table = pd.read_csv(main, keep_default_na=False)
+    tables.check_same_float_models(abl, table, f"ablations/{ablation.name}", main.name)
+    p = paired(abl, table, suffixes)
+    out.write_text(render(p[p["method"] == "haq"]))
+    print(f"wrote {out}")
+
+
 def main() -> None:
-    ablation = pd.read_csv(ABLATION, keep_default_na=False)
-    table = pd.read_csv(MAIN, keep_default_na=False)
-    tables.check_same_float_models(ablation, table, f"ablations/{ABLATION.name}", MAIN.name)
-    p = paired(ablation, table, SUFFIXES)
-    OUT.write_text(render(p[p["method"] == "haq"]))
-    print(f"wrote {OUT}")
+    write_change(MAIN, ABLATION, SUFFIXES, OUT, render)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,8 @@ import csv
 from pathlib import Path
 
 import pandas as pd
-from min_bits import paired  # the scripts beside this one
-from noise_decay import render_change
+from noise_decay import render_change, write_change
 
-from haq import tables
 from haq.search import stuck_agent
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,12 +78,7 @@ def render(p: pd.DataFrame, runs: tuple[Path, Path] = RUNS) -> str:
 
 
 def main() -> None:
-    ablation = pd.read_csv(ABLATION, keep_default_na=False)
-    table = pd.read_csv(MAIN, keep_default_na=False)
-    tables.check_same_float_models(ablation, table, f"ablations/{ABLATION.name}", MAIN.name)
-    p = paired(ablation, table, SUFFIXES)
-    OUT.write_text(render(p[p["method"] == "haq"]))
-    print(f"wrote {OUT}")
+    write_change(MAIN, ABLATION, SUFFIXES, OUT, render)
 
 
 if __name__ == "__main__":

@@ -717,7 +717,7 @@ def test_long_search_pairs_searches_and_reads_where_each_found_its_best(monkeypa
                     + [{"model": "m", "hw": "edge", "budget": pol, "method": "fixed", "policy": pol, "seed": 0,
                         "cost": cost, "accuracy": fixed, "test_accuracy": fixed, "test_accuracy_refits": fixed}
                        for pol, cost, fixed in (("w4a4", 1.0, 97.5), ("w8a8", 4.0, 98.0))])
-    p = ls.paired(pd.DataFrame(rows[1]), pd.DataFrame(rows[0]), ls.SUFFIXES)
+    p = _experiment("min_bits").paired(pd.DataFrame(rows[1]), pd.DataFrame(rows[0]), ls.SUFFIXES)
     run = tmp_path / "m-edge-w4a4-haq-seed0"
     run.mkdir()
     # 70 episodes: policies A, B, A, C, ... -> 3 distinct in the first 60, a 4th (D) at episode 65
@@ -749,7 +749,7 @@ def test_penalty_ablation_says_what_each_agent_did_after_its_warm_up(monkeypatch
             + [{"model": "m", "hw": "edge", "budget": pol, "method": "fixed", "policy": pol, "seed": 1, "cost": c,
                 "accuracy": 98.0, "test_accuracy": 98.0, "test_accuracy_refits": 98.0, "warmup": ""}
                for pol, c in (("w4a4", 1.0), ("w8a8", 4.0))]))
-    p = pe.paired(frames[1], frames[0], pe.SUFFIXES)
+    p = _experiment("min_bits").paired(frames[1], frames[0], pe.SUFFIXES)
     runs = (tmp_path / "table", tmp_path / "ablation")
     warm = [("2 8", "3 3"), ("5 2", "4 6")]
     for base, agent in ((runs[0], [("4 4", "4 4")] * 10), (runs[1], [("4 4", "4 4"), ("3 5", "4 4"), ("5 3", "4 4")] * 4)):
