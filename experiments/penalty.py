@@ -34,7 +34,7 @@ SUFFIXES = ("_1", "_3")
 
 
 def agent_line(run: Path, warmup: int) -> str | None:
-    """What the agent of one search did after its warm-up: `stuck_agent`'s sentence, or how many
+    """What the agent of one search did after its warm-up: `stuck_agent`'s description, or how many
     distinct policies it evaluated; None without the run folder."""
     path = run / "episodes.csv"
     if not path.is_file():
@@ -43,7 +43,7 @@ def agent_line(run: Path, warmup: int) -> str | None:
         records = list(csv.DictReader(fh))
     stuck = stuck_agent(records, warmup)
     if stuck:
-        return stuck.split(":")[0]
+        return stuck
     agent = records[warmup:]
     return (f"explored: {len({(r['w_bits'], r['a_bits']) for r in agent})} distinct policies in the "
             f"{len(agent)} episodes after the warm-up")

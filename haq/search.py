@@ -429,9 +429,9 @@ class Search:
         }
         stuck = stuck_agent(self.records, self.config.warmup)
         if stuck:
-            log.warning("%s: %s. A larger agent.over_budget_penalty (3 kept the mini tables' collapsed searches "
-                        "exploring; experiments/results/ablations/penalty.md) or min_bits: 3 avoids it", self.run_dir,
-                        stuck)
+            log.warning("%s: %s: the search explored next to nothing past its warm-up. A larger "
+                        "agent.over_budget_penalty (3 kept the mini tables' collapsed searches exploring; "
+                        "experiments/results/ablations/penalty.md) or min_bits: 3 avoids it", self.run_dir, stuck)
         _atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         plot_policy(env.layers, self.best["policy"], self.run_dir / "policy.png",
                     title=f"{self.config.model} on {self.config.hw}: best policy "
@@ -513,11 +513,12 @@ def _typed_row(row: dict[str, str]) -> dict[str, Any]:
 
 
 def stuck_agent(records: list[dict[str, Any]], warmup: int, at_least: int = 10, share: float = 0.9) -> str | None:
-    """A sentence when one policy took ``share`` or more of the episodes the agent chose after the
-    warm-up (``at_least`` of them or more), else None. Seen in the mini tables: after a warm-up of
-    random policies, many with 2-bit layers and a point or many below, the actor asks for 6-8 bits
-    in every layer and budget enforcement lowers each such request to the same policy (the uniform
-    one of the budget), so the search evaluates next to nothing new after its warm-up."""
+    """A description when one policy took ``share`` or more of the episodes the agent chose after the
+    warm-up (``at_least`` of them or more): how many, the policy's mean bits and what was asked;
+    else None. Seen in the mini tables: after a warm-up of random policies, many with 2-bit layers
+    and a point or many below, the actor asks for 6-8 bits in every layer and budget enforcement
+    lowers each such request to the same policy (the uniform one of the budget), so the search
+    evaluates next to nothing new after its warm-up."""
     agent = records[warmup:]
     if len(agent) < at_least:
         return None
@@ -537,7 +538,7 @@ def stuck_agent(records: list[dict[str, Any]], warmup: int, at_least: int = 10, 
         text += (f"; the agent asked for {mean_bits(same, 'requested_w_bits'):.2f} / "
                  f"{mean_bits(same, 'requested_a_bits'):.2f} bits on average and budget enforcement lowered every "
                  "such request to it")
-    return text + ": the search explored next to nothing past its warm-up"
+    return text
 
 
 def _mean(values: list[float]) -> float | None:
