@@ -81,7 +81,8 @@ def rerun_stale(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, jobs:
             summaries.update({c: f.result() for c, f in futures.items()})
     records = df.to_dict("records")
     for index, cell in zip(stale.index, cells):
-        row = tables._search_row(spec, scale, *cell, summaries[cell], configs[cell].warmup)
+        row = tables._search_row(spec, scale, *cell, summaries[cell], configs[cell].warmup,
+                                 tables._run_dir(base, cell))
         i = df.index.get_loc(index)
         log.info("%s: top-1 %.2f -> %.2f", tables._run_dir(base, cell).name, float(records[i]["accuracy"]),
                  row["accuracy"])

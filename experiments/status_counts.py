@@ -7,7 +7,8 @@ how many are at least as accurate as the uniform policy of their budget and as e
 fixed-bit row, on search-validation, held out and held out over the refits (`haq.tables.verdicts`);
 how many are significantly less accurate than a costlier row, and than the uniform policy of their
 budget, over the refits (`haq.tables.refit_shortfalls`); how many are at least as accurate as random
-search with the same seed; and the float models each table was measured on.
+search with the same seed; how many searches' agent evaluated one policy over and over after the
+warm-up (`haq.tables.stuck_rows`); and the float models each table was measured on.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from haq.tables import RESULTS_DIR, TABLES, refit_shortfalls, verdicts
+from haq.tables import RESULTS_DIR, TABLES, refit_shortfalls, stuck_rows, verdicts
 
 MEASURES = (("accuracy", "search-validation"), ("test_accuracy", "held out"),
             ("test_accuracy_refits", "held out over the refits"))
@@ -42,6 +43,8 @@ def counts(df: pd.DataFrame) -> dict[str, int]:
             ((short["below"] != "") & (short["significantly_below"] == "")).sum())
         own = [b in s.split() for b, s in zip(short["budget"], short["significantly_below"])]
         out["significantly below the uniform policy of its budget"] = int(sum(own))
+    if "agent_top_share" in df.columns:
+        out["agent stuck on one policy"] = int(stuck_rows(df[df["method"] == "haq"]).sum())
     return out
 
 
@@ -53,7 +56,9 @@ ROWS = (("searches", "searches (model, hardware, budget, seed)", None),
         ("significantly below a costlier row", "significantly below a costlier fixed-bit row over the refits", None),
         ("below a costlier row within the refits' spread", "below one only by less than the refits resolve", None),
         ("significantly below the uniform policy of its budget",
-         "significantly below the uniform policy of its budget over the refits", None))
+         "significantly below the uniform policy of its budget over the refits", None),
+        ("agent stuck on one policy", ("agent explored next to nothing after its warm-up (one policy in 90% or "
+                                       "more of its episodes after it, `haq.search.stuck_agent`)"), None))
 
 
 def float_models(df: pd.DataFrame) -> str:

@@ -425,7 +425,7 @@ class Search:
             "seconds_per_episode": _mean([r["wall_s"] for r in self.records]),
             # the other episodes repeated one of these (QuantEvaluator reuses its accuracy)
             "distinct_policies": len({(r["w_bits"], r["a_bits"]) for r in self.records}),
-            "agent_distinct_policies": len({(r["w_bits"], r["a_bits"]) for r in self.records[self.config.warmup:]}),
+            "agent_distinct_policies": (agent_exploration(self.records, self.config.warmup) or (0, 0.0))[0],
         }
         stuck = stuck_agent(self.records, self.config.warmup)
         if stuck:
@@ -512,7 +512,23 @@ def _typed_row(row: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def stuck_agent(records: list[dict[str, Any]], warmup: int, at_least: int = 10, share: float = 0.9) -> str | None:
+def agent_exploration(records: list[dict[str, Any]], warmup: int) -> tuple[int, float] | None:
+    """How much the agent explored after the warm-up: (distinct policies it evaluated, the share of
+    its episodes that evaluated the most frequent one); None when it ran no episode."""
+    keys = [(r["w_bits"], r["a_bits"]) for r in records[warmup:]]
+    if not keys:
+        return None
+    return len(set(keys)), max(keys.count(k) for k in set(keys)) / len(keys)
+
+
+STUCK_SHARE = 0.9
+"""`stuck_agent`'s threshold: the share of the agent's episodes one policy took."""
+STUCK_AT_LEAST = 10
+"""`stuck_agent` judges no search whose agent ran fewer episodes than this."""
+
+
+def stuck_agent(records: list[dict[str, Any]], warmup: int, at_least: int = STUCK_AT_LEAST,
+                share: float = STUCK_SHARE) -> str | None:
     """A description when one policy took ``share`` or more of the episodes the agent chose after the
     warm-up (``at_least`` of them or more): how many, the policy's mean bits and what was asked;
     else None. Seen in the mini tables: after a warm-up of random policies, many with 2-bit layers

@@ -36,7 +36,17 @@ from haq.config import CONSTRAINTS, SearchConfig, budget_kind, load_yaml
 from haq.evaluator import QuantEvaluator
 from haq.models import create_model, model_entry, read_state_dict, state_fingerprint
 from haq.policy import Policy
-from haq.search import Search, _atomic_write, build_evaluator, build_parts, check_evaluator, read_episodes
+from haq.search import (
+    STUCK_AT_LEAST,
+    STUCK_SHARE,
+    Search,
+    _atomic_write,
+    agent_exploration,
+    build_evaluator,
+    build_parts,
+    check_evaluator,
+    read_episodes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -368,13 +378,15 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
         _run_parallel(base, configs, summaries, baseline_sets, todo_baselines, save_baselines, jobs, on_finished,
                       on_progress)
 
-    rows = [_search_row(spec, scale, *cell, summaries[cell], configs[cell].warmup) for cell in cells]
+    rows = [_search_row(spec, scale, *cell, summaries[cell], configs[cell].warmup, _run_dir(base, cell))
+            for cell in cells]
     for (model, hw, seed), done in baselines.items():
         rows += [{"table": spec.name, "scale": scale, "model": model, "hw": hw, "budget": "", "method": "fixed",
                   "policy": b, "seed": seed, "accuracy": done[b]["accuracy"], "cost": done[b]["cost"],
                   "cost_ratio": done[b]["cost"] / done[b]["w8a8_cost"],
                   "w8a8_over_cost": done[b]["w8a8_cost"] / done[b]["cost"], "fp_accuracy": done[b]["fp_accuracy"],
-                  "w_bits": "", "a_bits": "", "episodes": 0, "warmup": "", "best_episode": ""}
+                  "w_bits": "", "a_bits": "", "episodes": 0, "warmup": "", "best_episode": "",
+                  "agent_distinct_policies": "", "agent_top_share": ""}
                  for b in spec.baselines]
     _one_float_model(pd.DataFrame(rows))
     df = held_out(spec, scale, pd.DataFrame(rows), base, overrides, jobs, on_held_out, fingerprints=fingerprints)
@@ -698,16 +710,33 @@ def _check_same_config(run_dir: Path, cfg: SearchConfig, method: str) -> None:
 
 
 def _search_row(spec: TableSpec, scale: str, model: str, hw: str, budget: str, method: str, seed: int,
-                summary: dict[str, Any], warmup: int) -> dict[str, Any]:
+                summary: dict[str, Any], warmup: int, run_dir: Path) -> dict[str, Any]:
+    """A search's row, read from its summary; `agent_distinct_policies` and `agent_top_share` (from its
+    episodes.csv, `haq.search.agent_exploration`) say how much its agent explored after the warm-up
+    (blank for random search, which has no agent episodes)."""
     best = summary["best"]
+    explored = agent_exploration(read_episodes(run_dir), warmup)
     return {"table": spec.name, "scale": scale, "model": model, "hw": hw, "budget": budget, "method": method,
             "policy": "searched", "seed": seed, "accuracy": best["accuracy"], "cost": best["cost"],
             "cost_ratio": best["cost_ratio"], "w8a8_over_cost": summary["w8a8_cost"] / best["cost"],
             "fp_accuracy": summary["fp_accuracy"], "w_bits": best["w_bits"], "a_bits": best["a_bits"],
-            "episodes": summary["episodes"], "warmup": warmup, "best_episode": best["episode"]}
+            "episodes": summary["episodes"], "warmup": warmup, "best_episode": best["episode"],
+            "agent_distinct_policies": explored[0] if explored else "",
+            "agent_top_share": round(explored[1], 4) if explored else ""}
 
 
 # ---------------------------------------------------------------------------- rendering
+def stuck_rows(df: pd.DataFrame) -> pd.Series:
+    """Which searched rows' agent evaluated one policy in `STUCK_SHARE` or more of its
+    `STUCK_AT_LEAST` or more episodes after the warm-up (`haq.search.stuck_agent`); False where the
+    CSV has no `agent_top_share` (older CSVs; random search and fixed-bit rows leave it blank)."""
+    if "agent_top_share" not in df.columns:
+        return pd.Series(False, index=df.index)
+    share = pd.to_numeric(df["agent_top_share"], errors="coerce")
+    agent_episodes = pd.to_numeric(df["episodes"], errors="coerce") - pd.to_numeric(df["warmup"], errors="coerce")
+    return (share >= STUCK_SHARE) & (agent_episodes >= STUCK_AT_LEAST)
+
+
 def _pm(values: pd.Series, fmt: str = ".2f") -> str:
     if len(values) > 1:
         return f"{values.mean():{fmt}} +- {values.std():{fmt}}"
@@ -923,6 +952,14 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
                 line += (f". In {len(early)} of {len(haq)} seeds the best policy came from the random warm-up "
                          f"(episode {', '.join(str(int(e)) for e in early['best_episode'])}), which random search "
                          "with the same seed shares: the agent's own episodes did not beat it")
+        if "agent_top_share" in haq.columns:  # the agent evaluated one policy over and over (`stuck_agent`)
+            stuck = haq[stuck_rows(haq)]
+            if len(stuck):
+                line += (f". In {len(stuck)} of {len(haq)} seeds (seed{'s' if len(stuck) > 1 else ''} "
+                         f"{', '.join(str(s) for s in stuck['seed'])}) the agent explored next to nothing after its "
+                         f"warm-up: one policy took {', '.join(f'{float(x):.0%}' for x in stuck['agent_top_share'])} "
+                         "of its episodes after it (`haq.search.stuck_agent`), so the row says little about what "
+                         "the search could find")
         lines.append(line + ".")
     if not short.empty:
         lines += ["", shortfall_summary(short, f"Held out over {refits_s}")]

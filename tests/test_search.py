@@ -20,7 +20,7 @@ from haq.config import AgentConfig, SearchConfig
 from haq.evaluator import policy_seed
 from haq.policy import Policy
 from haq.qmodel import QuantConfig
-from haq.search import Search, build_evaluator, build_parts, read_episodes, stuck_agent
+from haq.search import Search, agent_exploration, build_evaluator, build_parts, read_episodes, stuck_agent
 from haq.train import FinetuneConfig
 
 pytestmark = pytest.mark.slow
@@ -96,6 +96,10 @@ def test_a_search_whose_agent_evaluated_one_policy_after_the_warm_up_says_so():
     old = [{"w_bits": "4 4", "a_bits": "4 4"}] * 12  # a run written before requests were recorded
     assert stuck_agent(old, warmup=2) == ("all 10 episodes after the warm-up evaluated one policy (mean 4.00 weight / "
                                           "4.00 activation bits)")
+    # what the tables' CSVs record of it: distinct policies after the warm-up and the top one's share
+    assert agent_exploration(stuck + [rec("3 5", "4 4")], warmup=2) == (2, 10 / 11)
+    assert agent_exploration(warmup * 2, warmup=0) == (2, 0.5)
+    assert agent_exploration(warmup, warmup=2) is None  # random search: no agent episode
 
 
 def test_a_borrowed_evaluator_is_checked_and_the_environment_is_the_configs(tmp_path, shared_parts):

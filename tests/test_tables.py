@@ -507,6 +507,15 @@ def test_refit_shortfalls_test_the_gap_to_each_costlier_row_against_the_refits_s
     assert ("| at least as accurate as the uniform policy of its budget (search-validation / held out / over the "
             "refits) | 2 / 2 / 0 of 2 |") in block
     assert "| significantly below a costlier fixed-bit row over the refits | 2 |" in block
+    # a search whose agent evaluated one policy in 90% or more of its 10+ episodes after the warm-up is named
+    assert "explored next to nothing" not in render_table(spec, "mini", df, tmp_path)  # a CSV without the column
+    explored = df.assign(agent_top_share=["0.95", "0.5"] + [""] * (len(df) - 2),
+                         agent_distinct_policies=["2", "9"] + [""] * (len(df) - 2), episodes=[13, 13] + [0] * (len(df) - 2))
+    assert list(tables.stuck_rows(explored)) == [True] + [False] * (len(df) - 1)
+    assert list(tables.stuck_rows(explored.assign(episodes=10))) == [False] * len(df)  # 9 agent episodes: too few
+    assert ("In 1 of 2 seeds (seed 0) the agent explored next to nothing after its warm-up: one policy took 95% of "
+            "its episodes after it (`haq.search.stuck_agent`)") in render_table(spec, "mini", explored, tmp_path)
+    assert _experiment("status_counts").counts(explored)["agent stuck on one policy"] == 1
     # no verdict without a spread to test against (one refit, or a CSV from before the spreads were kept)
     assert tables.refit_shortfalls(df.drop(columns="test_accuracy_refits_sd")).empty
     assert "Welch" not in render_table(spec, "mini", df.assign(test_accuracy_refits_sd=""), tmp_path)
