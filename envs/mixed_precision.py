@@ -105,6 +105,11 @@ class MixedPrecisionEnv(gym.Env):
       layers for what the first ones asked (not the paper's; docs/agent_testbed.md). The
       environment defaults to the paper's order; `haq search` defaults to ``highest-first``
       (docs/search.md measures both).
+    * ``fill_budget``: after enforcement, spend what the policy left of the budget: raise the
+      lowest bitwidth one allowed step at a time (ties: the first layer, weight before
+      activation) while the raise keeps the cost within the budget, until no raise fits. Not the
+      paper's (its reward ignores unspent budget, so on a noisy reward a search may end on a
+      cheaper, less accurate policy than its budget allows); off by default.
 
     ## Version history
     * v0: initial version.
@@ -116,12 +121,13 @@ class MixedPrecisionEnv(gym.Env):
         self, layers: Sequence[LayerSpec], cost_model: CostModel, budget: float, evaluator: Evaluator,
         *, metric: str = "latency_ms", fp_accuracy: float | None = None, min_bits: int = 2, max_bits: int = 8,
         pin_first_last: bool = False, supported_bits: Sequence[int] | None = None, reward_scale: float = 0.1,
-        weights_only: bool = False, enforcement: str = "sequential",
+        weights_only: bool = False, enforcement: str = "sequential", fill_budget: bool = False,
     ) -> None:
         super().__init__()
         if enforcement not in ENFORCEMENTS:
             raise ValueError(f"enforcement must be one of {list(ENFORCEMENTS)}, got {enforcement!r}")
         self.enforcement = enforcement
+        self.fill_budget = bool(fill_budget)
         self.weights_only = bool(weights_only)
         self.layers = check_layers(layers)
         if not 1 <= min_bits <= max_bits <= 8:
@@ -191,7 +197,8 @@ class MixedPrecisionEnv(gym.Env):
     def enforce_budget(self, policy: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
         """HAQ's sequential decrease: lower bits from the last layer to the first
         (activation, then weight), one allowed step at a time, until the cost fits. With
-        ``enforcement="highest-first"``, lower the highest bitwidth first instead."""
+        ``enforcement="highest-first"``, lower the highest bitwidth first instead; with
+        ``fill_budget``, then raise the lowest bitwidths while the budget allows."""
         bits = [list(p) for p in policy]
         rows = np.arange(len(bits))
         layer_cost = self.table[rows, [b[0] - 1 for b in bits], [b[1] - 1 for b in bits]]
@@ -224,7 +231,31 @@ class MixedPrecisionEnv(gym.Env):
             new = float(self.table[i, bits[i][0] - 1, bits[i][1] - 1])
             total += new - layer_cost[i]
             layer_cost[i] = new
+        if self.fill_budget:
+            total = self._fill(bits, layer_cost, total, list(reversed(slots)), tol)
         return [(b[0], b[1]) for b in bits]
+
+    def _fill(self, bits: list[list[int]], layer_cost: np.ndarray, total: float, order: list[tuple[int, int]],
+              tol: float) -> float:
+        """Raise the lowest bitwidth (first in `order` among equals) one allowed step while the
+        raise fits the budget; the total cost when no raise fits any more."""
+        higher = {b: self.choices[i + 1] for i, b in enumerate(self.choices[:-1])}
+        while True:
+            best: tuple[int, int, float] | None = None  # (bits, position in order, the layer's cost after)
+            for k, (i, j) in enumerate(order):
+                if bits[i][j] not in higher or (best is not None and bits[i][j] >= best[0]):
+                    continue
+                raised = [*bits[i]]
+                raised[j] = higher[bits[i][j]]
+                new = float(self.table[i, raised[0] - 1, raised[1] - 1])
+                if total + new - layer_cost[i] <= self.budget + tol:
+                    best = (bits[i][j], k, new)
+            if best is None:
+                return total
+            i, j = order[best[1]]
+            bits[i][j] = higher[bits[i][j]]
+            total += best[2] - layer_cost[i]
+            layer_cost[i] = best[2]
 
     def peek_policy(self, action: np.ndarray | float) -> list[tuple[int, int]]:
         """The enforced policy that `step(action)` would evaluate, without stepping.

@@ -143,6 +143,9 @@ class SearchConfig:
             not the paper's: the highest bitwidth first, so the order of the request
             survives) or ``sequential`` (the paper's, last layer to first); see
             `envs.MixedPrecisionEnv` and docs/search.md.
+        fill_budget: after enforcement, raise the lowest bitwidths while the budget allows, so
+            every evaluated policy spends its budget (not the paper's; off by default;
+            `envs.MixedPrecisionEnv`).
         quant: quantizer settings.
         finetune: finetune settings. Its ``compile: None`` (auto) is decided here, from
             ``device``, ``quant.mode`` (`haq.train.auto_compile`) and ``min_bits >= 2``, so
@@ -171,6 +174,7 @@ class SearchConfig:
     reward_measure: str = "top1"
     weights_only: bool = False
     enforcement: str = "highest-first"
+    fill_budget: bool = False
     workers: int = 1
     ray_address: str | None = None
     quant: QuantConfig = dataclasses.field(default_factory=QuantConfig)

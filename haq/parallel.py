@@ -55,7 +55,7 @@ class BatchEvalVecEnv(DummyVecEnv):
                 t.layers, t.cost_model, t.budget, self.results, metric=t.metric, fp_accuracy=t.fp_accuracy,
                 min_bits=t.choices[0], max_bits=t.max_bits, pin_first_last=bool(t.pinned[0]),
                 supported_bits=t.choices, reward_scale=t.reward_scale, weights_only=t.weights_only,
-                enforcement=t.enforcement))
+                enforcement=t.enforcement, fill_budget=t.fill_budget))
 
         super().__init__([make for _ in range(n)])
 

@@ -183,7 +183,8 @@ def build_parts(config: SearchConfig, evaluator: QuantEvaluator | None = None) -
     env = MixedPrecisionEnv(layers, cost_model, budget, reward_input, metric=config.metric,
                             min_bits=config.min_bits, max_bits=config.max_bits,
                             pin_first_last=config.pin_first_last, reward_scale=config.reward_scale,
-                            weights_only=config.weights_only, enforcement=config.enforcement)
+                            weights_only=config.weights_only, enforcement=config.enforcement,
+                            fill_budget=config.fill_budget)
     return SearchParts(config, data, evaluator, cost_model, env)
 
 

@@ -143,6 +143,43 @@ def test_highest_first_enforcement_lowers_the_highest_bitwidth_first():
         MixedPrecisionEnv(LAYERS, model, budget, fake_evaluator, fp_accuracy=90.0, enforcement="random")
 
 
+def test_fill_budget_raises_the_lowest_bitwidths_while_the_budget_allows():
+    """`fill_budget`: after enforcement, the lowest bitwidth (ties: first layer, weight before
+    activation) goes up one step while the raise fits, until none fits, so no budget is left unspent
+    that a single raise could use. Off, a policy under the budget is left alone."""
+    model = H.create_hw_model("bismo-edge")
+    budget = model.policy_cost(LAYERS, [(4, 4)] * 6, "latency_ms")
+    for enforcement in ("sequential", "highest-first"):
+        env = MixedPrecisionEnv(LAYERS, model, budget, fake_evaluator, fp_accuracy=90.0, enforcement=enforcement,
+                                fill_budget=True)
+        # all 2-bit: raised round by round, every slot 2 -> 3, then 3 -> 4, where the budget is spent exactly
+        assert env.enforce_budget([(2, 2)] * 6) == [(4, 4)] * 6
+        for asked in ([(8, 3), (6, 6), (3, 8), (8, 8), (5, 2), (8, 4)], [(2, 5), (3, 2), (2, 2), (6, 2), (2, 3), (2, 2)]):
+            policy = env.enforce_budget(asked)
+            # by hand: enforce as without filling, then raise the lowest-first in the order first layer, w before a
+            bits = [list(p) for p in MixedPrecisionEnv(LAYERS, model, budget, fake_evaluator, fp_accuracy=90.0,
+                                                       enforcement=enforcement).enforce_budget(asked)]
+            order = [(i, j) for i in range(6) for j in (0, 1)]
+            while True:
+                fits = [(i, j) for i, j in order if bits[i][j] < 8
+                        and env.cost([b if k != i else [b[0] + (j == 0), b[1] + (j == 1)]
+                                      for k, b in enumerate(bits)]) <= budget * (1 + 1e-12)]
+                if not fits:
+                    break
+                i, j = min(fits, key=lambda s: bits[s[0]][s[1]])  # min keeps the first of equals
+                bits[i][j] += 1
+            assert policy == [tuple(b) for b in bits]
+            assert env.cost(policy) <= budget * (1 + 1e-9)
+    unfilled = make_env(budget_policy=(4, 4))
+    assert unfilled.enforce_budget([(2, 2)] * 6) == [(2, 2)] * 6
+    # pinned first and last layers stay at 8 bits; the episode reports the filled policy
+    env = make_env(budget_policy=(5, 5), fill_budget=True, pin_first_last=True)
+    _, _, info = run_episode(env, [0.0] * 12)
+    assert info["requested_policy"] == [(8, 8)] + [(2, 2)] * 4 + [(8, 8)]
+    assert info["policy"][0] == info["policy"][-1] == (8, 8) and info["cost"] <= env.budget * (1 + 1e-9)
+    assert min(b for p in info["policy"] for b in p) > 2
+
+
 def test_policy_within_budget_is_left_alone():
     env = make_env(budget_policy=(8, 8))
     _, _, info = run_episode(env, [0.0, 1.0] * 6)
