@@ -772,6 +772,29 @@ def test_penalty_ablation_says_what_each_agent_did_after_its_warm_up(monkeypatch
     assert "- edge, w4a4, seed 1, penalty 3: explored: 3 distinct policies in the 12 episodes after the warm-up." in text
 
 
+def test_fill_budget_ablation_says_how_much_of_its_budget_each_search_spent(monkeypatch):
+    """experiments/fill_budget.py: each search with `fill_budget` meets the table's same cell and seed,
+    and per budget the searched policies' cost over the uniform policy's of the budget and their held-out
+    top-1 over the refits stand beside the uniform policy's, averaged by hand."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "experiments"))
+    fb = _experiment("fill_budget")
+
+    def table(searched: list[tuple[float, float]]) -> pd.DataFrame:  # (cost_ratio, held out) per hardware
+        rows = [{"model": "m", "hw": hw, "budget": "w6a6", "method": "haq", "policy": "searched", "seed": 0,
+                 "cost": ratio, "cost_ratio": ratio, "accuracy": acc, "test_accuracy": acc,
+                 "test_accuracy_refits": acc} for hw, (ratio, acc) in zip(("edge", "cloud"), searched, strict=True)]
+        rows += [{"model": "m", "hw": hw, "budget": pol, "method": "fixed", "policy": pol, "seed": 0, "cost": c,
+                  "cost_ratio": c, "accuracy": a, "test_accuracy": a, "test_accuracy_refits": a}
+                 for hw in ("edge", "cloud") for pol, c, a in (("w6a6", 0.5, 99.0), ("w8a8", 1.0, 99.5))]
+        return pd.DataFrame(rows)
+
+    main, ablation = table([(0.4, 98.0), (0.5, 98.6)]), table([(0.5, 98.8), (0.5, 99.0)])
+    p = _experiment("min_bits").paired(ablation, main, fb.SUFFIXES)
+    text = "\n".join(fb.budget_lines(p[p["method"] == "haq"], main))
+    # cost used: (0.8 + 1.0) / 2 = 0.900 off, 1.000 on; held out 98.30 off, 98.90 on; uniform w6a6 99.00
+    assert "| m | w6a6 | 0.900 | 1.000 | 98.30 | 98.90 | 99.00 |" in text
+
+
 def test_whole_split_pairs_the_tables_final_finetune_with_the_ablations():
     """experiments/whole_split.py: each searched cell after the final finetune, the table's (256-image
     reward) beside the ablation's (whole split), with the ablation's uniform-of-budget and w8a8 rows,
