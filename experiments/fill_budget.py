@@ -35,8 +35,8 @@ def budget_lines(p: pd.DataFrame, main: pd.DataFrame) -> list[str]:
     """Per budget: the searched policies' cost over the budget's, without and with filling, and their
     mean held-out top-1 over the refits beside the uniform policy of the budget's (the table's fixed row)."""
     fixed = main[main["method"] == "fixed"]
-    lines = ["", "Per model and budget (mean over hardware and seeds; cost is the searched policy's over the "
-             "uniform policy's of the budget; held out over the refits):", "",
+    lines = ["", ("Per model and budget (mean over hardware and seeds; cost is the searched policy's over the "
+                  "uniform policy's of the budget; held out over the refits):"), "",
              "| model | budget | cost used: off | on | held out, refits: off | on | uniform policy of the budget |",
              "|---|---|---|---|---|---|---|"]
     for (model, budget), g in p.groupby(["model", "budget"], sort=False):
