@@ -7,9 +7,9 @@ latency table's `digits-mbv2` searches it did (at w6a6 0.49 of w8a8's latency ag
 `fill_budget: true` the environment raises each policy's lowest bitwidths after enforcement while the
 budget allows (`envs.MixedPrecisionEnv`), so every evaluated policy spends its budget. The ablation
 `experiments/configs/ablations/fill-budget-latency.yaml` reruns the table's 36 searches with it, all
-else as the table; this script pairs them with the table's (`noise_decay.render_change`) and adds, per
-budget, the cost the searched policies used and their held-out accuracy over the refits beside the
-uniform policy's. Writes `experiments/results/ablations/fill-budget.md`.
+else as the table; this script pairs them with the table's (`noise_decay.render_change`) and adds,
+per model and budget, the cost the searched policies used and their held-out accuracy over the
+refits beside the uniform policy's. Writes `experiments/results/ablations/fill-budget.md`.
 
     OMP_NUM_THREADS=1 haq table fill-budget-latency --config-dir experiments/configs/ablations \\
         --results experiments/results/ablations --jobs 2
@@ -32,8 +32,8 @@ SUFFIXES = ("_off", "_on")
 
 
 def budget_lines(p: pd.DataFrame, main: pd.DataFrame) -> list[str]:
-    """Per budget: the searched policies' cost over the budget's, without and with filling, and their
-    mean held-out top-1 over the refits beside the uniform policy of the budget's (the table's fixed row)."""
+    """Per model and budget: the searched policies' cost over the budget's, without and with filling, and
+    their mean held-out top-1 over the refits beside the uniform policy of the budget's (the table's fixed row)."""
     fixed = main[main["method"] == "fixed"]
     lines = ["", ("Per model and budget (mean over hardware and seeds; cost is the searched policy's over the "
                   "uniform policy's of the budget; held out over the refits):"), "",
