@@ -87,7 +87,8 @@ def _model_layers(name: str, input_shape: tuple[int, ...] | None) -> list[Any]:
 
 # ---------------------------------------------------------------------------- commands
 SEARCH_FLAGS = ("model", "weights", "dataset", "data_root", "hw", "constraint", "budget", "episodes", "warmup",
-                "seed", "device", "out", "min_bits", "max_bits", "pin_first_last", "workers", "ray_address", "reward_measure")
+                "seed", "device", "out", "min_bits", "max_bits", "pin_first_last", "workers", "ray_address", "reward_measure",
+                "fill_budget")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -604,6 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reward-measure", dest="reward_measure", choices=["top1", "p_true"],
                    help="what the reward reads on search-validation: top1 (default, the paper's) or p_true, the mean "
                         "true-class probability (less noisy on small splits)")
+    s.add_argument("--fill-budget", dest="fill_budget", action=argparse.BooleanOptionalAction, default=None,
+                   help="after budget enforcement, raise the lowest bitwidths while the budget allows, so no policy "
+                        "leaves budget unspent (not the paper's; default off)")
     s.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, help="finetune epochs per evaluation")
     s.add_argument("--distill", action="store_true",
                    help="knowledge distillation from the float model in every finetune (finetune.distill)")

@@ -685,9 +685,11 @@ def test_cli_search_and_resume_as_a_user_runs_them(tmp_path):
     run = tmp_path / "cli-run"
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("episodes: 3\nwarmup: 2\nfinetune: {max_train_images: 96}\nquant: {calib_images: 96}\n")
-    cmd = [sys.executable, "-m", "haq.cli", "search", "--config", str(cfg), "--out", str(run), "--seed", "3"]
+    cmd = [sys.executable, "-m", "haq.cli", "search", "--config", str(cfg), "--out", str(run), "--seed", "3",
+           "--fill-budget"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
+    assert SearchConfig.from_run(run / "config.yaml").fill_budget  # the flag reached the run's config
     assert "best policy" in done.stdout and "search" in done.stderr  # summary and progress bar
     assert len(read_episodes(run)) == 3
     # the best and the uniform policies measured on the test split too: the same finetune again
