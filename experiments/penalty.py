@@ -16,13 +16,12 @@ its warm-up and whether it collapsed. Writes `experiments/results/ablations/pena
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pandas as pd
 from noise_decay import render_change, write_change
 
-from haq.search import stuck_agent
+from haq.search import agent_exploration, read_episodes, stuck_agent
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
@@ -36,17 +35,14 @@ SUFFIXES = ("_1", "_3")
 def agent_line(run: Path, warmup: int) -> str | None:
     """What the agent of one search did after its warm-up: `stuck_agent`'s description, or how many
     distinct policies it evaluated; None without the run folder."""
-    path = run / "episodes.csv"
-    if not path.is_file():
+    if not (run / "episodes.csv").is_file():
         return None
-    with open(path, newline="") as fh:
-        records = list(csv.DictReader(fh))
+    records = read_episodes(run)
     stuck = stuck_agent(records, warmup)
     if stuck:
         return stuck
-    agent = records[warmup:]
-    return (f"explored: {len({(r['w_bits'], r['a_bits']) for r in agent})} distinct policies in the "
-            f"{len(agent)} episodes after the warm-up")
+    distinct = (agent_exploration(records, warmup) or (0, 0.0))[0]
+    return f"explored: {distinct} distinct policies in the {len(records[warmup:])} episodes after the warm-up"
 
 
 def agent_lines(p: pd.DataFrame, runs: tuple[Path, Path], labels: tuple[str, str] = ("1", "3")) -> list[str]:
