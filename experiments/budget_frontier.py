@@ -36,6 +36,7 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -246,21 +247,18 @@ def render(df: pd.DataFrame, model: str, hw: str, spec: TableSpec, scale: str, s
     return "\n".join(lines) + "\n"
 
 
-def figure(df: pd.DataFrame, path: Path, title: str) -> None:
-    """Held-out top-1 against cost: the greedy path and the uniform policies from its start up."""
+def cost_figure(series: list[tuple[pd.DataFrame, str, str]], path: Path, title: str) -> None:
+    """Held-out top-1 (mean +- sd over the refits, `summary`'s columns) against cost: one series per
+    ``(rows, matplotlib format, label)``; the rows of a series labelled ``"uniform"`` are named."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s = summary(df)
-    start_cost = s.loc[s["role"] == "path", "cost_ratio"].min()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for role, style in (("path", "o-"), ("uniform", "s--")):
-        g = s[(s["role"] == role) & (s["cost_ratio"] >= start_cost - 1e-9)]  # cheaper uniform ones: the table
-        ax.errorbar(g["cost_ratio"], g["test_top1"], yerr=g["test_top1_sd"], fmt=style, capsize=3,
-                    label="greedy raises" if role == "path" else "uniform")
-        if role == "uniform":
+    for g, style, label in series:
+        ax.errorbar(g["cost_ratio"], g["test_top1"], yerr=g["test_top1_sd"], fmt=style, capsize=3, label=label)
+        if label == "uniform":
             for r in g.itertuples():
                 ax.annotate(r.name, (r.cost_ratio, r.test_top1), textcoords="offset points", xytext=(4, -10), fontsize=8)
     ax.set_xlabel("cost / w8a8")
@@ -272,19 +270,46 @@ def figure(df: pd.DataFrame, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def figure(df: pd.DataFrame, path: Path, title: str) -> None:
+    """Held-out top-1 against cost: the greedy path and the uniform policies from its start up."""
+    s = summary(df)
+    start_cost = s.loc[s["role"] == "path", "cost_ratio"].min()
+    above = s[s["cost_ratio"] >= start_cost - 1e-9]  # cheaper uniform ones: the table
+    cost_figure([(above[above["role"] == "path"], "o-", "greedy raises"),
+                 (above[above["role"] == "uniform"], "s--", "uniform")], path, title)
+
+
+def shared_parser(description: str) -> argparse.ArgumentParser:
+    """The options of this script that `budget_trades.py` shares: the table, scale, model and hardware,
+    the refits, the finetunes' cache and the output folder."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("table", nargs="?", default="latency", help="the table whose search settings to use")
     parser.add_argument("--scale", choices=SCALES, default="mini")
     parser.add_argument("--model", default="digits-mbv2")
     parser.add_argument("--hw", help="hardware model (default: the table's first)")
-    parser.add_argument("--start", default="w4a4", help="the uniform policy the path starts from (default w4a4)")
-    parser.add_argument("--screen-finetunes", type=positive_int, default=2, help="finetunes a raise is scored on")
     parser.add_argument("--refits", type=positive_int, default=4, help="finetunes of each measured policy")
-    parser.add_argument("--every", type=positive_int, default=1,
-                        help="measure the path at every N-th raise and the last (default 1: every raise)")
     parser.add_argument("--runs", default="runs/budget-frontier", help="where the finetunes' cache is kept")
     parser.add_argument("--out", default=str(OUT), help="where to write the CSV, markdown and figure")
+    return parser
+
+
+def write_results(df: pd.DataFrame, out: Path, name: str, render_md: Callable[[pd.DataFrame], str],
+                  draw: Callable[[pd.DataFrame, Path], None]) -> None:
+    """Write `df` as ``<name>.csv`` in `out`, then the markdown and figure of what the CSV reads back."""
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / f"{name}.csv", index=False, float_format="%.5g")
+    df = pd.read_csv(out / f"{name}.csv", keep_default_na=False, dtype={"w_bits": str, "a_bits": str})
+    (out / f"{name}.md").write_text(render_md(df))
+    draw(df, out / f"{name}.png")
+    log.info("wrote %s.{csv,md,png} in %s", name, out)
+
+
+def main() -> None:
+    parser = shared_parser(__doc__.splitlines()[0])
+    parser.add_argument("--start", default="w4a4", help="the uniform policy the path starts from (default w4a4)")
+    parser.add_argument("--screen-finetunes", type=positive_int, default=2, help="finetunes a raise is scored on")
+    parser.add_argument("--every", type=positive_int, default=1,
+                        help="measure the path at every N-th raise and the last (default 1: every raise)")
     args = parser.parse_args()
     if args.refits > SCREEN_BASE:
         raise SystemExit(f"--refits must be at most {SCREEN_BASE}: the screen's finetunes use the seeds after them")
@@ -297,13 +322,9 @@ def main() -> None:
     name = f"budget-frontier-{spec.name}-{args.scale}-{args.model}-{hw}"
     df = measure(spec, args.scale, args.model, hw, args.start, args.screen_finetunes, args.refits,
                  Path(args.runs) / f"{spec.name}-{args.scale}-{args.model}", args.every)  # the same on every hw
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / f"{name}.csv", index=False, float_format="%.5g")
-    df = pd.read_csv(out / f"{name}.csv", keep_default_na=False)
-    (out / f"{name}.md").write_text(render(df, args.model, hw, spec, args.scale, args.start, name, args.every))
-    figure(df, out / f"{name}.png", f"{args.model} on {hw}: raising layers from {args.start}")
-    log.info("wrote %s.{csv,md,png} in %s", name, out)
+    write_results(df, Path(args.out), name,
+                  lambda d: render(d, args.model, hw, spec, args.scale, args.start, name, args.every),
+                  lambda d, p: figure(d, p, f"{args.model} on {hw}: raising layers from {args.start}"))
 
 
 if __name__ == "__main__":

@@ -849,3 +849,59 @@ def test_budget_frontier_refuses_a_cache_of_other_finetune_settings(tmp_path):
     other = dataclasses.replace(cfg, finetune=FinetuneConfig(lr=0.05))
     with pytest.raises(SystemExit, match="other finetune settings than the table's now"):
         bf.check_settings(tmp_path / "cache", other)
+
+
+def test_budget_trades_sample_distinct_budget_filling_policies_and_count_costlier_rows(monkeypatch):
+    """experiments/budget_trades.py: every sampled trade fits the budget, is distinct and not the
+    uniform policy itself, and leaves no single one-step raise that would still fit (the budget is
+    spent); on BitFusion only its bitwidths are drawn. The summary's `behind` and `significantly
+    below` name the costlier uniform rows, as computed by hand."""
+    import hw_models as H
+    from envs import MixedPrecisionEnv
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "experiments"))
+    bt = _experiment("budget_trades")
+    layers = [H.LayerSpec("c0", "conv", 3, 16, kernel=3, in_h=16, in_w=16, out_h=16, out_w=16),
+              H.LayerSpec("dw1", "dwconv", 16, 16, kernel=3, groups=16, in_h=16, in_w=16, out_h=16, out_w=16),
+              H.LayerSpec("pw1", "conv", 16, 32, in_h=16, in_w=16, out_h=16, out_w=16),
+              H.LayerSpec("fc", "fc", 32 * 16 * 16, 10)]
+    for hw, metric in (("bismo-edge", "latency_ms"), ("bitfusion", "energy_mj")):
+        model = H.create_hw_model(hw)
+        budget = model.policy_cost(layers, [(4, 4)] * len(layers), metric)
+        env = MixedPrecisionEnv(layers, model, budget, lambda p: 0.0, fp_accuracy=0.0, metric=metric,
+                                enforcement="highest-first", fill_budget=True)
+        trades = bt.sample_trades(env, 4, 30, seed=0)
+        assert len(trades) == 30 and len({bt.key(t) for t in trades}) == 30
+        assert [(4, 4)] * len(layers) not in trades
+        higher = {b: env.choices[i + 1] for i, b in enumerate(env.choices[:-1])}
+        for t in trades:
+            assert env.cost(t) <= budget * (1 + 1e-9) and all(b in env.choices for p in t for b in p)
+            for i, p in enumerate(t):
+                for j in (0, 1):
+                    if p[j] in higher:
+                        up = [list(q) for q in t]
+                        up[i][j] = higher[p[j]]
+                        assert env.cost(up) > budget * (1 + 1e-12)
+        assert bt.sample_trades(env, 4, 30, seed=0) == trades  # seeded
+    with pytest.raises(ValueError, match="fill_budget"):
+        bt.sample_trades(MixedPrecisionEnv(layers, H.create_hw_model("bismo-edge"), 1e9, lambda p: 0.0,
+                                           fp_accuracy=0.0), 4, 3, seed=0)
+    rows = [{"role": "screen", "name": "uniform w4a4", "cost_ratio": 0.25, "w_bits": "4 4", "a_bits": "4 4",
+             "val_p_true": 90.0, "val_top1": 96.0, "test_top1": 97.0},
+            {"role": "screen", "name": "trade 1", "cost_ratio": 0.24, "w_bits": "2 6", "a_bits": "4 4",
+             "val_p_true": 91.0, "val_top1": 96.0, "test_top1": 97.0}]
+    for role, name, cost, tests in (("top", "trade 1", 0.24, [98.0, 98.2]), ("uniform", "w4a4", 0.25, [97.0, 97.2]),
+                                    ("uniform", "w5a5", 0.39, [98.3, 98.5]), ("uniform", "w8a8", 1.0, [99.0, 99.2])):
+        bits = "2 6" if role == "top" else name[1]
+        rows += [{"role": role, "name": name, "cost_ratio": cost, "w_bits": bits, "a_bits": "4 4", "val_top1": t,
+                  "val_p_true": 90.0, "test_top1": t} for t in tests]
+    df = pd.DataFrame(rows).assign(budget_ratio=0.25)
+    s = bt.summary(df).set_index("name")
+    assert s.loc["trade 1", "behind"] == "w5a5 w8a8" and s.loc["trade 1", "below"] == "w8a8"  # w5a5: within spread
+    assert s.loc["trade 1", "screen_p_true"] == 91.0 and s.loc["trade 1", "test_top1"] == pytest.approx(98.1)
+    assert s.loc["w4a4", "below"] == "w5a5 w8a8" and s.loc["w8a8", "behind"] == ""
+    md = bt.render(df, "m", "bismo-edge", TableSpec.load("latency"), "mini", "w4a4", "x")
+    assert "| trade 1 | 0.240 | 91.00 | 98.10 | 98.10 +- 0.14 | 2 of 4 | w5a5 w8a8 | w8a8 |" in md
+    assert "1 of the 1 trades scored above uniform w4a4 on the screen" in md
+    assert "1 of 1 are at least as accurate as uniform w4a4, 0 as every costlier uniform row" in md
+    assert "1 are significantly below w8a8" in md
