@@ -1,8 +1,8 @@
 """Ablation: random trades at a table's budget, no agent. Does any policy that costs no more than a
 uniform budget policy reach a costlier fixed-bit row held out?
 
-The first must-show asks a searched policy to be at least as accurate as every fixed-bit row that
-costs as much or more. `budget_frontier.py` only adds bits to uniform layers, one layer at a time;
+The tables count the searched policies at least as accurate as every fixed-bit row that costs as
+much or more (issue 5's first must-show). `budget_frontier.py` only adds bits to uniform layers, one layer at a time;
 this script also trades: it draws `--samples` distinct policies around the budget's uniform bits
 (each weight and activation bitwidth offset by a rounded normal draw whose spread cycles through
 0.5, 1, 2 and 3 bits, clipped to the search's bit range), lowers each to the budget highest-first and
