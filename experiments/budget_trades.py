@@ -20,6 +20,7 @@ model at a time). Writes `experiments/results/ablations/budget-trades-<table>-<s
 
     OMP_NUM_THREADS=1 python experiments/budget_trades.py latency --model digits-mbv2 --hw bismo-edge
     OMP_NUM_THREADS=1 python experiments/budget_trades.py latency --model digits32-mbv2 --hw bismo-edge
+    python experiments/budget_trades.py latency --overview    # every result above in one figure
 
 (Measured with one thread, as the tables' finetunes are: about 1 s a finetune on `digits-mbv2`,
 4 s on `digits32-mbv2`.)
@@ -55,6 +56,7 @@ from haq.tables import RESULTS_DIR, SIGNIFICANCE, TableSpec
 log = logging.getLogger("budget_trades")
 OUT = RESULTS_DIR / "ablations"
 SPREADS = (0.5, 1.0, 2.0, 3.0)  # standard deviations (bits) of the offsets, one per sample in turn
+TRADE_COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:red")  # one a budget; the uniform line is orange
 
 
 def sample_trades(env: Any, start: int, n: int, seed: int, spreads: tuple[float, ...] = SPREADS,
@@ -210,12 +212,79 @@ def figure(df: pd.DataFrame, path: Path, title: str) -> None:
                  (s[s["role"] == "uniform"], "s--", "uniform")], path, title)
 
 
+def runs_on_disk(out: Path, spec: TableSpec, scale: str) -> dict[tuple[str, str, str], pd.DataFrame]:
+    """Every ``budget-trades-<table>-<scale>-<model>-<hw>-<budget>.csv`` in `out`, keyed by
+    ``(model, hw, budget)`` (the hardware named as the table's YAML names it)."""
+    prefix = f"budget-trades-{spec.name}-{scale}-"
+    found = {}
+    for path in sorted(out.glob(f"{prefix}*.csv")):
+        stem = path.stem[len(prefix):]
+        rest, _, budget = stem.rpartition("-")
+        hw = next((h for h in spec.hardware if rest.endswith(f"-{h}")), None)
+        if hw is None:
+            raise SystemExit(f"{path}: its name ends in no hardware model of the {spec.name} table "
+                             f"({', '.join(spec.hardware)})")
+        found[(rest[: -len(hw) - 1], hw, budget)] = pd.read_csv(path, keep_default_na=False,
+                                                                dtype={"w_bits": str, "a_bits": str})
+    return found
+
+
+def overview(runs: dict[tuple[str, str, str], pd.DataFrame], hardware: list[str], path: Path, title: str) -> None:
+    """One panel per model and hardware (in `hardware`'s order): held-out top-1 (mean +- sd over the
+    refits) of the uniform policies against cost, and each budget's refitted trades beside them (all
+    cost the budget; they are spread sideways to be told apart)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({m for m, _, _ in runs})
+    hws = [h for h in hardware if any(h == hw for _, hw, _ in runs)]
+    fig, axes = plt.subplots(len(models), len(hws), figsize=(5 * len(hws), 3.6 * len(models)), squeeze=False)
+    for (r, model), (c, hw) in ((a, b) for a in enumerate(models) for b in enumerate(hws)):
+        ax = axes[r][c]
+        mine = {b: summary(df) for (m, h, b), df in runs.items() if (m, h) == (model, hw)}
+        if not mine:
+            ax.set_visible(False)
+            continue
+        uniform = pd.concat([s[s["role"] == "uniform"] for s in mine.values()]).drop_duplicates("name")
+        uniform = uniform.sort_values("cost_ratio")
+        ax.errorbar(uniform["cost_ratio"], uniform["test_top1"], yerr=uniform["test_top1_sd"], fmt="s--",
+                    capsize=3, color="tab:orange", label="uniform")
+        for u in uniform.itertuples():
+            ax.annotate(u.name, (u.cost_ratio, u.test_top1), textcoords="offset points", xytext=(4, -10), fontsize=8)
+        for k, (budget, s) in enumerate(sorted(mine.items())):
+            top = s[s["role"] == "top"]
+            jitter = (np.arange(len(top)) - (len(top) - 1) / 2) * 0.004  # trades share one cost: spread them
+            ax.errorbar(top["cost_ratio"] + jitter, top["test_top1"], yerr=top["test_top1_sd"], fmt="o", ms=4,
+                        capsize=2, color=TRADE_COLOURS[k % len(TRADE_COLOURS)], label=f"best trades at {budget}")
+        ax.set_title(f"{model} on {hw}", fontsize=9)
+        ax.set_xlabel("cost / w8a8")
+        ax.set_ylabel("held-out top-1 (%), mean over refits")
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = shared_parser(__doc__.splitlines()[0])
     parser.add_argument("--budget", default="w4a4", help="the uniform policy whose cost is the budget (default w4a4)")
     parser.add_argument("--samples", type=positive_int, default=200, help="distinct trades to screen")
     parser.add_argument("--top", type=positive_int, default=8, help="best trades of the screen to refit")
+    parser.add_argument("--overview", action="store_true",
+                        help="draw every result of the table in --out into one figure instead of measuring")
     args = parser.parse_args()
+    if args.overview:
+        spec = TableSpec.load(args.table)
+        runs = runs_on_disk(Path(args.out), spec, args.scale)
+        if not runs:
+            raise SystemExit(f"no budget-trades-{spec.name}-{args.scale}-*.csv in {args.out}: measure some first")
+        path = Path(args.out) / f"budget-trades-{spec.name}-{args.scale}.png"
+        overview(runs, list(spec.hardware), path, f"Random trades at the {spec.name} table's budgets ({args.scale} scale), held out")
+        print(f"wrote {path}")
+        return
     if args.refits > SCREEN_BASE:
         raise SystemExit(f"--refits must be at most {SCREEN_BASE}: the screen's finetunes use the seed after them")
     if args.top > args.samples:

@@ -851,7 +851,7 @@ def test_budget_frontier_refuses_a_cache_of_other_finetune_settings(tmp_path):
         bf.check_settings(tmp_path / "cache", other)
 
 
-def test_budget_trades_sample_distinct_budget_filling_policies_and_count_costlier_rows(monkeypatch):
+def test_budget_trades_sample_distinct_budget_filling_policies_and_count_costlier_rows(monkeypatch, tmp_path):
     """experiments/budget_trades.py: every sampled trade fits the budget, is distinct and not the
     uniform policy itself, and leaves no single one-step raise that would still fit (the budget is
     spent); on BitFusion only its bitwidths are drawn. The summary's `behind` and `significantly
@@ -905,3 +905,17 @@ def test_budget_trades_sample_distinct_budget_filling_policies_and_count_costlie
     assert "1 of the 1 trades scored above uniform w4a4 on the screen" in md
     assert "1 of 1 are at least as accurate as uniform w4a4, 0 as every costlier uniform row" in md
     assert "1 are significantly below w8a8" in md
+    # --overview finds each result by its name, the hardware as the table names it
+    out = tmp_path / "ablations"
+    out.mkdir()
+    for hw, budget in (("bismo-edge", "w4a4"), ("bismo-cloud", "w5a5")):
+        df.to_csv(out / f"budget-trades-latency-mini-digits-mbv2-{hw}-{budget}.csv", index=False)
+    spec = TableSpec.load("latency")
+    runs = bt.runs_on_disk(out, spec, "mini")
+    assert sorted(runs) == [("digits-mbv2", "bismo-cloud", "w5a5"), ("digits-mbv2", "bismo-edge", "w4a4")]
+    assert runs[("digits-mbv2", "bismo-edge", "w4a4")]["w_bits"].iloc[0] == "4 4"  # bits stay text
+    bt.overview(runs, list(spec.hardware), out / "o.png", "t")
+    assert (out / "o.png").stat().st_size > 0
+    (out / "budget-trades-latency-mini-digits-mbv2-bitfusion-w4a4.csv").write_text("role\n")
+    with pytest.raises(SystemExit, match="ends in no hardware model of the latency table"):
+        bt.runs_on_disk(out, spec, "mini")
