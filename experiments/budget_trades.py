@@ -2,8 +2,8 @@
 uniform budget policy reach a costlier fixed-bit row held out?
 
 The tables count the searched policies at least as accurate as every fixed-bit row that costs as
-much or more (issue 5's first must-show). `budget_frontier.py` only adds bits to uniform layers, one layer at a time;
-this script also trades: it draws `--samples` distinct policies around the budget's uniform bits
+much or more (issue 5's first must-show). `budget_frontier.py` only adds bits to uniform layers,
+one layer at a time; this script also trades: it draws `--samples` distinct policies around the budget's uniform bits
 (each weight and activation bitwidth offset by a rounded normal draw whose spread cycles through
 0.5, 1, 2 and 3 bits, clipped to the search's bit range), lowers each to the budget highest-first and
 fills it back up to the budget (`fill_budget`), so every sample spends the budget the way the
@@ -22,8 +22,9 @@ model at a time). Writes `experiments/results/ablations/budget-trades-<table>-<s
     OMP_NUM_THREADS=1 python experiments/budget_trades.py latency --model digits32-mbv2 --hw bismo-edge
     python experiments/budget_trades.py latency --overview    # every result above in one figure
 
-(Measured with one thread, as the tables' finetunes are: about 1 s a finetune on `digits-mbv2`,
-4 s on `digits32-mbv2`.)
+(Measured with one thread, as the tables' finetunes are: about 1 s a finetune on `digits-mbv2`, 5
+minutes a budget; 4-6 s on `digits32-mbv2`, 20-25 minutes a budget. A rerun reads every finetune
+from the cache and only writes the results again.)
 """
 
 from __future__ import annotations
@@ -94,15 +95,15 @@ def measure(spec: TableSpec, scale: str, model: str, hw: str, budget: str, sampl
     """Screen `samples` trades once each, refit the `top` best and the uniform policies from
     `budget` to w8a8: one row per (policy, finetune) with its ``role`` (``screen``, ``top`` or
     ``uniform``)."""
+    start = parse_uniform(budget)
+    if start[0] != start[1]:
+        raise SystemExit(f"--budget must be a uniform policy with as many weight as activation bits; got {budget!r}")
     cfg = spec.config(scale, model, hw, budget, "haq", 0, base / "unused")
     tables.check_float_models(base, tables._model_fingerprints(spec, scale, [model], None, base))
     ev = tables._job_evaluator(cfg, tables.job_threads(1))
     env = build_parts(dataclasses.replace(cfg, enforcement="highest-first", fill_budget=True), ev).env
     check_settings(base, cfg)
     run = Finetunes(ev, base / "finetunes.json")
-    start = parse_uniform(budget)
-    if start[0] != start[1]:
-        raise SystemExit(f"--budget must be a uniform policy with as many weight as activation bits; got {budget!r}")
     screen_seed = tables.refit_seed(0, SCREEN_BASE)
     refit_seeds = [tables.refit_seed(0, j) for j in range(refits)]
     rows: list[dict[str, Any]] = []
@@ -276,6 +277,7 @@ def main() -> None:
     parser.add_argument("--overview", action="store_true",
                         help="draw every result of the table in --out into one figure instead of measuring")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.overview:
         spec = TableSpec.load(args.table)
         runs = runs_on_disk(Path(args.out), spec, args.scale)
@@ -283,13 +285,12 @@ def main() -> None:
             raise SystemExit(f"no budget-trades-{spec.name}-{args.scale}-*.csv in {args.out}: measure some first")
         path = Path(args.out) / f"budget-trades-{spec.name}-{args.scale}.png"
         overview(runs, list(spec.hardware), path, f"Random trades at the {spec.name} table's budgets ({args.scale} scale), held out")
-        print(f"wrote {path}")
+        log.info("wrote %s", path)
         return
     if args.refits > SCREEN_BASE:
         raise SystemExit(f"--refits must be at most {SCREEN_BASE}: the screen's finetunes use the seed after them")
     if args.top > args.samples:
         raise SystemExit(f"--top ({args.top}) must be at most --samples ({args.samples})")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     spec = TableSpec.load(args.table)
     hw = args.hw or spec.hardware[0]
     name = f"budget-trades-{spec.name}-{args.scale}-{args.model}-{hw}-{args.budget}"
