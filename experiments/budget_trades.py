@@ -10,8 +10,8 @@ fills it back up to the budget (`fill_budget`), so every sample spends the budge
 search could, lowering some layers to raise others. Each is finetuned once and scored by its
 search-validation true-class probability (the less noisy of the search's measures; seed
 ``refit_seed(0, 7)``, as the frontier's screen). The `--top` best of that screen, and the uniform
-policies from the budget up to w8a8, are then finetuned `--refits` times with the table's refit
-seeds and measured held out, as the tables' `held out, 4 refits` column is.
+policies from the budget up to w8a8 that the hardware runs, are then finetuned `--refits` times with
+the table's refit seeds and measured held out, as the tables' `held out, 4 refits` column is.
 
 The finetunes share `budget_frontier.py`'s cache (``runs/budget-frontier/<table>-<scale>-<model>/``:
 the same settings and seeds, so the uniform policies' refits are made once; run one process a
@@ -127,7 +127,7 @@ def measure(spec: TableSpec, scale: str, model: str, hw: str, budget: str, sampl
     for rank, name in enumerate(best["name"], 1):
         record("top", name, trades[int(name.split()[1]) - 1], refit_seeds)
         log.info("refits: %d of %d (%.0f s)", rank, len(best), time.perf_counter() - t0)
-    for b in range(start[0], 9):
+    for b in (c for c in env.choices if c >= start[0]):  # the hardware's own bitwidths (BitFusion: 4, 8)
         record("uniform", f"w{b}a{b}", [(b, b)] * len(env.layers), refit_seeds)
     return pd.DataFrame(rows)
 
@@ -177,7 +177,7 @@ def render(df: pd.DataFrame, model: str, hw: str, spec: TableSpec, scale: str, b
              f"budget highest-first and filled back up to it: {costs} of w8a8's {spec.constraint} (budget "
              f"{float(screen['budget_ratio'].iloc[0]):.3f}), {np.mean(spread):.2f} bits from {start} a bitwidth on "
              f"average. Each finetuned once and scored by search-validation true-class probability; the {len(trades)} "
-             f"best, and each uniform policy from {budget} up, finetuned {n_refits} times with the table's refit seeds; "
+             f"best, and each uniform policy from {budget} up that the hardware runs, finetuned {n_refits} times with the table's refit seeds; "
              f"top-1 (%) means over them. `behind`: costlier uniform rows with a higher mean held out; `significantly "
              f"below`: those it is significantly below (Welch's t-test, one-sided, {SIGNIFICANCE:.0%})."),
              "", (f"| policy | {spec.constraint} / w8a8 | screen p_true | search-validation top-1 | held-out top-1 | "
