@@ -513,13 +513,21 @@ def _typed_row(row: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def _agent_policies(records: list[dict[str, Any]], warmup: int) -> tuple[list[tuple[str, str]], tuple[str, str], int]:
+    """The policy (w_bits, a_bits) of each episode after the warm-up, the most frequent of them and how
+    many episodes evaluated it (``("", ""), 0`` when there were none)."""
+    keys = [(r["w_bits"], r["a_bits"]) for r in records[warmup:]]
+    if not keys:
+        return keys, ("", ""), 0
+    top = max(set(keys), key=keys.count)
+    return keys, top, keys.count(top)
+
+
 def agent_exploration(records: list[dict[str, Any]], warmup: int) -> tuple[int, float] | None:
     """How much the agent explored after the warm-up: (distinct policies it evaluated, the share of
     its episodes that evaluated the most frequent one); None when it ran no episode."""
-    keys = [(r["w_bits"], r["a_bits"]) for r in records[warmup:]]
-    if not keys:
-        return None
-    return len(set(keys)), max(keys.count(k) for k in set(keys)) / len(keys)
+    keys, _, top_count = _agent_policies(records, warmup)
+    return (len(set(keys)), top_count / len(keys)) if keys else None
 
 
 STUCK_SHARE = 0.9
@@ -539,11 +547,10 @@ def stuck_agent(records: list[dict[str, Any]], warmup: int, at_least: int = STUC
     agent = records[warmup:]
     if len(agent) < at_least:
         return None
-    keys = [(r["w_bits"], r["a_bits"]) for r in agent]
-    top = max(set(keys), key=keys.count)
-    same = [r for r, k in zip(agent, keys, strict=True) if k == top]
-    if len(same) < share * len(agent):
+    keys, top, top_count = _agent_policies(records, warmup)
+    if top_count < share * len(agent):
         return None
+    same = [r for r, k in zip(agent, keys, strict=True) if k == top]
 
     def mean_bits(rows: list[dict[str, Any]], key: str) -> float:
         return float(np.mean([float(b) for r in rows for b in str(r[key]).split()]))

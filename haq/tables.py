@@ -952,14 +952,13 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
                 line += (f". In {len(early)} of {len(haq)} seeds the best policy came from the random warm-up "
                          f"(episode {', '.join(str(int(e)) for e in early['best_episode'])}), which random search "
                          "with the same seed shares: the agent's own episodes did not beat it")
-        if "agent_top_share" in haq.columns:  # the agent evaluated one policy over and over (`stuck_agent`)
-            stuck = haq[stuck_rows(haq)]
-            if len(stuck):
-                line += (f". In {len(stuck)} of {len(haq)} seeds (seed{'s' if len(stuck) > 1 else ''} "
-                         f"{', '.join(str(s) for s in stuck['seed'])}) the agent explored next to nothing after its "
-                         f"warm-up: one policy took {', '.join(f'{float(x):.0%}' for x in stuck['agent_top_share'])} "
-                         "of its episodes after it (`haq.search.stuck_agent`), so the row says little about what "
-                         "the search could find")
+        stuck = haq[stuck_rows(haq)]  # the agent evaluated one policy over and over (`stuck_agent`)
+        if len(stuck):
+            line += (f". In {len(stuck)} of {len(haq)} seeds (seed{'s' if len(stuck) > 1 else ''} "
+                     f"{', '.join(str(s) for s in stuck['seed'])}) the agent explored next to nothing after its "
+                     f"warm-up: one policy took {', '.join(f'{float(x):.0%}' for x in stuck['agent_top_share'])} "
+                     "of its episodes after it (`haq.search.stuck_agent`), so the row says little about what "
+                     "the search could find")
         lines.append(line + ".")
     if not short.empty:
         lines += ["", shortfall_summary(short, f"Held out over {refits_s}")]
