@@ -76,12 +76,12 @@ def _load_policy(args: argparse.Namespace, layers: list[Any]) -> Any:
     return Policy.from_string(layers, getattr(args, "uniform", None) or "w8a8")
 
 
-def _model_layers(name: str, input_shape: tuple[int, ...] | None) -> list[Any]:
+def _model_layers(name: str, input_shape: tuple[int, ...] | None, num_classes: int | None = None) -> list[Any]:
     from haq.layers import extract_layers
     from haq.models import model_entry
 
     entry = model_entry(name)
-    model = entry.factory()
+    model = entry.factory() if num_classes is None else entry.factory(num_classes=num_classes)
     return extract_layers(model, input_shape or entry.input_shape)
 
 
@@ -274,7 +274,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
     import hw_models
 
-    layers = _model_layers(args.model, _input_shape(args.input_shape))
+    layers = _model_layers(args.model, _input_shape(args.input_shape), args.num_classes)
     policy = _load_policy(args, layers)
     model = hw_models.create_hw_model(args.hw, **_parse_params(args.hw_param))
     tables = model.tables(layers)
@@ -649,6 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cost", help="per-layer and total hardware cost of a policy")
     model_args(c)
     c.add_argument("--input-shape", dest="input_shape", help="C,H,W for a model given as module:factory")
+    c.add_argument("--num-classes", dest="num_classes", type=positive_int,
+                   help="classifier outputs (default: the model's; 100 prices mobilenet_v2 on haq-mbv2-cloud)")
     c.add_argument("--csv", help="also write the per-layer costs to this CSV file")
     c.set_defaults(func=cmd_cost)
 

@@ -2,7 +2,10 @@
 
 A fusion unit holds 16 2-bit BitBricks and fuses them to the operand widths at hand:
 per cycle it computes ``floor(8 / max(a, 2)) * floor(8 / max(w, 2))`` products, so
-3 bits cost what 4 bits cost and 5..7 bits cost what 8 bits cost. HAQ's energy
+3 bits cost what 4 bits cost and 5..7 bits cost what 8 bits cost. Operands are stored and
+moved in the width the bricks run (`brick_bits`: 1-2 -> 2, 3-4 -> 4, 5-8 -> 8), so the same
+holds for buffer and DRAM traffic: in every metric a 3-bit operand costs what a 4-bit one
+does. HAQ's energy
 experiments (Section 4.2) use BitFusion; the configuration is the Eyeriss-matched one of
 BitFusion's public simulator: 16 x 32 fusion units at 500 MHz, 64 / 32 / 16 KB weight /
 input / output buffers, a 192-bit DRAM interface, and 45 nm energies (DESIGN.md).
@@ -72,6 +75,12 @@ class BitFusionConfig:
             raise ValueError(f"BitFusionConfig.depthwise must be one of {DEPTHWISE_MAPPINGS}, got {self.depthwise!r}")
 
 
+def brick_bits(bits: np.ndarray) -> np.ndarray:
+    """The operand width the bricks run and store: 2 for 1-2 bits, 4 for 3-4, 8 for 5-8."""
+    bits = np.asarray(bits)
+    return np.where(bits <= 2, 2, np.where(bits <= 4, 4, 8)).astype(np.float64)
+
+
 def products_per_cycle(w_bits: np.ndarray, a_bits: np.ndarray) -> np.ndarray:
     """Products one fusion unit computes per cycle: floor(8/max(a,2)) * floor(8/max(w,2))."""
     return np.floor(8 / np.maximum(a_bits, 2)) * np.floor(8 / np.maximum(w_bits, 2))
@@ -94,13 +103,14 @@ class BitFusionModel(CostModel):
         passes, streamed_k = gemm_passes(arr, c.cols, c.rows, c.depthwise)
         ppc = products_per_cycle(W_GRID, A_GRID)
         compute = passes * np.ceil(arr["N"] / ppc)
+        w_bits, a_bits = brick_bits(W_GRID), brick_bits(A_GRID)
 
-        weight_bits = arr["weights"] * W_GRID
+        weight_bits = arr["weights"] * w_bits
         refetch = np.maximum(1.0, np.ceil(weight_bits / (c.wbuf_kb * 8192)))
-        input_bits = arr["inputs"] * A_GRID
+        input_bits = arr["inputs"] * a_bits
         dram = weight_bits + input_bits * refetch + arr["outputs"] * c.result_bits
 
-        im2col_bits = streamed_k * arr["N"] * A_GRID
+        im2col_bits = streamed_k * arr["N"] * a_bits
         m_tiles = np.ceil(arr["M"] / c.cols)
         k_tiles = np.ceil(arr["K"] / c.rows)
         is_dw = (arr["depthwise"] > 0) & (c.depthwise == "channel-parallel")

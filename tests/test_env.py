@@ -92,7 +92,7 @@ def test_reward_is_a_tenth_of_the_accuracy_change_at_the_last_step_only():
 
 def test_budget_is_enforced_from_the_last_layer_backwards():
     model = H.create_hw_model("bismo-edge")
-    budget = 0.85 * model.policy_cost(LAYERS, [(8, 8)] * 6, "latency_ms")
+    budget = 0.9 * model.policy_cost(LAYERS, [(8, 8)] * 6, "latency_ms")
     env = MixedPrecisionEnv(LAYERS, model, budget, fake_evaluator, fp_accuracy=90.0)
     _, _, info = run_episode(env, [1.0] * 12)  # ask for w8a8 everywhere
     policy = info["policy"]

@@ -23,7 +23,7 @@ SHAPES = [
 
 
 def registry_models(tmp_path) -> list[H.CostModel]:
-    models = [H.create_hw_model(n) for n in H.list_hw_models() if n != "lookup"]
+    models = [H.create_hw_model(n) for n in H.list_hw_models() if n not in ("lookup", "haq-mbv2-cloud")]
     path = tmp_path / "edge.csv"
     H.build_table(H.create_hw_model("bismo-edge"), SHAPES, path)
     models.append(H.create_hw_model("lookup", path=str(path)))
@@ -43,6 +43,21 @@ def test_every_registered_model_is_finite_nonnegative_and_monotone(tmp_path):
             assert (t[:, 7, 7] > 0).all()
 
 
+def test_haq_table_model_is_finite_and_monotone_on_its_network():
+    t = H.create_hw_model("haq-mbv2-cloud").table(H.reference_layers(), "latency_ms")
+    assert np.isfinite(t).all() and (t > 0).all()
+    assert (np.diff(t, axis=1) >= 0).all() and (np.diff(t, axis=2) >= 0).all()
+
+
+def test_bitfusion_bricks_price_3_bits_as_4_and_5_to_7_as_8_in_every_metric():
+    tables = H.create_hw_model("bitfusion").tables(SHAPES)
+    for metric, t in tables.items():
+        for low, high in ((0, 1), (2, 3), (4, 7), (5, 7), (6, 7)):  # bits 1~2, 3~4, 5~8, 6~8, 7~8
+            assert np.array_equal(t[:, low, :], t[:, high, :]), (metric, low + 1, high + 1)
+            assert np.array_equal(t[:, :, low], t[:, :, high]), (metric, low + 1, high + 1)
+        assert (t[:, 1, 1] < t[:, 3, 3]).all() and (t[:, 3, 3] < t[:, 7, 7]).all(), metric
+
+
 def test_layer_cost_and_policy_cost_agree_with_table():
     model = H.create_hw_model("bitfusion")
     policy = [(8, 8), (2, 4), (4, 2), (3, 5), (8, 2), (6, 6)]
@@ -55,22 +70,124 @@ def test_layer_cost_and_policy_cost_agree_with_table():
         model.table(SHAPES, "size_mb")
 
 
-def test_bismo_edge_worked_example():
-    # conv 3x3, 16 -> 32 channels, 8x8 maps, batch 1, on 8x256x8 at 200 MHz, 4x64-bit ports.
-    layer = LayerSpec("c", "conv", 16, 32, kernel=3, in_h=8, in_w=8, out_h=8, out_w=8)
+EDGE_FETCH = 0.285 * 4 * 64  # bits per cycle: port efficiency x 4 x 64-bit ports (below the DDR3's 170.6)
+CLOUD_FETCH = 0.285 * 4 * 256  # 291.84 (below four DDR4-2400 channels' 3072)
+
+
+def test_bismo_edge_compute_bound_pointwise_by_hand():
+    # 1x1 conv 64 -> 128 at 14x14, batch 1: M=128, K=64 (one 256-bit word), N=196, on 8x256x8.
+    layer = LayerSpec("pw", "conv", 64, 128, in_h=14, in_w=14, out_h=14, out_w=14)
     model = H.create_hw_model("bismo-edge")
-    cyc = model.cycles([layer])
-    # GEMM M=32, K=16*9=144, N=64: ceil(32/8)*ceil(64/8)*ceil(144/256) = 4*8*1 = 32 passes.
-    assert cyc["compute"][0, 3, 3] == 32 * 4 * 4  # w4a4
-    assert cyc["compute"][0, 1, 2] == 32 * 2 * 3  # w2a3
-    # memory bits at w4a4: weights 32*144*4 = 18432, im2col acts 144*64*4 = 36864,
-    # outputs 32*64*8 = 16384 -> 71680 bits / 256 bits per cycle = 280 cycles.
-    assert cyc["memory"][0, 3, 3] == pytest.approx(280.0)
-    lat = model.layer_cost(layer, 4, 4)["latency_ms"]
-    assert lat == pytest.approx(max(512, 280) / 200e3)
-    # w1a1: compute 32 cycles, memory (4608 + 9216 + 16384) / 256 = 118 -> memory bound.
-    assert model.memory_bound([layer])[0, 0, 0] and not model.memory_bound([layer])[0, 7, 7]
-    assert model.layer_cost(layer, 1, 1)["latency_ms"] == pytest.approx(118 / 200e3)
+    assert model.config.bits_per_cycle == pytest.approx(EDGE_FETCH)
+    s = model.stage_cycles([layer])
+    assert s["execute"][0, 7, 7] == 16 * 25 * 64  # ceil(128/8) * ceil(196/8) * w * a = 25600
+    assert s["fetch"][0, 7, 7] == pytest.approx(256 * (128 * 8 + 196 * 8) / EDGE_FETCH)  # 9094.7
+    assert s["result"][0, 7, 7] == pytest.approx(128 * 196 * 8 / EDGE_FETCH)  # 2750.9
+    assert model.layer_cost(layer, 8, 8)["latency_ms"] == pytest.approx(25600 / 200e3)
+    assert model.layer_cost(layer, 4, 8)["latency_ms"] == pytest.approx(12800 / 200e3)  # follows w * a
+    assert not model.memory_bound([layer])[0, 7, 7]
+
+
+def test_bismo_edge_memory_bound_depthwise_by_hand():
+    # 3x3 depthwise on 32 channels at 28x28, batch 1, channel-parallel: 4 chunks of 8 channels,
+    # each M=8, K=72 (one 256-bit word), N=784.
+    layer = LayerSpec("dw", "dwconv", 32, 32, kernel=3, groups=32, in_h=28, in_w=28, out_h=28, out_w=28)
+    model = H.create_hw_model("bismo-edge")
+    s = model.stage_cycles([layer])
+    assert s["execute"][0, 7, 7] == 4 * 98 * 64  # 4 chunks * ceil(784/8) * w * a = 25088
+    fetch = 4 * 256 * (8 * 8 + 784 * 8) / EDGE_FETCH  # 88926.3: padded words of weights and activations
+    assert s["fetch"][0, 7, 7] == pytest.approx(fetch)
+    assert model.layer_cost(layer, 8, 8)["latency_ms"] == pytest.approx(fetch / 200e3)
+    # activation-bound: half the activation bits halves it, half the weight bits barely moves it
+    assert model.layer_cost(layer, 8, 4)["latency_ms"] == pytest.approx(4 * 256 * (64 + 784 * 4) / EDGE_FETCH / 200e3)
+    assert model.layer_cost(layer, 4, 8)["latency_ms"] == pytest.approx(4 * 256 * (32 + 784 * 8) / EDGE_FETCH / 200e3)
+    assert model.memory_bound([layer])[0, 7, 7]
+
+
+def test_bismo_cloud_compute_and_memory_bound_by_hand():
+    model = H.create_hw_model("bismo-cloud")
+    assert model.config.bits_per_cycle == pytest.approx(CLOUD_FETCH)
+    # MobileNetV2 expansion 64 -> 384 at 14x14, batch 16: M=384, K=64, N=3136 on 16x256x16.
+    expand = LayerSpec("expand", "conv", 64, 384, in_h=14, in_w=14, out_h=14, out_w=14)
+    s = model.stage_cycles([expand])
+    assert s["execute"][0, 7, 7] == 24 * 196 * 64  # ceil(384/16) * ceil(3136/16) * 64 = 301056
+    assert s["fetch"][0, 7, 7] == pytest.approx(256 * (384 * 8 + 3136 * 8) / CLOUD_FETCH)  # 24701.6
+    assert model.layer_cost(expand, 8, 8)["latency_ms"] == pytest.approx(301056 / 200e3)
+    # MobileNetV2's first projection 32 -> 16 at 112x112: M=16 fills one array row, N=200704.
+    project = LayerSpec("project", "conv", 32, 16, in_h=112, in_w=112, out_h=112, out_w=112)
+    s = model.stage_cycles([project])
+    assert s["execute"][0, 7, 7] == 12544 * 64  # 802816
+    fetch = 256 * (16 * 8 + 200704 * 8) / CLOUD_FETCH  # 1408561.7
+    assert s["fetch"][0, 7, 7] == pytest.approx(fetch)
+    assert s["result"][0, 7, 7] == pytest.approx(16 * 200704 * 8 / CLOUD_FETCH)
+    assert model.layer_cost(project, 8, 8)["latency_ms"] == pytest.approx(fetch / 200e3)
+    assert H.bit_scaling(model.table([expand, project], "latency_ms")) == ["w*a", "activation"]
+
+
+def test_bismo_dram_caps_the_fetch_bandwidth():
+    # full port efficiency on the edge asks 256 bits/cycle of a DDR3 that delivers 4.264 GB/s = 170.56
+    assert H.create_hw_model("bismo-edge", port_efficiency=1.0).config.bits_per_cycle == pytest.approx(170.56)
+    with pytest.raises(ValueError, match=r"port_efficiency must be in \(0, 1\], got 1.5"):
+        H.create_hw_model("bismo-edge", port_efficiency=1.5)
+
+
+def test_bismo_cloud_agrees_with_haqs_published_table():
+    """The calibration's promises: same bit scaling per layer, ranked shares, uniform totals."""
+    from scipy.stats import spearmanr
+
+    layers = H.reference_layers()
+    model = H.create_hw_model("bismo-cloud").table(layers, "latency_ms")
+    table = H.reference_cycles().astype(float)
+    same = np.mean([a == b for a, b in zip(H.bit_scaling(model), H.bit_scaling(table))])
+    assert same >= 0.85
+    assert spearmanr(H.shares(model), H.shares(table))[0] >= 0.8
+    for b, share in ((2, 0.178), (4, 0.397), (6, 0.673)):
+        assert table[:, b - 1, b - 1].sum() / table[:, 7, 7].sum() == pytest.approx(share, abs=5e-4)
+        assert model[:, b - 1, b - 1].sum() / model[:, 7, 7].sum() == pytest.approx(share, abs=0.05)
+    dw = np.array([layer.kind == "dwconv" for layer in layers])
+    assert H.shares(table)[dw].sum() == pytest.approx(0.47, abs=0.005)
+    assert H.shares(model)[dw].sum() == pytest.approx(0.47, abs=0.08)
+
+
+def test_edge_and_cloud_price_mobilenets_differently():
+    from haq.models import model_layers
+
+    for name in ("mobilenet_v1", "mobilenet_v2"):
+        layers = model_layers(name)
+        edge, cloud = H.create_hw_model("bismo-edge"), H.create_hw_model("bismo-cloud")
+        dw = np.array([layer.kind == "dwconv" for layer in layers])
+        assert edge.memory_bound(layers)[dw, 7, 7].all(), name
+        assert set(np.array(H.bit_scaling(edge.table(layers, "latency_ms")))[dw]) == {"activation"}
+        e, c = H.shares(edge.table(layers, "latency_ms")), H.shares(cloud.table(layers, "latency_ms"))
+        assert np.abs(e - c).sum() >= 0.1, name
+        assert e[dw].sum() > c[dw].sum() + 0.1  # depthwise layers weigh more on the edge's narrow memory
+
+
+def test_haq_table_model_serves_the_published_numbers_and_only_for_its_network():
+    layers = H.reference_layers()
+    model = H.create_hw_model("haq-mbv2-cloud")
+    raw = pd.read_csv(H.reference.TABLE_FILE)
+    assert len(raw) == 53 * 64 and raw.iloc[0].tolist() == [0, 1, 1, 200720]
+    table = model.table(layers, "latency_ms")
+    cycles = H.reference_cycles()
+    assert cycles[raw["layer"], raw["w_bits"] - 1, raw["a_bits"] - 1].tolist() == raw["latency"].tolist()
+    assert np.array_equal(table, cycles / 200e3)
+    assert table[52, 7, 7] == 40021 / 200e3
+    assert model.policy_cost(layers, [(8, 8)] * 53, "latency_ms") == pytest.approx(cycles[:, 7, 7].sum() / 200e3)
+    with pytest.raises(ValueError, match=r"the network has 6 quantizable layers, the table has 53; .*imagenet100"):
+        model.table(SHAPES, "latency_ms")
+    wrong_head = layers[:-1] + [LayerSpec("classifier.1", "fc", 1280, 1000)]
+    with pytest.raises(ValueError, match=r"layer 52 \('classifier.1'\) has c_out=1000, the table's layer 52 "
+                                         r"\(classifier.1\) has c_out=100"):
+        model.table(wrong_head, "latency_ms")
+
+
+def test_reference_layers_are_the_engines_mobilenet_v2_for_imagenet100():
+    from haq.layers import extract_layers
+    from haq.models import create_model
+
+    engine = extract_layers(create_model("mobilenet_v2", pretrained=False, num_classes=100), (3, 224, 224))
+    assert engine == H.reference_layers()
 
 
 def test_bismo_depthwise_mapping_channel_parallel_vs_literal():

@@ -621,6 +621,11 @@ def test_cli_lists_and_costs(capsys):
     out = json.loads(capsys.readouterr().out)
     assert len(out["layers"]) == 53
     assert out["total"]["latency_ms"] < out["total_w8a8"]["latency_ms"]
+    # HAQ's published table prices mobilenet_v2 with a 100-class head: w4a4 is 0.397 of w8a8 there
+    assert main(["cost", "--model", "mobilenet_v2", "--hw", "haq-mbv2-cloud", "--num-classes", "100",
+                 "--uniform", "w4a4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["total"]["latency_ms"] / out["total_w8a8"]["latency_ms"] == pytest.approx(0.397, abs=5e-4)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -634,6 +639,8 @@ def test_cli_lists_and_costs(capsys):
     (["cost", "--model", "digits-mbv2", "--hw-param", "batch=x"], "BismoConfig.batch must be an integer (default 1), got 'x'"),
     (["cost", "--model", "digits-mbv2", "--hw", "roofline", "--hw-param", "scaling=8"],
      "RooflineConfig.scaling must be a string"),
+    (["cost", "--model", "mobilenet_v2", "--hw", "haq-mbv2-cloud"],
+     "layer 52 ('classifier.1') has c_out=1000, the table's layer 52 (classifier.1) has c_out=100"),
 ])
 def test_cli_errors_are_one_line_with_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -118,9 +118,10 @@ def test_tiny_table_end_to_end_and_read_back(tmp_path, monkeypatch):
     written = pd.read_csv(tmp_path / "results" / "tiny-mini.csv", keep_default_na=False)
     assert len(written) == len(df)
     searched = written[written["method"] != "fixed"]
-    assert (searched["cost_ratio"] <= 0.25 * (1 + 1e-6)).all()  # within the w4a4 budget (0.25 of w8a8)
-    assert (searched["episodes"] == 3).all()
     fixed = written[written["method"] == "fixed"].set_index(["hw", "policy"])
+    for row in searched.itertuples():  # within the w4a4 budget of its hardware
+        assert row.cost_ratio <= fixed.loc[(row.hw, "w4a4"), "cost_ratio"] * (1 + 1e-6)
+    assert (searched["episodes"] == 3).all()
     assert fixed.loc[("bismo-edge", "w8a8"), "cost_ratio"] == pytest.approx(1.0)
     md = (tmp_path / "results" / "tiny-mini.md").read_text()
     assert "haq search, budget w4a4" in md and "Paper: 1.4-1.95x" in md and "depthwise w" in md
