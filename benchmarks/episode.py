@@ -15,7 +15,7 @@ Presets:
   cpu-digits32 the mini tables' CIFAR-sized MobileNetV2 (53 layers) on 32x32 digits, with their
                finetune settings (256 training images an epoch, validation batches of 64)
   gpu-mbv2     MobileNetV2 at 224 px, a synthetic ImageNet-100-sized split (20k / 10k) held on
-               the GPU as uint8 (the DESIGN.md setup; random labels, timings only)
+               the GPU as uint8 (HAQ's ImageNet-100 search split; random labels, timings only)
   cpu-mbv2-tiny  the gpu-mbv2 model and input size on the CPU with 256 / 128 images (a smoke run)
 
     python benchmarks/episode.py --preset cpu-digits [--compile] [--json out.json]
@@ -40,8 +40,8 @@ import torch
 from haq.data import ImageSplit, SearchData
 from haq.evaluator import QuantEvaluator
 from haq.models import create_model
+from haq.parts import load_model_and_data
 from haq.policy import Policy
-from haq.search import load_model_and_data
 from haq.train import FinetuneConfig, evaluate, train_epochs
 
 
@@ -88,7 +88,7 @@ def agent_episode(layers: list) -> Callable[[], object]:
     import hw_models
     from envs import MixedPrecisionEnv
     from haq.config import SearchConfig
-    from haq.search import make_agent, resolve_budget
+    from haq.parts import make_agent, resolve_budget
 
     cfg = SearchConfig(warmup=2)
     cost_model = hw_models.create_hw_model(cfg.hw)

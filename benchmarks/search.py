@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from haq.config import SearchConfig, load_yaml
-from haq.search import Search, build_evaluator
+from haq.parts import build_evaluator
+from haq.search import Search
 
 
 def main() -> None:

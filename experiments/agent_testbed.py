@@ -127,7 +127,7 @@ def run_one(name: str, seed: int, episodes: int) -> dict[str, Any]:
     import torch
     from stable_baselines3.common.monitor import Monitor
 
-    from haq.search import make_agent, resolve_budget
+    from haq.parts import make_agent, resolve_budget
 
     torch.set_num_threads(1)
     _, agent_kw, top = CONFIGS[name]

@@ -20,8 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from haq.evaluator import QuantEvaluator
+from haq.parts import load_model_and_data
 from haq.policy import parse_uniform
-from haq.search import load_model_and_data
 from haq.train import FinetuneConfig
 
 ROOT = Path(__file__).resolve().parents[1]

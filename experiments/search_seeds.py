@@ -17,7 +17,8 @@ import pandas as pd
 
 from haq.config import PAPER_AGENT, SearchConfig
 from haq.evaluator import QuantEvaluator
-from haq.search import Search, build_evaluator
+from haq.parts import build_evaluator
+from haq.search import Search
 from haq.train import FinetuneConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,8 +159,8 @@ def render(df: pd.DataFrame, episodes: int) -> None:
               "except in `haq-paper` (the paper's sequential decrease from the last layer). "
               "Source: `experiments/results/search-default.csv`. `s / episode` is wall time on a 2-core machine "
               "that often ran other work alongside; clean timings are in docs/performance.md.", "",
-              "`held out`: the same two policies' top-1 on the test split, which no search sees (measured since "
-              "session 11; n/a for rows run before).", "",
+              "`held out`: the same two policies' top-1 on the test split, which no search sees "
+              "(n/a for rows run before it was measured).", "",
               "| method | seed | best top-1 | its cost / w8a8 | best uniform in budget | held out: best / that uniform | "
               "bitwidths of the best policy off that uniform one (of 34) | mean reward, warm-up | "
               "mean reward, last fifth | s / episode |",

@@ -164,7 +164,7 @@ class _EvalWorker:
     def __init__(self, config: dict[str, Any], threads: int) -> None:
         import torch
 
-        from haq.search import build_evaluator
+        from haq.parts import build_evaluator
 
         torch.set_num_threads(threads)
         self.evaluator = build_evaluator(SearchConfig.from_dict(config, "worker config"))

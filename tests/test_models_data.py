@@ -25,8 +25,8 @@ from haq.models import (
     train_on_digits,
     weights_file_name,
 )
+from haq.parts import load_model_and_data
 from haq.qmodel import QuantConfig, QuantizedModel
-from haq.search import load_model_and_data
 
 
 class TorchvisionStyleNet(nn.Module):
@@ -156,7 +156,7 @@ def test_every_registered_model_builds_and_has_layers(name):
 def test_cifar_sized_digits_model_gets_its_own_data_size(tmp_path):
     """`digits32-mbv2` (the mini tables' CIFAR-sized MobileNetV2) reads digits at 32x32 unless
     the user asks for another size; a weights file skips its first-use training."""
-    from haq.search import load_model_and_data
+    from haq.parts import load_model_and_data
 
     path = tmp_path / "w.pt"
     torch.save(create_model("digits32-mbv2", pretrained=False).state_dict(), path)

@@ -54,8 +54,8 @@ def test_model_size_counts_non_zero_weights_with_their_indices():
 @pytest.mark.slow
 def test_haq_prune_writes_a_sparse_model_that_a_search_accepts(tmp_path, capsys):
     from haq.config import SearchConfig
+    from haq.parts import build_parts
     from haq.qmodel import QuantConfig
-    from haq.search import build_parts
     from haq.train import FinetuneConfig
 
     out = tmp_path / "pruned.pt"

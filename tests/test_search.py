@@ -14,13 +14,14 @@ import pytest
 import torch
 from scipy.stats import truncnorm
 
-from haq.agent import EpisodeRewardReplayBuffer, TruncatedNormalNoise, _GradientStep
+from haq.agent import EpisodeRewardReplayBuffer, TruncatedNormalNoise
 from haq.cli import main
 from haq.config import AgentConfig, SearchConfig
 from haq.evaluator import policy_seed
+from haq.parts import build_evaluator, build_parts
 from haq.policy import Policy
 from haq.qmodel import QuantConfig
-from haq.search import Search, agent_exploration, build_evaluator, build_parts, read_episodes, stuck_agent
+from haq.search import Search, agent_exploration, read_episodes, stuck_agent
 from haq.train import FinetuneConfig
 
 pytestmark = pytest.mark.slow
@@ -154,30 +155,6 @@ def test_replay_buffer_charges_requests_over_the_budget():
     np.testing.assert_allclose(buf.rewards[:4, 0], [-2.0, -2.0, 1.5, 1.5])
 
 
-@pytest.mark.parametrize("n_envs", [1, 2])
-def test_a_train_calls_batches_drawn_at_once_are_the_step_by_step_ones(n_envs):
-    """`sample_targets_steps` (all of a `train` call's batches drawn and gathered at once, with
-    one environment) gives the batches and the global random state of one `sample_targets`
-    call a step; with two environments (index draws that use the random state) it makes them
-    one by one."""
-    from gymnasium import spaces
-    buf = EpisodeRewardReplayBuffer(300, spaces.Box(0, 1, (3,)), spaces.Box(-1, 1, (1,)), n_envs=n_envs)
-    rng = np.random.default_rng(0)
-    for t in range(100):  # 50 episodes of two steps
-        obs = rng.random((n_envs, 3), dtype=np.float32)
-        buf.add(obs, obs, rng.random((n_envs, 1), dtype=np.float32), rng.random(n_envs), np.array([t % 2 == 1] * n_envs),
-                [{}] * n_envs)
-    np.random.seed(5)
-    together = buf.sample_targets_steps(37, 6)
-    state = np.random.get_state()
-    np.random.seed(5)
-    one_by_one = [buf.sample_targets(37) for _ in range(6)]
-    assert all(np.array_equal(a, b) for a, b in zip(state, np.random.get_state()))
-    for x, y in zip(together, one_by_one):
-        for a, b in zip(x, y):
-            assert a.shape == b.shape and torch.equal(a, b)
-
-
 def _twin_agents(batch: int):
     """The engine's agent and a second one to train with SB3's own update, on a two-layer
     env, with the same 6 episodes in both replay buffers."""
@@ -186,7 +163,7 @@ def _twin_agents(batch: int):
 
     import hw_models as H
     from envs import MixedPrecisionEnv
-    from haq.search import make_agent
+    from haq.parts import make_agent
     layers = [H.LayerSpec("c0", "conv", 3, 16, kernel=3, in_h=8, in_w=8, out_h=8, out_w=8), H.LayerSpec("fc", "fc", 16, 10)]
     env = MixedPrecisionEnv(layers, H.create_hw_model("bismo-edge"), 1.0, lambda policy: 90.0, fp_accuracy=95.0)
     cfg = SearchConfig(agent=AgentConfig(episode_targets=True, batch_size=batch))
@@ -205,45 +182,33 @@ def _twin_agents(batch: int):
     return env, ours, sb3s
 
 
-@pytest.mark.parametrize(("batch", "by_hand"), [(8, True), (37, True), (8, False)])
-def test_episode_target_updates_equal_sb3s_ddpg_updates(tmp_path, monkeypatch, batch, by_hand):
-    """The target-network-free update used with episode targets, backpropagated by hand (or,
-    for other networks, by autograd), is SB3's update, exactly (37: loss normalisers that are
-    not powers of two)."""
+@pytest.mark.parametrize("batch", [8, 37])
+def test_episode_target_updates_equal_sb3s_ddpg_updates(tmp_path, batch):
+    """The target-network-free update used with episode targets is SB3's update, exactly
+    (37: loss normalisers that are not powers of two), and goes on so after a checkpoint."""
     from stable_baselines3 import DDPG
     from stable_baselines3.common.logger import configure
     from stable_baselines3.common.monitor import Monitor
 
     env, ours, sb3s = _twin_agents(batch)
-    assert ours._backprop_by_hand()  # SB3's default MLPs: the autograd-free path runs unless turned off here
-    if not by_hand:
-        monkeypatch.setattr(type(ours), "_backprop_by_hand", lambda self: False)
     np.random.seed(3)
-    ours.train(5, batch_size=batch)  # our batches are drawn by EpisodeRewardReplayBuffer.sample_targets
-    ours.train(3, batch_size=batch)  # a second call finds the parameters already laid out in one buffer
+    ours.train(5, batch_size=batch)
+    ours.train(3, batch_size=batch)
     after_ours = np.random.get_state()
     np.random.seed(3)
-    DDPG.train(sb3s, 5, batch_size=batch)  # SB3's own update and sampler, target networks included
+    DDPG.train(sb3s, 5, batch_size=batch)  # SB3's own update, target networks included
     DDPG.train(sb3s, 3, batch_size=batch)
     # the same draws from NumPy's global random state, so later batches stay the same too
     assert all(np.array_equal(x, y) for x, y in zip(after_ours, np.random.get_state()))
-    # Adam ran over one contiguous buffer per network, whose slices the modules hold
-    params = list(ours.actor.parameters())
-    assert all(p.untyped_storage().data_ptr() == params[0].untyped_storage().data_ptr() for p in params)
     for a, b in ((ours.actor, sb3s.actor), (ours.critic, sb3s.critic)):
         for (name, p), q in zip(a.named_parameters(), b.parameters()):
             assert torch.equal(p, q), name
-        # the optimiser's state too (so checkpoints are the same); after the first step the
-        # update ran through torch's functional adam, not Optimizer.step
-        assert _GradientStep(a.optimizer).direct
         mine, theirs = a.optimizer.state_dict(), b.optimizer.state_dict()
         assert mine["param_groups"] == theirs["param_groups"]
         for i, st in theirs["state"].items():
-            assert set(mine["state"][i]) == set(st)
             for key, value in st.items():
                 assert torch.equal(mine["state"][i][key], value), (i, key)
     assert not torch.equal(next(sb3s.actor_target.parameters()), next(sb3s.actor.parameters()))
-    # a checkpoint of the flat layout saves and loads as the plain one does, and training goes on the same
     ours.save(tmp_path / "agent.zip")
     ours.save_replay_buffer(tmp_path / "replay.pkl")
     resumed = type(ours).load(tmp_path / "agent.zip", env=Monitor(env), device="cpu")
@@ -257,123 +222,12 @@ def test_episode_target_updates_equal_sb3s_ddpg_updates(tmp_path, monkeypatch, b
             assert torch.equal(p, q), name
 
 
-def test_subnormal_adam_moments_are_zeroed_and_the_parameters_stay_sb3s():
-    """Each `train` call ends by zeroing Adam's subnormal moments (they slowed every step);
-    every other moment is left alone, and training on from there gives SB3's parameters bit
-    for bit although SB3 kept the subnormals."""
-    from stable_baselines3 import DDPG
-
-    _, ours, sb3s = _twin_agents(8)
-    tiny = torch.finfo(torch.float32).tiny
-    np.random.seed(3)
-    ours.train(4, batch_size=8)
-    np.random.seed(3)
-    DDPG.train(sb3s, 4, batch_size=8)
-    planted = {}
-    for a, b in ((ours.actor, sb3s.actor), (ours.critic, sb3s.critic)):
-        for p, q in zip(a.optimizer.param_groups[0]["params"], b.optimizer.param_groups[0]["params"]):
-            for key, values in (("exp_avg", (tiny / 2, -tiny / 8, 1e-45)), ("exp_avg_sq", (tiny / 3, 2e-45, tiny / 64))):
-                for state in (a.optimizer.state[p], b.optimizer.state[q]):
-                    n = min(3, p.numel())  # the critic's last bias has one element
-                    state[key].view(-1)[:n] = torch.tensor(values[:n])
-                planted[(id(p), key)] = b.optimizer.state[q][key].clone()
-    ours.train(0, batch_size=8)  # no step: only the zeroing at the end of the call
-    for a, b in ((ours.actor, sb3s.actor), (ours.critic, sb3s.critic)):
-        for p, q in zip(a.optimizer.param_groups[0]["params"], b.optimizer.param_groups[0]["params"]):
-            for key in ("exp_avg", "exp_avg_sq"):
-                mine, theirs = a.optimizer.state[p][key].view(-1), planted[(id(p), key)].view(-1)
-                n = min(3, p.numel())
-                assert torch.equal(mine[:n], torch.zeros(n)) and (theirs[:n] != 0).all()
-                normal = (theirs == 0) | (theirs.abs() >= tiny)
-                assert torch.equal(mine[normal], theirs[normal]), key  # nothing else touched
-    np.random.seed(4)
-    ours.train(3, batch_size=8)
-    np.random.seed(4)
-    DDPG.train(sb3s, 3, batch_size=8)
-    for a, b in ((ours.actor, sb3s.actor), (ours.critic, sb3s.critic)):
-        for (name, p), q in zip(a.named_parameters(), b.parameters()):
-            assert torch.equal(p, q), name
-    # on the flat layout (the buffers a gradient step lays out) as on separate tensors
-    step = _GradientStep(ours.critic.optimizer)
-    _, exp_avg, exp_avg_sq = step._flat()
-    exp_avg[5], exp_avg_sq[7] = -tiny / 2, tiny / 4
-    exp_avg[6], exp_avg[7] = tiny, -tiny  # the smallest normal numbers stay
-    before = exp_avg.clone()
-    step.flush_subnormal_moments()
-    assert exp_avg[5] == 0 and exp_avg_sq[7] == 0 and torch.equal(exp_avg[6:], before[6:])
-
-
-@pytest.mark.parametrize(("eps", "weight_decay", "dtype"), [(1e-8, 0.0, torch.float32), (1e-30, 0.0, torch.float32),
-                                                         (1e-8, 1e-2, torch.float32), (1e-8, 0.0, torch.float64)])
-def test_flat_adam_is_torchs_adam_on_zero_and_subnormal_moments(eps, weight_decay, dtype):
-    """The agent's Adam over flat buffers (its square root taken of the second moments
-    clamped to the smallest normal number, a slow path of ATen's CPU sqrt avoided) gives
-    torch's Adam's parameters and moments bit for bit, on dead units (zero gradients), on
-    gradients whose squares underflow (a nonzero first moment over a zero second one, where
-    the update is ``exp_avg / eps``) and on planted subnormal moments; with an ``eps`` too
-    small for the clamp to be exact (1e-30) the plain square root runs instead, and with
-    weight decay torch's functional Adam; in float32 and float64."""
-    torch.manual_seed(0)
-    nets = [torch.nn.Sequential(torch.nn.Linear(7, 30), torch.nn.ReLU(), torch.nn.Linear(30, 2)).to(dtype)
-            for _ in range(2)]
-    nets[1].load_state_dict(nets[0].state_dict())
-    ours, ref = (torch.optim.Adam(net.parameters(), lr=1e-3, eps=eps, weight_decay=weight_decay) for net in nets)
-    step = _GradientStep(ours)
-    tiny = torch.finfo(dtype).tiny
-    least = torch.zeros((), dtype=dtype).nextafter(torch.ones((), dtype=dtype)).item()  # the smallest subnormal
-    for k in range(8):
-        grads = [torch.randn_like(p) for p in nets[0].parameters()]
-        grads[0][:5], grads[1][:5], grads[2][:, :5] = 0.0, 0.0, 0.0  # five dead hidden units
-        grads[0][5:8] = 1e-25 if dtype == torch.float32 else 1e-170  # squares underflow: the second moment stays 0
-        if k == 3:  # planted in both: subnormal moments, and first moments large enough over
-            for opt in (ours, ref):  # second ones below tiny for exp_avg / denom to move the weights
-                state = opt.state[opt.param_groups[0]["params"][0]]
-                state["exp_avg_sq"][8:10] = torch.tensor([[tiny / 4], [least]], dtype=dtype).expand(2, 7)
-                state["exp_avg"][10] = -tiny / 16
-                state["exp_avg"][5:10] = 1e-6
-        if k > 0:
-            assert step.ready()
-        step.apply([g.clone() for g in grads])  # the first step (no state yet) goes through Adam.step
-        for p, g in zip(nets[1].parameters(), grads):
-            p.grad = g.clone()
-        ref.step()
-    step.sync_steps()
-    for (name, p), q in zip(nets[0].named_parameters(), nets[1].parameters()):
-        bits = torch.int32 if dtype == torch.float32 else torch.int64
-        assert torch.equal(p.view(bits), q.view(bits)), name
-        for key in ("step", "exp_avg", "exp_avg_sq"):
-            assert torch.equal(ours.state[p][key], ref.state[q][key]), (name, key)
-    if weight_decay == 0:  # the case the test is about happened: zero second moments under live first ones
-        assert (ours.state[nets[0][0].weight]["exp_avg_sq"][5:8] == 0).all()
-        assert (ours.state[nets[0][0].weight]["exp_avg"][5:8] != 0).all()
-
-
-def test_actor_actions_are_sb3s_predictions():
-    """The action path used while searching gives what SB3's `predict` gives, bit for bit,
-    whether the policy was last left in training mode or not."""
-    from stable_baselines3.common.monitor import Monitor
-
-    import hw_models as H
-    from envs import MixedPrecisionEnv
-    from haq.search import make_agent
-    layers = [H.LayerSpec("c0", "conv", 3, 16, kernel=3, in_h=8, in_w=8, out_h=8, out_w=8), H.LayerSpec("fc", "fc", 16, 10)]
-    env = MixedPrecisionEnv(layers, H.create_hw_model("bismo-edge"), 1.0, lambda policy: 90.0, fp_accuracy=95.0)
-    agent = make_agent(SearchConfig(), Monitor(env), env.n_steps)
-    obs = np.random.default_rng(0).random((20, 10)).astype(np.float32)
-    for training in (True, False):
-        agent.policy.set_training_mode(training)
-        mine = agent._actor_action(obs)
-        theirs, _ = agent.predict(obs, deterministic=True)
-        assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs)
-        assert np.array_equal(agent._actor_action(obs[:1]), theirs[:1])
-
-
 def test_final_layer_init_starts_every_action_mid_range():
     from stable_baselines3.common.monitor import Monitor
 
     import hw_models as H
     from envs import MixedPrecisionEnv
-    from haq.search import make_agent
+    from haq.parts import make_agent
     layers = [H.LayerSpec("c0", "conv", 3, 16, kernel=3, in_h=8, in_w=8, out_h=8, out_w=8), H.LayerSpec("fc", "fc", 16, 10)]
     env = MixedPrecisionEnv(layers, H.create_hw_model("bismo-edge"), 1.0, lambda policy: 90.0, fp_accuracy=95.0)
     cfg = SearchConfig(agent=AgentConfig(final_layer_init=3e-3))
