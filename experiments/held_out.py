@@ -19,7 +19,7 @@ them instead of starting over, and a finished one is read back.
     OMP_NUM_THREADS=1 python experiments/held_out.py latency --jobs 2
     python experiments/held_out.py latency --rerun-stale --jobs 2
     python experiments/held_out.py latency --rerun digits32-mbv2 --jobs 2
-    python experiments/update_readme.py
+    python experiments/update_docs.py
     python experiments/held_out.py noise-decay-latency --config-dir experiments/configs/ablations \
         --results experiments/results/ablations --jobs 2
 """
@@ -37,9 +37,9 @@ from typing import Any
 import pandas as pd
 
 from haq import tables
-from haq.cli import nonnegative_int
+from haq.cli.args import nonnegative_int
 from haq.config import SearchConfig
-from haq.tables import HELD_OUT_COLUMNS, RESULTS_DIR, SCALES, TABLES, Cell, TableSpec, held_out
+from haq.tables import HELD_OUT_COLUMNS, RESULTS_DIR, SCALES, TABLES, Cell, TableSpec, held_out, runner
 
 log = logging.getLogger("held_out")
 
@@ -57,10 +57,10 @@ def rerun_stale(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, jobs:
     selected = df["model"].isin(models) if models is not None else tables.not_reproduced(df)
     stale = df[(df["method"] != "fixed") & selected]
     cells = [Cell(r["model"], r["hw"], str(r["budget"]), r["method"], int(r["seed"])) for r in stale.to_dict("records")]
-    configs = {c: spec.config(scale, *c, tables._run_dir(base, c)) for c in cells}
+    configs = {c: spec.config(scale, *c, runner._run_dir(base, c)) for c in cells}
     summaries: dict[Cell, dict[str, Any]] = {}
     for cell, old in zip(cells, stale["accuracy"]):
-        run_dir = tables._run_dir(base, cell)
+        run_dir = runner._run_dir(base, cell)
         if (run_dir / "rerun.json").is_file() and _same_config(run_dir, configs[cell], cell.method):
             if (run_dir / "summary.json").is_file():  # searched again by an earlier call: read back
                 summaries[cell] = json.loads((run_dir / "summary.json").read_text())
@@ -76,15 +76,15 @@ def rerun_stale(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, jobs:
     if todo:
         threads = tables.job_threads(jobs)
         with tables.job_pool(jobs) as pool:
-            futures = {c: pool.submit(tables._search_job, configs[c].to_dict(), str(tables._run_dir(base, c)),
+            futures = {c: pool.submit(runner._search_job, configs[c].to_dict(), str(runner._run_dir(base, c)),
                                       threads) for c in todo}
             summaries.update({c: f.result() for c, f in futures.items()})
     records = df.to_dict("records")
     for index, cell in zip(stale.index, cells):
-        row = tables._search_row(spec, scale, *cell, summaries[cell], configs[cell].warmup,
-                                 tables._run_dir(base, cell))
+        row = runner._search_row(spec, scale, *cell, summaries[cell], configs[cell].warmup,
+                                 runner._run_dir(base, cell))
         i = df.index.get_loc(index)
-        log.info("%s: top-1 %.2f -> %.2f", tables._run_dir(base, cell).name, float(records[i]["accuracy"]),
+        log.info("%s: top-1 %.2f -> %.2f", runner._run_dir(base, cell).name, float(records[i]["accuracy"]),
                  row["accuracy"])
         records[i].update(row)
     return pd.DataFrame(records, columns=df.columns).drop(columns=HELD_OUT_COLUMNS, errors="ignore")

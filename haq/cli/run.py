@@ -1,0 +1,205 @@
+"""`haq search` and `haq eval`: search a policy, and measure one with the settings of the run that wrote it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from haq.cli.args import (
+    UsageError,
+    load_policy,
+    parse_params,
+    print_table,
+)
+
+if TYPE_CHECKING:  # torch-importing modules, loaded by the commands that need them
+    from haq.config import SearchConfig
+    from haq.qmodel import QuantConfig
+    from haq.train import FinetuneConfig
+
+
+SEARCH_FLAGS = ("model", "weights", "dataset", "data_root", "hw", "constraint", "budget", "episodes", "warmup",
+                "seed", "device", "out", "min_bits", "max_bits", "pin_first_last", "workers", "ray_address", "reward_measure",
+                "fill_budget")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from haq.config import SearchConfig, load_yaml
+    from haq.search import Search, check_fresh_run_dir
+
+    bar: tqdm | None = None
+
+    def on_episode(rec: dict[str, Any]) -> None:
+        assert bar is not None
+        bar.update(1)
+        bar.set_postfix(acc=f"{rec['accuracy']:.1f}", ratio=f"{rec['cost_ratio']:.3f}",
+                        best_reward=f"{rec['best_reward']:.3f}", best_acc=f"{rec['best_accuracy']:.1f}")
+
+    if args.resume:
+        given = [f for f in SEARCH_FLAGS if getattr(args, f) is not None and f != "episodes"]
+        if (given or args.config or args.hw_param or args.finetune_epochs is not None or args.distill
+                or args.compile is not None):
+            raise UsageError(f"--resume continues a run with its saved config.yaml; drop {given or 'the other flags'} "
+                             "(only --episodes may be given, to extend the run)")
+        search = Search.resume(args.resume, on_episode, episodes=args.episodes)
+    else:
+        data: dict[str, Any] = load_yaml(args.config) if args.config else {}
+        for f in SEARCH_FLAGS:
+            value = getattr(args, f)
+            if value is not None:
+                data[f] = value
+        if args.hw_param:
+            data["hw_params"] = {**data.get("hw_params", {}), **parse_params(args.hw_param)}
+        if args.finetune_epochs is not None:
+            data["finetune"] = {**data.get("finetune", {}), "epochs": args.finetune_epochs}
+        if args.distill:
+            data["finetune"] = {**data.get("finetune", {}), "distill": True}
+        if args.compile is not None:
+            data["finetune"] = {**data.get("finetune", {}), "compile": args.compile}
+        config = SearchConfig.from_dict(data, args.config or "flags")
+        if config.out:
+            check_fresh_run_dir(config.out)  # before loading anything
+        print(f"preparing: model {config.model}, hardware {config.hw}, {config.constraint} budget {config.budget}",
+              file=sys.stderr)
+        search = Search(config, on_episode=on_episode)
+    cfg = search.config
+    print(f"run directory: {search.run_dir}", file=sys.stderr)
+    print(f"float top-1 {search.parts.evaluator.fp_accuracy:.2f}%, {len(search.parts.layers)} layers, budget "
+          f"{search.parts.env.budget:.5g} {cfg.metric} ({search.parts.env.budget / search.parts.env.reference_cost:.3f}"
+          f" of w8a8)", file=sys.stderr)
+    if cfg.reward_measure != "top1":
+        print(f"the reward reads {cfg.reward_measure} (float {search.parts.env.fp_accuracy:.2f}); accuracies shown are "
+              "top-1", file=sys.stderr)
+    if cfg.finetune.compile and search.episodes_done < cfg.episodes:
+        print("the finetune is compiled once (torch.compile): the first episode takes a minute or two longer "
+              "(--no-compile to run eagerly)", file=sys.stderr)
+    bar = tqdm(total=cfg.episodes, initial=search.episodes_done, desc="search", unit="ep", file=sys.stderr)
+    try:
+        summary = search.run()
+    finally:
+        bar.close()
+    if args.held_out:
+        print("measuring the best and the uniform policies on the held-out test split ...", file=sys.stderr)
+        summary = search.held_out(summary)
+    best = summary["best"]
+    held = f", held-out {best['test_accuracy']:.2f}%" if "test_accuracy" in best else ""
+    print(f"\nbest policy (episode {best['episode']}): top-1 {best['accuracy']:.2f}%{held} "
+          f"(float {summary['fp_accuracy']:.2f}%), {cfg.constraint} {best['cost']:.5g} {summary['units']} "
+          f"= {best['cost_ratio']:.3f} x w8a8 (budget {summary['budget_ratio']:.3f})")
+    print(f"  w_bits: {best['w_bits']}\n  a_bits: {best['a_bits']}")
+    if summary["uniform_baselines"]:
+        print("uniform policies within the budget (same finetune):")
+        rows = [{**b, "held_out": b.get("test_accuracy", "")} for b in summary["uniform_baselines"]]
+        print_table(rows, ["policy", "accuracy", "held_out", "cost_ratio"] if held
+                     else ["policy", "accuracy", "cost_ratio"])
+    if held:
+        print("(accuracy: top-1 on the search-validation split, from which the search picked its best policy; "
+              "held-out: on the test split, which it never saw)")
+    print(f"results in {search.run_dir}/ (episodes.csv, best_policy.json, summary.json, policy.png, progress.png)")
+    return 0
+
+
+@dataclasses.dataclass
+class PolicySettings:
+    """How `haq eval` / `haq export` measure a policy: the run's settings where the policy file
+    lies in a run directory (its ``config.yaml``), each overridden by a flag given."""
+
+    model: str
+    weights: str | None
+    dataset: str | None
+    data_root: str | None
+    data: dict[str, Any]
+    quant: QuantConfig
+    finetune: FinetuneConfig
+    seed: int
+    device: str
+    run_config: Path | None  # the config.yaml of the run whose settings these are
+    run: SearchConfig | None = None
+
+
+def policy_settings(args: argparse.Namespace) -> PolicySettings:
+    """`PolicySettings` from the flags and the run that wrote ``args.policy``, so a run's
+    reported top-1 is reproduced; a ``--model`` other than the run's drops the run's settings."""
+    from haq.config import SearchConfig
+    from haq.qmodel import QuantConfig
+    from haq.train import FinetuneConfig
+
+    if getattr(args, "finetune_epochs", None) is not None and args.finetune_epochs < 0:
+        raise UsageError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    policy = getattr(args, "policy", None)
+    beside = Path(policy).parent / "config.yaml" if policy else None
+    run = SearchConfig.from_run(beside) if beside is not None and beside.is_file() else None
+    if run is not None and args.model not in (None, run.model):
+        run = None
+    model = args.model or (run.model if run else None)
+    if model is None:  # a policy file outside a run: the model it names, else the default
+        meta = json.loads(Path(policy).read_text()) if policy and policy.endswith(".json") else {}
+        model = meta.get("model") or "digits-mbv2"
+
+    def pick(flag: Any, key: str, default: Any) -> Any:
+        return flag if flag is not None else getattr(run, key) if run else default
+
+    finetune = run.finetune if run else FinetuneConfig()
+    epochs = getattr(args, "finetune_epochs", None)
+    finetune = dataclasses.replace(finetune, epochs=finetune.epochs if epochs is None else epochs,
+                                   distill=finetune.distill or getattr(args, "distill", False))
+    images = getattr(args, "train_images", None)
+    if images is not None:  # 0: all of them
+        finetune = dataclasses.replace(finetune, max_train_images=images or None)
+    return PolicySettings(
+        model=model,
+        weights=pick(args.weights, "weights", None), dataset=pick(args.dataset, "dataset", None),
+        data_root=pick(args.data_root, "data_root", None), data=dict(run.data) if run else {},
+        quant=run.quant if run else QuantConfig(), finetune=finetune, seed=pick(args.seed, "seed", 0),
+        device=pick(getattr(args, "device", None), "device", "cpu"), run_config=beside if run else None, run=run)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import hw_models
+    from haq.config import CONSTRAINTS
+    from haq.evaluator import QuantEvaluator
+    from haq.parts import load_model_and_data
+
+    st = policy_settings(args)
+    run = st.run
+    hw = args.hw or (run.hw if run else "bismo-edge")
+    hw_params = parse_params(args.hw_param) if args.hw_param else (run.hw_params if run and hw == run.hw else {})
+    model_net, data, _ = load_model_and_data(st.model, st.weights, st.dataset, st.data_root, **st.data)
+    ev = QuantEvaluator(model_net, data, st.quant, st.finetune, st.device, st.seed)
+    policy = load_policy(args, ev.layers)
+    splits = ev.evaluate_splits(policy, ("val", "test"))  # one finetune, measured on both
+    metrics = splits["val"]
+    cost_model = hw_models.create_hw_model(hw, **hw_params)
+    costs = {}
+    for metric in CONSTRAINTS.values():
+        if metric in cost_model.metrics:
+            table = cost_model.table(ev.layers, metric)
+            total = hw_models.policy_cost(table, policy.bits)
+            costs[metric] = {"cost": total, "ratio_to_w8a8": total / hw_models.policy_cost(table, [(8, 8)] * len(policy))}
+    result = {"model": st.model, "policy": args.policy or args.uniform or "w8a8", "finetune_epochs": st.finetune.epochs,
+              "train_images": st.finetune.max_train_images,  # None: all
+              "distill": st.finetune.distill, "seed": st.seed, "run_config": str(st.run_config) if st.run_config else None,
+              "fp_top1": ev.fp_metrics["top1"], "fp_top5": ev.fp_metrics["top5"], "top1": metrics["top1"],
+              "top5": metrics["top5"], "test_top1": splits["test"]["top1"], "test_top5": splits["test"]["top5"],
+              "hw": hw, "costs": costs}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    if run:
+        print(f"the settings of the run that wrote the policy ({st.run_config}): model, weights, data, quantization, "
+              f"finetune, seed {st.seed}, {hw}; flags override")
+    print(f"{st.model}: float top-1 {result['fp_top1']:.2f}%  top-5 {result['fp_top5']:.2f}%")
+    images = "all" if st.finetune.max_train_images is None else f"{st.finetune.max_train_images}"
+    print(f"quantized ({result['policy']}, {st.finetune.epochs} finetune epoch(s) of {images} training images"
+          f"{', distilled' if st.finetune.distill else ''}): top-1 {metrics['top1']:.2f}%  "
+          f"top-5 {metrics['top5']:.2f}% on the search-validation split; held out (test split): top-1 "
+          f"{result['test_top1']:.2f}%  top-5 {result['test_top5']:.2f}%")
+    for metric, c in costs.items():
+        print(f"{hw} {metric}: {c['cost']:.5g} ({c['ratio_to_w8a8']:.3f} x w8a8)")
+    return 0
