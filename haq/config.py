@@ -22,7 +22,7 @@ CONSTRAINTS = {"latency": "latency_ms", "energy": "energy_mj", "size": "size_mb"
 @dataclasses.dataclass(frozen=True)
 class AgentConfig:
     """DDPG settings. Network sizes, learning rates, tau, gamma, batch and warm-up are HAQ's
-    (Section 3.4; DESIGN.md item 6). Exploration, targets, stored actions, reward shaping and
+    (Section 3.4). Exploration, targets, stored actions, reward shaping and
     the last layer's initialisation default to the settings that learnt on every seed of the
     default search (docs/search.md, docs/agent_testbed.md); `PAPER_AGENT` holds the paper's.
 

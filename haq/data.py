@@ -2,8 +2,8 @@
 a local path.
 
 Every split is held as a uint8 image tensor plus int64 labels, so it can sit on the
-training device and be normalised and augmented there (DESIGN.md: decoding files every
-epoch would dominate an episode on a GPU). HAQ's search uses a split of the *training*
+training device and be normalised and augmented there (decoding files every epoch would
+dominate an episode on a GPU). HAQ's search uses a split of the *training*
 set: a search-train part to finetune on and a held-out search-val part to reward on
 (Section 4: 20k / 10k images of ImageNet); the real validation set is the test split.
 """

@@ -5,7 +5,7 @@ stays, a thin `QuantLayer` holds it), keeps the float weights as an in-memory st
 dict, and applies a `Policy` by setting bits and clip values on the wrappers: no model
 rewrite and no copy per episode. Clip values depend only on the float model, the layer
 and the bitwidth, so `Calibration` computes each once and caches it for the whole
-search (the reference recomputes them every episode; DESIGN.md).
+search (HAQ's public code recomputes them every episode).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ holds for buffer and DRAM traffic: in every metric a 3-bit operand costs what a 
 does. HAQ's energy
 experiments (Section 4.2) use BitFusion; the configuration is the Eyeriss-matched one of
 BitFusion's public simulator: 16 x 32 fusion units at 500 MHz, 64 / 32 / 16 KB weight /
-input / output buffers, a 192-bit DRAM interface, and 45 nm energies (DESIGN.md).
+input / output buffers, a 192-bit DRAM interface, and its 45 nm energies.
 
 Mapping (our assumptions, stated): a GEMM's reduction dimension K runs along the 16
 rows and its output channels M along the 32 columns (depthwise layers packed

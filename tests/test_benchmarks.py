@@ -1,5 +1,5 @@
 """The benchmark scripts run end to end and write what docs/performance.md reads (no timing is
-asserted: the numbers are the benchmarks' business). A broken script would cost a GPU session,
+asserted: the numbers are the benchmarks' business). A broken script would waste a GPU machine,
 which is lent rarely and briefly."""
 
 from __future__ import annotations
