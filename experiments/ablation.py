@@ -27,7 +27,9 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from haq.tables import RESULTS_DIR, TableSpec, check_same_float_models, run_table, signed, verdicts
+from haq.tables import TableSpec, check_same_float_models, run_table, signed, verdicts
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "experiments" / "results"
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "experiments" / "configs" / "ablations"

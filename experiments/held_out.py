@@ -39,7 +39,9 @@ import pandas as pd
 from haq import tables
 from haq.cli.args import nonnegative_int
 from haq.config import SearchConfig
-from haq.tables import HELD_OUT_COLUMNS, RESULTS_DIR, SCALES, TABLES, Cell, TableSpec, held_out, runner
+from haq.tables import HELD_OUT_COLUMNS, SCALES, TABLES, Cell, TableSpec, held_out, runner
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "experiments" / "results"
 
 log = logging.getLogger("held_out")
 

@@ -22,7 +22,8 @@ import torch
 
 from haq.data import load_digits_data
 from haq.layers import extract_layers
-from haq.models import DIGITS_RECIPE, create_model, model_entry
+from haq.models import create_model, model_entry
+from haq.pretrain import DIGITS_RECIPE
 from haq.prune import PruneConfig, prune
 from haq.train import fit
 

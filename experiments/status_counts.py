@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from haq.tables import RESULTS_DIR, TABLES, refit_shortfalls, stuck_rows, verdicts
+from haq.tables import TABLES, refit_shortfalls, stuck_rows, verdicts
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "experiments" / "results"
 
 MEASURES = (("accuracy", "search-validation"), ("test_accuracy", "held out"),
             ("test_accuracy_refits", "held out over the refits"))

@@ -12,7 +12,9 @@ from pathlib import Path
 import pandas as pd
 from status_counts import counts, status_markdown  # beside this script
 
-from haq.tables import RESULTS_DIR, TABLES
+from haq.tables import TABLES
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "experiments" / "results"
 
 ROOT = Path(__file__).resolve().parents[1]
 STATUS_START, STATUS_END = "<!-- status:start (experiments/update_docs.py) -->", "<!-- status:end -->"

@@ -71,3 +71,8 @@ def test_dependencies_point_one_way():
                          else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
                 for n in names:
                     assert n.split(".")[0] not in forbidden, f"{path.relative_to(ROOT)} imports {n}"
+
+
+def test_the_model_registry_does_not_know_how_to_train():
+    graph = import_graph("haq")
+    assert not {"haq.train", "haq.data", "haq.pretrain"} & graph["haq.models"]

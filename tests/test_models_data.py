@@ -13,19 +13,9 @@ from torch import nn
 
 from haq import Policy, extract_layers
 from haq.data import augment_batch, batches, decode_images, load_cifar10, load_dataset, load_imagenet
-from haq.models import (
-    DIGITS32_RECIPE,
-    DIGITS_RECIPE,
-    SHIPPED_WEIGHTS,
-    create_model,
-    list_models,
-    load_weights,
-    model_entry,
-    state_fingerprint,
-    train_on_digits,
-    weights_file_name,
-)
+from haq.models import create_model, list_models, load_weights, model_entry, state_fingerprint
 from haq.parts import load_model_and_data
+from haq.pretrain import DIGITS32_RECIPE, DIGITS_RECIPE, SHIPPED_WEIGHTS, train_on_digits, weights_file_name
 from haq.qmodel import QuantConfig, QuantizedModel
 
 

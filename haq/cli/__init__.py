@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a local weights file for each of the scale's models that has no training of its own "
                    "(the paper scale's ImageNet networks)")
     t.add_argument("--runs", default="runs/tables", help="where the searches' run directories go")
-    t.add_argument("--results", help="where the CSV, markdown and figures go (default experiments/results; "
+    t.add_argument("--results", help="where the CSV, markdown and figures go (default experiments/results under the working directory; "
                    "RUNS/results when --models, --seeds, --episodes or --refits is given)")
     t.add_argument("--config-dir", dest="config_dir", help="folder of the table YAMLs (default experiments/configs)")
     t.add_argument("--refits", type=nonnegative_int,

@@ -50,7 +50,8 @@ class ModelEntry:
     """A registered network: its factory, input shape and the data set it is meant for.
 
     `data` holds keyword arguments of that data set's loader (e.g. ``{"size": 32}``);
-    `pretrain`, where set, returns the network trained on it (`create_model`'s default).
+    `pretrain`, where set, names (``"module:function"``) a function that returns the network
+    trained on it (`create_model`'s default); the registry itself never trains.
     """
 
     factory: Callable[..., nn.Module]
@@ -58,7 +59,7 @@ class ModelEntry:
     dataset: str
     doc: str = ""
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
-    pretrain: Callable[[], nn.Module] | None = None
+    pretrain: str | None = None
 
 
 _MODELS: dict[str, ModelEntry] = {}
@@ -66,7 +67,7 @@ _MODELS: dict[str, ModelEntry] = {}
 
 def register_model(name: str, factory: Callable[..., nn.Module], input_shape: tuple[int, int, int],
                    dataset: str, doc: str = "", *, data: dict[str, Any] | None = None,
-                   pretrain: Callable[[], nn.Module] | None = None) -> None:
+                   pretrain: str | None = None) -> None:
     """Register a network factory under `name` (see `ModelEntry` for `data` and `pretrain`)."""
     if name in _MODELS:
         raise ValueError(f"model {name!r} is already registered")
@@ -204,7 +205,8 @@ def create_model(name: str, *, weights: str | os.PathLike[str] | None = None, pr
     """
     entry = model_entry(name)
     if entry.pretrain is not None and pretrained and weights is None and not kwargs:
-        return entry.pretrain()
+        module, _, function = entry.pretrain.partition(":")
+        return getattr(importlib.import_module(module), function)()
     model = entry.factory(**kwargs)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model {name!r}: factory returned {type(model).__name__}, not an nn.Module")
@@ -213,67 +215,12 @@ def create_model(name: str, *, weights: str | os.PathLike[str] | None = None, pr
     return model
 
 
-SHIPPED_WEIGHTS = Path(__file__).with_name("weights")
-DIGITS_RECIPE = {"version": 1, "epochs": 30, "lr": 0.05, "batch_size": 64, "seed": 0}
-DIGITS32_RECIPE = {"version": 1, "epochs": 20, "lr": 0.05, "batch_size": 64, "seed": 0}
-
-
 def model_layers(name: str) -> list[LayerSpec]:
     """The `LayerSpec`s of a registered model at its registered input size (no weights,
     no data: enough to price it on any hardware model)."""
     from haq.layers import extract_layers
 
     return extract_layers(create_model(name, pretrained=False), model_entry(name).input_shape)
-
-
-def weights_file_name(name: str, recipe: dict[str, Any]) -> str:
-    """The file name of `name`'s weights trained by `recipe` (shipped or cached): it holds the
-    recipe, so a changed recipe never reads another recipe's weights."""
-    return f"{name}-" + "-".join(f"{k}{v}" for k, v in recipe.items()) + ".pt"
-
-
-def train_on_digits(name: str, recipe: dict[str, Any], *, shipped: bool = True) -> nn.Module:
-    """Registered model `name` trained on the digits search-train split by `recipe` (SGD,
-    cosine schedule; see `haq.train.fit`).
-
-    The weights shipped in ``haq/models/weights/`` for this recipe when there are some (and
-    `shipped`); otherwise trained on first use and cached under `cache_dir` by a name that
-    holds the recipe. ``shipped=False`` trains this machine's own (bit-identical on one machine,
-    not across CPUs: the weights' README)."""
-    from haq.data import load_digits_data
-    from haq.train import fit
-
-    entry = model_entry(name)
-    file_name = weights_file_name(name, recipe)
-    if shipped and (SHIPPED_WEIGHTS / file_name).is_file():
-        model = entry.factory()
-        load_weights(model, SHIPPED_WEIGHTS / file_name)
-        return model
-    path = cache_dir() / file_name
-    if path.is_file():
-        model = entry.factory()
-        try:
-            load_weights(model, path)
-            return model
-        except ValueError as exc:
-            log.warning("cached %s weights are unusable (%s); training again", name, exc)
-    log.info("training %s on digits for %d epochs (first use only; the weights are cached at %s)",
-             name, recipe["epochs"], path)
-    torch.manual_seed(recipe["seed"])
-    model = entry.factory()
-    acc = fit(model, load_digits_data(**entry.data), epochs=recipe["epochs"], lr=recipe["lr"],
-              batch_size=recipe["batch_size"], seed=recipe["seed"])
-    log.info("%s: %.1f%% top-1 on search-val", name, acc["top1"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
-    return model
-
-
-def pretrained_digits() -> nn.Module:
-    """The embedded default, trained on the digits search-train split (`train_on_digits`)."""
-    return train_on_digits("digits-mbv2", DIGITS_RECIPE)
 
 
 def digits32_mbv2(num_classes: int = 10, in_channels: int = 1, width: float = 0.5) -> MobileNetV2:
@@ -308,10 +255,10 @@ def _mbv1_cifar(num_classes: int = 10, in_channels: int = 3, width: float = 1.0)
 
 register_model("digits-mbv2", digits_mbv2, (1, 16, 16), "digits",
                "Small MobileNetV2-style network for the embedded digits data (trained weights shipped)",
-               pretrain=pretrained_digits)
+               pretrain="haq.pretrain:digits_mbv2")
 register_model("digits32-mbv2", digits32_mbv2, (1, 32, 32), "digits",
                "CIFAR-sized MobileNet-V2 (width 0.5) on digits upscaled to 32x32 (trained weights shipped)",
-               data={"size": 32}, pretrain=lambda: train_on_digits("digits32-mbv2", DIGITS32_RECIPE))
+               data={"size": 32}, pretrain="haq.pretrain:digits32_mbv2")
 register_model("mobilenet_v1", MobileNetV1, (3, 224, 224), "imagenet", "MobileNet-V1 (ImageNet, 224 px)")
 register_model("mobilenet_v2", MobileNetV2, (3, 224, 224), "imagenet", "MobileNet-V2 (ImageNet, 224 px)")
 register_model("mobilenet_v1_cifar", _mbv1_cifar, (3, 32, 32), "cifar10")
@@ -321,5 +268,4 @@ register_model("resnet18", _resnet18, (3, 224, 224), "imagenet")
 register_model("resnet50", _resnet50, (3, 224, 224), "imagenet")
 
 __all__ = ["ModelEntry", "cache_dir", "checkpoint_classes", "create_model", "list_models", "load_weights",
-           "model_entry", "pretrained_digits", "read_state_dict", "register_model", "state_fingerprint",
-           "train_on_digits", "weights_file_name"]
+           "model_entry", "model_layers", "read_state_dict", "register_model", "state_fingerprint"]

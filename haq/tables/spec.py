@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "experiments" / "configs"
-RESULTS_DIR = ROOT / "experiments" / "results"
+RESULTS_DIR = Path("experiments") / "results"
+"""Where a table's CSV, markdown and figures go unless told otherwise: relative, so under the working
+directory (in a source checkout, the committed results), never inside the installed package."""
 TABLES = ("latency", "energy", "size")
 SCALES = ("mini", "paper")
 METHODS = ("haq", "random")
