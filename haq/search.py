@@ -9,7 +9,8 @@ Run directory layout::
     policy.png          per-layer bits of the best policy (depthwise layers marked)
     progress.png        reward and cost over episodes
     checkpoint.json     points at the latest complete checkpoint directory
-    checkpoint-NNNNN/   agent (SB3 zip), replay buffer, RNG states, search state
+    checkpoint-NNNNN/   agent weights (agent.pt), replay buffer (replay.npz), RNG states and
+                        progress (state.json): no pickles (`haq.checkpoint`)
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import dataclasses
 import json
 import logging
 import os
-import pickle
-import random
 import shutil
 import time
 from collections.abc import Callable
@@ -29,12 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
 
 import hw_models
-from haq.agent import HAQDDPG
+from haq import checkpoint
 from haq.config import SearchConfig
 from haq.evaluator import QuantEvaluator
 from haq.parts import (
@@ -187,17 +185,7 @@ class Search:
         ckpt = self.run_dir / f"checkpoint-{n:05d}"
         if ckpt.exists():
             shutil.rmtree(ckpt)
-        ckpt.mkdir(parents=True)
-        self.agent.save(ckpt / "agent.zip")
-        self.agent.save_replay_buffer(ckpt / "replay.pkl")
-        state = {"episodes": n, "best": self.best, "rng": {
-            "torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            # the warm-up's uniform random actions (SB3 reseeds the space when it loads an agent)
-            "action_space": self.agent.action_space.np_random.bit_generator.state}}
-        with open(ckpt / "state.pkl", "wb") as fh:
-            pickle.dump(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        checkpoint.save(self.agent, ckpt, {"episodes": n, "best": self.best})
         _atomic_write(pointer, json.dumps({"episodes": n, "dir": ckpt.name}) + "\n")
         for old in self.run_dir.glob("checkpoint-*"):
             if old.name != ckpt.name:
@@ -318,16 +306,9 @@ class Search:
         info = json.loads(pointer.read_text())
         ckpt = run_dir / info["dir"]
         n = int(info["episodes"])
-        search.agent = HAQDDPG.load(ckpt / "agent.zip", env=search.env, device="cpu")
-        search.agent.load_replay_buffer(ckpt / "replay.pkl")
-        search.agent._last_obs = None  # the fresh env must be reset before its first step
-        with open(ckpt / "state.pkl", "rb") as fh:
-            state = pickle.load(fh)
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        if "action_space" in state["rng"]:  # checkpoints written before it was kept resume as they did
-            search.agent.action_space.np_random.bit_generator.state = state["rng"]["action_space"]
+        progress = checkpoint.load(search.agent, ckpt)
+        if progress["episodes"] != n:
+            raise checkpoint.CheckpointError(f"{ckpt}: holds {progress['episodes']} episodes, {pointer} says {n}")
         if len(rows) < n:
             raise RuntimeError(f"{run_dir}/episodes.csv has {len(rows)} rows but the checkpoint has {n} episodes")
         # rows past the checkpoint belong to an episode that will be run again: drop them
@@ -336,7 +317,9 @@ class Search:
             writer.writeheader()
             writer.writerows(rows[:n])
         search.records = [_typed_row(r) for r in rows[:n]]
-        search.best = state["best"]
+        search.best = progress["best"]
+        if search.best is not None:  # JSON keeps the policy's (w, a) pairs as lists
+            search.best["policy"] = [tuple(p) for p in search.best["policy"]]
         if search.best is not None:
             search._write_best()
         log.info("resuming %s after episode %d of %d", run_dir, n, config.episodes)

@@ -373,6 +373,37 @@ def test_killed_search_resumes_without_losing_or_repeating_episodes(tmp_path, sh
     assert got == rows(tmp_path / "ref")  # the same episodes as a run that was never interrupted
 
 
+def test_a_checkpoint_holds_no_pickles_and_a_pickled_one_is_refused_without_running_it(tmp_path, shared_parts):
+    """A run folder is data: the checkpoint is state dicts read weights-only, arrays read without
+    pickles and JSON. A pickled checkpoint (an older engine's, or a crafted one) is refused by name
+    and never unpickled; a truncated state.json is refused by name."""
+    import pickle
+
+    search = Search(tiny_config(tmp_path, "run", episodes=3), evaluator=shared_parts.evaluator)
+    search.run()
+    ckpt = tmp_path / "run" / "checkpoint-00003"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["agent.pt", "replay.npz", "state.json"]
+    torch.load(ckpt / "agent.pt", weights_only=True)
+    np.load(ckpt / "replay.npz", allow_pickle=False).close()
+    assert json.loads((ckpt / "state.json").read_text())["progress"]["episodes"] == 3
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    (ckpt / "state.pkl").write_bytes(pickle.dumps(Evil()))
+    for argv in (["search", "--resume", str(tmp_path / "run")],):
+        proc = subprocess.run([sys.executable, "-m", "haq.cli", *argv], capture_output=True, text=True, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert "holds state.pkl, a pickled checkpoint of an older engine; loading it could run code" in proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "pwned").exists()
+    (ckpt / "state.pkl").unlink()
+    (ckpt / "state.json").write_text((ckpt / "state.json").read_text()[:40])
+    with pytest.raises(ValueError, match=r"checkpoint-00003: cannot read the checkpoint \(JSONDecodeError"):
+        Search.resume(tmp_path / "run", evaluator=shared_parts.evaluator)
+
+
 def test_search_killed_in_its_warm_up_resumes_with_the_warm_ups_next_random_policies(tmp_path, shared_parts):
     """The warm-up's uniform random actions come from the action space's own generator, which
     SB3 reseeds when it loads an agent: a resumed warm-up drew its first policies again."""
