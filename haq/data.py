@@ -18,6 +18,7 @@ import pickle
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -185,17 +186,35 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
+CIFAR_PICKLE_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")})
+"""What a CIFAR-10 python batch may name: NumPy's array rebuilders, and bytes as Python 2 wrote them."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads the dicts of arrays, lists and bytes a CIFAR-10 batch holds; refuses every other
+    global, so a crafted batch file cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refused {module}.{name}: a CIFAR-10 batch holds only arrays, lists and "
+                                         "bytes")
+        return super().find_class(module, name)
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR-10 file {path} is missing; expected the python version "
                                 "(data_batch_1..5 and test_batch in one folder)")
     try:
         with open(path, "rb") as fh:
-            d = pickle.load(fh, encoding="bytes")
+            d = _CifarUnpickler(fh, encoding="bytes").load()
         data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(d[b"labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
-        raise ValueError(f"{path}: not a CIFAR-10 python batch ({exc})") from exc
+    except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError, IndexError) as exc:
+        raise ValueError(f"{path}: not a CIFAR-10 python batch ({exc})") from None
     return data, labels
 
 

@@ -374,6 +374,28 @@ def test_cifar10_loader_reads_python_batches(tmp_path):
         load_cifar10(tmp_path / "nowhere")
 
 
+def test_a_crafted_cifar_batch_is_refused_without_running_code(tmp_path):
+    """The batches are pickles: they are read by an unpickler that knows only NumPy's array
+    rebuilders, so a batch that would run a command is refused by name and runs nothing; a batch as
+    Python 2 wrote it (protocol 2) still loads."""
+    root = write_cifar(tmp_path / "cifar-10-batches-py")
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    with open(root / "data_batch_2", "wb") as fh:
+        pickle.dump({b"data": Evil(), b"labels": [0]}, fh)
+    with pytest.raises(ValueError, match=r"data_batch_2: not a CIFAR-10 python batch \(refused pathlib.Path.touch"):
+        load_cifar10(tmp_path, n_train=60, n_val=30)
+    assert not (tmp_path / "pwned").exists()
+    rng = np.random.default_rng(1)
+    with open(root / "data_batch_2", "wb") as fh:
+        pickle.dump({b"batch_label": b"training batch 2 of 5", b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8),
+                     b"labels": [int(v) for v in rng.integers(0, 10, 20)], b"filenames": [b"a.png"] * 20}, fh, protocol=2)
+    assert len(load_cifar10(tmp_path, n_train=60, n_val=30).train) == 60
+
+
 def test_imagenet_folder_loader_and_imagenet100_subset(tmp_path):
     from PIL import Image
 
