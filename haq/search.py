@@ -40,6 +40,7 @@ from haq.parts import (
     make_agent,
 )
 from haq.policy import Policy
+from haq.runlock import FolderLock
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,10 @@ class _Recorder(BaseCallback):
 class Search:
     """A search in a run directory; `run` it, or `Search.resume(run_dir)` to continue one.
 
+    The search holds its run directory's lock (`haq.runlock.FolderLock`) from its setup until `run`
+    ends (and again while `held_out` rewrites the summary), so a second process on the same folder
+    is refused (`FolderInUse`) before it writes anything.
+
     `evaluator` lends a prebuilt `QuantEvaluator` (`build_evaluator`; the model, data and
     calibration: the slow part of the setup) to several searches of the same model; it must
     match the config (`check_evaluator`).
@@ -119,6 +124,8 @@ class Search:
         self.on_episode = on_episode
         # a prebuilt evaluator (model, data, calibration) is borrowed; the environment is this config's
         self.parts = build_parts(config, evaluator)
+        # one process per run folder, from here (nothing is written before) to `release` or the process's end
+        self.lock = FolderLock(self.run_dir).acquire()
         self.pool: Any = None
         if config.workers > 1:
             from haq.parallel import BatchEvalVecEnv, RayEvaluatorPool
@@ -203,22 +210,30 @@ class Search:
             try:
                 check_fresh_run_dir(self.run_dir)
             except FileExistsError:
-                self.close()
+                self.release()
                 raise
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config.to_yaml(self.run_dir / "config.yaml")
         remaining = self.config.episodes - self.episodes_done
         steps, n = self.parts.env.n_steps, self.config.workers
         try:
-            if remaining > 0:
-                self._last_time = time.perf_counter()
-                rounds = -(-remaining // n)
-                self.agent.learn(total_timesteps=rounds * n * steps, callback=_Recorder(self),
-                                 reset_num_timesteps=self.episodes_done == 0)
-                self.checkpoint()
-        finally:
-            self.close()
-        return self.finish()
+            try:
+                if remaining > 0:
+                    self._last_time = time.perf_counter()
+                    rounds = -(-remaining // n)
+                    self.agent.learn(total_timesteps=rounds * n * steps, callback=_Recorder(self),
+                                     reset_num_timesteps=self.episodes_done == 0)
+                    self.checkpoint()
+            finally:
+                self.close()
+            return self.finish()
+        finally:  # done, or stopped: the folder is free for a resume
+            self.lock.release()
+
+    def release(self) -> None:
+        """Stop the workers and give up the run folder's lock (another process may then resume it)."""
+        self.close()
+        self.lock.release()
 
     def close(self) -> None:
         """Stop the parallel workers, if any (the search can still `finish`)."""
@@ -275,11 +290,13 @@ class Search:
         many noisy measurements on the search-validation split, so its top-1 there flatters it;
         held out, it does not. Rewrites summary.json."""
         assert self.best is not None
+        self.lock.acquire()
         ev, layers = self.parts.evaluator, self.parts.env.layers
         summary["best"]["test_accuracy"] = ev.evaluate(self.best["policy"], split="test")["top1"]
         for b in summary["uniform_baselines"]:
             b["test_accuracy"] = ev.evaluate(Policy.from_string(layers, b["policy"]), split="test")["top1"]
         _atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        self.lock.release()
         return summary
 
     # ------------------------------------------------------------------ resume

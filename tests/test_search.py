@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -402,6 +403,32 @@ def test_a_checkpoint_holds_no_pickles_and_a_pickled_one_is_refused_without_runn
     (ckpt / "state.json").write_text((ckpt / "state.json").read_text()[:40])
     with pytest.raises(ValueError, match=r"checkpoint-00003: cannot read the checkpoint \(JSONDecodeError"):
         Search.resume(tmp_path / "run", evaluator=shared_parts.evaluator)
+
+
+def test_one_process_per_run_folder(tmp_path, shared_parts):
+    """A second search on a folder another process (here: another Search, during its setup) holds is
+    refused by name before it writes anything; once the holder's run ends, the folder is free."""
+    from haq.runlock import FolderInUse, FolderLock
+
+    first = Search(tiny_config(tmp_path, "run", episodes=2), evaluator=shared_parts.evaluator)
+    with pytest.raises(FolderInUse, match=rf"{tmp_path / 'run'} is in use by process {os.getpid()} "):
+        Search(tiny_config(tmp_path, "run", episodes=2, seed=1), evaluator=shared_parts.evaluator)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]  # nothing written by either yet
+    first.run()  # a finished (or stopped) run lets go of its folder
+    assert Search.resume(tmp_path / "run", evaluator=shared_parts.evaluator).episodes_done == 2
+    # a killed holder frees it too: the lock belongs to the process, not to a file left behind
+    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.pwrite(fd, b'%d' % os.getpid(), 0); print('held', flush=True); "
+            "time.sleep(60)")
+    (tmp_path / "other").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "other" / ".lock")], stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(FolderInUse, match=f"in use by process {holder.pid} "):
+        FolderLock(tmp_path / "other").acquire()
+    holder.kill()
+    holder.wait()
+    FolderLock(tmp_path / "other").acquire().release()
 
 
 def test_search_killed_in_its_warm_up_resumes_with_the_warm_ups_next_random_policies(tmp_path, shared_parts):

@@ -631,3 +631,14 @@ def test_the_ablation_command_pairs_each_search_with_the_tables_and_counts_verdi
         out / "other-budget-mini.csv", index=False)
     with pytest.raises(SystemExit, match="no search of other-budget has a twin in the latency table"):
         ab.compare("other-budget", configs, results, out)
+
+
+def test_one_process_per_table_runs_folder(tmp_path):
+    """A second `haq table` on the runs folder a first one holds is refused by name, before any search."""
+    from haq.runlock import FolderLock
+
+    spec = TableSpec.load("tiny", write_spec(tmp_path))
+    with FolderLock(tmp_path / "runs" / "tiny-mini"):
+        with pytest.raises(FileExistsError, match=r"tiny-mini is in use by process \d+"):
+            run_table(spec, "mini", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results")
+    assert sorted(p.name for p in (tmp_path / "runs" / "tiny-mini").iterdir()) == [".lock"]

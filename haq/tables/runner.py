@@ -20,6 +20,7 @@ from haq.config import SearchConfig, budget_kind
 from haq.evaluator import QuantEvaluator
 from haq.parts import build_evaluator, build_parts, check_evaluator
 from haq.policy import Policy
+from haq.runlock import FolderLock
 from haq.search import Search, _atomic_write, agent_exploration, read_episodes
 from haq.tables.render import render_table
 from haq.tables.spec import (
@@ -61,70 +62,71 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     base = Path(runs_dir) / f"{spec.name}-{scale}{tag}"
-    cells = spec.cells(scale, seeds)
-    fingerprints = model_fingerprints(spec, scale, [c.model for c in cells], overrides, base)
-    check_float_models(base, fingerprints)
-    configs = {c: spec.config(scale, c.model, c.hw, c.budget, c.method, c.seed, _run_dir(base, c), overrides)
-               for c in cells}
-    summaries: dict[Cell, dict[str, Any]] = {}
-    for cell, cfg in configs.items():  # finished searches are read back
-        summary_path = _run_dir(base, cell) / "summary.json"
-        if summary_path.is_file():
-            _check_same_config(summary_path.parent, cfg, cell.method)
-            summaries[cell] = json.loads(summary_path.read_text())
-    # one baseline set per (model, hardware, seed): the same finetune as the searches, this hardware's cost
-    baseline_sets = {(c.model, c.hw, c.seed): spec.config(scale, c.model, c.hw, spec.model_budgets(scale, c.model)[0],
-                                                          "haq", c.seed, base / "unused", overrides) for c in cells}
-    baselines: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for key in baseline_sets:
-        cache = _baseline_cache(base, *key)
-        baselines[key] = json.loads(cache.read_text()) if cache.is_file() else {}
+    with FolderLock(base):  # one process per table runs folder
+        cells = spec.cells(scale, seeds)
+        fingerprints = model_fingerprints(spec, scale, [c.model for c in cells], overrides, base)
+        check_float_models(base, fingerprints)
+        configs = {c: spec.config(scale, c.model, c.hw, c.budget, c.method, c.seed, _run_dir(base, c), overrides)
+                   for c in cells}
+        summaries: dict[Cell, dict[str, Any]] = {}
+        for cell, cfg in configs.items():  # finished searches are read back
+            summary_path = _run_dir(base, cell) / "summary.json"
+            if summary_path.is_file():
+                _check_same_config(summary_path.parent, cfg, cell.method)
+                summaries[cell] = json.loads(summary_path.read_text())
+        # one baseline set per (model, hardware, seed): the same finetune as the searches, this hardware's cost
+        baseline_sets = {(c.model, c.hw, c.seed): spec.config(scale, c.model, c.hw, spec.model_budgets(scale, c.model)[0],
+                                                              "haq", c.seed, base / "unused", overrides) for c in cells}
+        baselines: dict[tuple[str, str, int], dict[str, Any]] = {}
+        for key in baseline_sets:
+            cache = _baseline_cache(base, *key)
+            baselines[key] = json.loads(cache.read_text()) if cache.is_file() else {}
 
-    def save_baselines(key: tuple[str, str, int], values: dict[str, Any]) -> None:
-        baselines[key].update(values)
-        cache = _baseline_cache(base, *key)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(baselines[key], indent=2) + "\n")
+        def save_baselines(key: tuple[str, str, int], values: dict[str, Any]) -> None:
+            baselines[key].update(values)
+            cache = _baseline_cache(base, *key)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(baselines[key], indent=2) + "\n")
 
-    todo_baselines = {k: [b for b in spec.baselines if b not in baselines[k]] for k in baseline_sets}
-    todo_baselines = {k: v for k, v in todo_baselines.items() if v}
-    if jobs == 1:
-        for model, model_cells in itertools.groupby(cells, key=lambda c: c.model):
-            evaluator: QuantEvaluator | None = None  # built on first need; serves all of the model's searches
-            for cell in model_cells:
-                cfg, run_dir = configs[cell], _run_dir(base, cell)
-                if on_search is not None:
-                    on_search(run_dir.name, cfg)
-                if cell not in summaries:
-                    evaluator = evaluator or build_evaluator(cfg)
-                    summaries[cell] = _run_search(cfg, run_dir, evaluator, on_episode)
-                if on_finished is not None:
-                    on_finished(run_dir.name)
-            for key in [k for k in todo_baselines if k[0] == model]:
-                parts = build_parts(baseline_sets[key], evaluator)  # this hardware's env, the model's evaluator
-                evaluator = parts.evaluator
-                for b in todo_baselines[key]:
-                    save_baselines(key, {b: _baseline(parts, b)})
-        evaluator = parts = None  # free the last model and its data before `held_out` builds its own
-    else:
-        _run_parallel(base, configs, summaries, baseline_sets, todo_baselines, save_baselines, jobs, on_finished,
-                      on_progress)
+        todo_baselines = {k: [b for b in spec.baselines if b not in baselines[k]] for k in baseline_sets}
+        todo_baselines = {k: v for k, v in todo_baselines.items() if v}
+        if jobs == 1:
+            for model, model_cells in itertools.groupby(cells, key=lambda c: c.model):
+                evaluator: QuantEvaluator | None = None  # built on first need; serves all of the model's searches
+                for cell in model_cells:
+                    cfg, run_dir = configs[cell], _run_dir(base, cell)
+                    if on_search is not None:
+                        on_search(run_dir.name, cfg)
+                    if cell not in summaries:
+                        evaluator = evaluator or build_evaluator(cfg)
+                        summaries[cell] = _run_search(cfg, run_dir, evaluator, on_episode)
+                    if on_finished is not None:
+                        on_finished(run_dir.name)
+                for key in [k for k in todo_baselines if k[0] == model]:
+                    parts = build_parts(baseline_sets[key], evaluator)  # this hardware's env, the model's evaluator
+                    evaluator = parts.evaluator
+                    for b in todo_baselines[key]:
+                        save_baselines(key, {b: _baseline(parts, b)})
+            evaluator = parts = None  # free the last model and its data before `held_out` builds its own
+        else:
+            _run_parallel(base, configs, summaries, baseline_sets, todo_baselines, save_baselines, jobs, on_finished,
+                          on_progress)
 
-    rows = [_search_row(spec, scale, *cell, summaries[cell], configs[cell].warmup, _run_dir(base, cell))
-            for cell in cells]
-    for (model, hw, seed), done in baselines.items():
-        rows += [{"table": spec.name, "scale": scale, "model": model, "hw": hw, "budget": "", "method": "fixed",
-                  "policy": b, "seed": seed, "accuracy": done[b]["accuracy"], "cost": done[b]["cost"],
-                  "cost_ratio": done[b]["cost"] / done[b]["w8a8_cost"],
-                  "w8a8_over_cost": done[b]["w8a8_cost"] / done[b]["cost"], "fp_accuracy": done[b]["fp_accuracy"],
-                  "w_bits": "", "a_bits": "", "episodes": 0, "warmup": "", "best_episode": "",
-                  "agent_distinct_policies": "", "agent_top_share": ""}
-                 for b in spec.baselines]
-    one_float_model(pd.DataFrame(rows))
-    df = held_out(spec, scale, pd.DataFrame(rows), base, overrides, jobs, on_held_out, fingerprints=fingerprints)
-    df["float_model"] = df["model"].map(fingerprints)
-    write_table(spec, scale, df, Path(results_dir or RESULTS_DIR), tag)
-    return df
+        rows = [_search_row(spec, scale, *cell, summaries[cell], configs[cell].warmup, _run_dir(base, cell))
+                for cell in cells]
+        for (model, hw, seed), done in baselines.items():
+            rows += [{"table": spec.name, "scale": scale, "model": model, "hw": hw, "budget": "", "method": "fixed",
+                      "policy": b, "seed": seed, "accuracy": done[b]["accuracy"], "cost": done[b]["cost"],
+                      "cost_ratio": done[b]["cost"] / done[b]["w8a8_cost"],
+                      "w8a8_over_cost": done[b]["w8a8_cost"] / done[b]["cost"], "fp_accuracy": done[b]["fp_accuracy"],
+                      "w_bits": "", "a_bits": "", "episodes": 0, "warmup": "", "best_episode": "",
+                      "agent_distinct_policies": "", "agent_top_share": ""}
+                     for b in spec.baselines]
+        one_float_model(pd.DataFrame(rows))
+        df = held_out(spec, scale, pd.DataFrame(rows), base, overrides, jobs, on_held_out, fingerprints=fingerprints)
+        df["float_model"] = df["model"].map(fingerprints)
+        write_table(spec, scale, df, Path(results_dir or RESULTS_DIR), tag)
+        return df
 
 
 def write_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: str = "") -> Path:
@@ -286,8 +288,13 @@ def _run_search(cfg: SearchConfig, run_dir: Path, evaluator: QuantEvaluator,
                 on_episode: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Resume the search in `run_dir` from its checkpoint, or start it; its summary."""
     if (run_dir / "checkpoint.json").is_file():
-        return Search.resume(run_dir, on_episode, evaluator=evaluator).run()
-    return Search(cfg, on_episode=on_episode, evaluator=evaluator).run()
+        search = Search.resume(run_dir, on_episode, evaluator=evaluator)
+    else:
+        search = Search(cfg, on_episode=on_episode, evaluator=evaluator)
+    try:
+        return search.run()
+    finally:
+        search.release()
 
 
 def _run_dir(base: Path, cell: Cell) -> Path:
