@@ -236,12 +236,24 @@ class SearchConfig:
         return cls.from_dict(load_yaml(path), str(path))
 
     @classmethod
-    def from_run(cls, path: str | os.PathLike[str]) -> SearchConfig:
+    def from_run(cls, path: str | os.PathLike[str], allow_plugins: bool = False) -> SearchConfig:
         """The config a run directory's ``config.yaml`` was run with. A run writes every key,
         so a missing key means the run predates it; it gets the behaviour the run had then
         (`RUN_LEGACY`), not today's default, so that resuming an old run does not switch its
-        enforcement or agent halfway."""
+        enforcement or agent halfway.
+
+        A run folder is data: a ``model`` or ``hw`` that names code (``package.module:attr``, a
+        plugin that would be imported and run) is refused unless `allow_plugins` (the CLI's
+        ``--allow-plugins``: the user vouches for the folder).
+
+        Raises:
+            ValueError: the file names code and `allow_plugins` is False, or a key is invalid.
+        """
         data = load_yaml(path)
+        plugins = [f"{key}: {data[key]}" for key in PLUGIN_KEYS if isinstance(data.get(key), str) and ":" in data[key]]
+        if plugins and not allow_plugins:
+            raise ValueError(f"{path} names code to import ({', '.join(plugins)}); a run folder is data and is not "
+                             "allowed to run code: pass --allow-plugins if you trust it")
         for key, value in RUN_LEGACY.items():
             if isinstance(value, dict):
                 data[key] = {**value, **(data.get(key) or {})}
@@ -249,6 +261,9 @@ class SearchConfig:
                 data.setdefault(key, value)
         return cls.from_dict(data, str(path))
 
+
+PLUGIN_KEYS = ("model", "hw")
+"""Config keys whose ``package.module:attr`` value is imported: code, not data."""
 
 RUN_LEGACY: dict[str, Any] = {
     "enforcement": "sequential",

@@ -302,14 +302,16 @@ class Search:
     # ------------------------------------------------------------------ resume
     @classmethod
     def resume(cls, run_dir: str | os.PathLike[str], on_episode: EpisodeCallback | None = None,
-               episodes: int | None = None, evaluator: QuantEvaluator | None = None) -> Search:
+               episodes: int | None = None, evaluator: QuantEvaluator | None = None,
+               allow_plugins: bool = False) -> Search:
         """Continue a search from its last complete checkpoint (no episode lost or repeated);
-        a prebuilt `evaluator` is borrowed, as for a new `Search`."""
+        a prebuilt `evaluator` is borrowed, as for a new `Search`. A run whose config names a
+        plugin (``module:attr``) resumes only with `allow_plugins` (`SearchConfig.from_run`)."""
         run_dir = Path(run_dir)
         cfg_path = run_dir / "config.yaml"
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
-        config = SearchConfig.from_run(cfg_path)
+        config = SearchConfig.from_run(cfg_path, allow_plugins)
         if episodes is not None:
             config = dataclasses.replace(config, episodes=episodes)
         search = cls(config, run_dir, on_episode, evaluator)

@@ -706,3 +706,25 @@ def test_compile_is_on_by_default_for_cuda_searches_and_said_so_in_the_config(tm
     parse = build_parser().parse_args
     assert parse(["search"]).compile is None and parse(["search", "--no-compile"]).compile is False
     assert parse(["search", "--compile"]).compile is True
+
+
+def test_a_run_folder_cannot_run_code_unless_the_user_allows_plugins(tmp_path):
+    """A config.yaml in a run folder that names code (here subprocess:run with a shell command as its
+    parameters) is refused by `haq eval` and `haq search --resume` with one line naming the file, and
+    the command never runs; `--allow-plugins` is the user's explicit opt-in."""
+    run = tmp_path / "run"
+    run.mkdir()
+    SearchConfig(out=str(run)).to_yaml(run / "config.yaml")
+    text = (run / "config.yaml").read_text().replace("hw: bismo-edge", "hw: subprocess:run")
+    text = text.replace("hw_params: {}", f"hw_params: {{args: 'touch {tmp_path / 'pwned'}', shell: true}}")
+    assert "subprocess:run" in text and "shell: true" in text
+    (run / "config.yaml").write_text(text)
+    (run / "best_policy.json").write_text("{}")
+    for argv in (["eval", "--policy", str(run / "best_policy.json")], ["search", "--resume", str(run)]):
+        proc = subprocess.run([sys.executable, "-m", "haq.cli", *argv], capture_output=True, text=True, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == (f"haq {argv[0]}: error: {run / 'config.yaml'} names code to import (hw: "
+                                       "subprocess:run); a run folder is data and is not allowed to run code: pass "
+                                       "--allow-plugins if you trust it")
+    assert not (tmp_path / "pwned").exists()
+    assert SearchConfig.from_run(run / "config.yaml", allow_plugins=True).hw == "subprocess:run"

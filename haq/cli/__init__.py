@@ -58,6 +58,9 @@ RAY = _parent((("--workers",), {"type": int, "help": "evaluate this many policie
               (("--ray-address",), {"dest": "ray_address",
                                     "help": "Ray cluster to join (default: a local Ray instance)"}))
 JSON = _parent((("--json",), {"action": "store_true", "help": "print one JSON object"}))
+PLUGINS = _parent((("--allow-plugins",), {"dest": "allow_plugins", "action": "store_true",
+                                          "help": "let a run folder's config.yaml import the model or hardware "
+                                                  "plugin (module:attr) it names: plugins are code"}))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("search", parents=[_model(), DATA, _hw(), FINETUNE, DEVICE, DISTILL, RAY],
+    s = sub.add_parser("search", parents=[_model(), DATA, _hw(), FINETUNE, DEVICE, DISTILL, RAY, PLUGINS],
                        help="search a mixed-precision policy (defaults: the embedded digits model)")
     s.add_argument("--config", help="YAML file with SearchConfig keys; flags override it")
     s.add_argument("--constraint", choices=["latency", "energy", "size"])
@@ -92,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted search from its last complete episode")
     s.set_defaults(func=cmd_search)
 
-    e = sub.add_parser("eval", parents=[_model(), DATA, _hw(), POLICY, FINETUNE, TRAIN_IMAGES, DEVICE, DISTILL, JSON],
+    e = sub.add_parser("eval", parents=[_model(), DATA, _hw(), POLICY, FINETUNE, TRAIN_IMAGES, DEVICE, DISTILL, JSON, PLUGINS],
                        help="quantize with a policy, finetune, report accuracy and cost",
                        description="A policy file in a run directory is evaluated with that run's settings "
                        "(config.yaml beside it: model, weights, data, quantization, finetune, seed, hardware), "
@@ -140,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="where to write the pruned state dict (.pt)")
     pr.set_defaults(func=cmd_prune)
 
-    ex = sub.add_parser("export", parents=[_model(), DATA, FINETUNE, TRAIN_IMAGES, JSON],
+    ex = sub.add_parser("export", parents=[_model(), DATA, FINETUNE, TRAIN_IMAGES, JSON, PLUGINS],
                         help="export a policy's quantized model (PyTorch integer artifact + ONNX Q/DQ)",
                         description="A policy file in a run directory is quantized and finetuned with that run's "
                         "settings (config.yaml beside it); the flags override them.")

@@ -47,7 +47,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 or args.compile is not None):
             raise UsageError(f"--resume continues a run with its saved config.yaml; drop {given or 'the other flags'} "
                              "(only --episodes may be given, to extend the run)")
-        search = Search.resume(args.resume, on_episode, episodes=args.episodes)
+        search = Search.resume(args.resume, on_episode, episodes=args.episodes, allow_plugins=args.allow_plugins)
     else:
         data: dict[str, Any] = load_yaml(args.config) if args.config else {}
         for f in SEARCH_FLAGS:
@@ -134,7 +134,8 @@ def policy_settings(args: argparse.Namespace) -> PolicySettings:
         raise UsageError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
     policy = getattr(args, "policy", None)
     beside = Path(policy).parent / "config.yaml" if policy else None
-    run = SearchConfig.from_run(beside) if beside is not None and beside.is_file() else None
+    run = (SearchConfig.from_run(beside, getattr(args, "allow_plugins", False))
+           if beside is not None and beside.is_file() else None)
     if run is not None and args.model not in (None, run.model):
         run = None
     model = args.model or (run.model if run else None)

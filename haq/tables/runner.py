@@ -288,7 +288,7 @@ def _run_search(cfg: SearchConfig, run_dir: Path, evaluator: QuantEvaluator,
                 on_episode: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Resume the search in `run_dir` from its checkpoint, or start it; its summary."""
     if (run_dir / "checkpoint.json").is_file():
-        search = Search.resume(run_dir, on_episode, evaluator=evaluator)
+        search = Search.resume(run_dir, on_episode, evaluator=evaluator, allow_plugins=True)  # the spec names them
     else:
         search = Search(cfg, on_episode=on_episode, evaluator=evaluator)
     try:
@@ -429,7 +429,7 @@ def _baseline_job(config: dict[str, Any], policies: list[str], threads: int) -> 
 def config_differences(run_dir: Path, cfg: SearchConfig, method: str) -> list[str]:
     """The keys in which the search in `run_dir` ran another config than `cfg` (none: it may be
     reused or resumed as this cell's; the agent's settings do not matter to a random search)."""
-    done = SearchConfig.from_run(run_dir / "config.yaml")
+    done = SearchConfig.from_run(run_dir / "config.yaml", allow_plugins=True)  # compared with the spec's own
     ignore = {"out", "agent"} if method == "random" else {"out"}
     a = {k: v for k, v in done.to_dict().items() if k not in ignore}
     b = {k: v for k, v in cfg.to_dict().items() if k not in ignore}
