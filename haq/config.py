@@ -4,6 +4,7 @@ through YAML (the CLI's flags and ``--config`` file are views of it)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,29 @@ from haq.qmodel import QuantConfig
 from haq.train import FinetuneConfig, auto_compile
 
 CONSTRAINTS = {"latency": "latency_ms", "energy": "energy_mj", "size": "size_mb"}
+
+
+_SCALARS: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int,), "an integer"), "float": ((int, float), "a number"), "bool": ((bool,), "true or false"),
+    "str": ((str,), "a string")}
+
+
+def check_field_types(config: Any) -> None:
+    """Raise TypeError naming the first scalar field of a config dataclass whose value is not of its
+    declared type (``episodes: 2.5``, ``seed: "x"``, ``reward_scale: yes``); ``X | None`` admits None."""
+    for field in dataclasses.fields(config):
+        declared = str(field.type).replace(" ", "")
+        optional = declared.endswith("|None")
+        base = declared.removesuffix("|None")
+        if base not in _SCALARS:
+            continue
+        value = getattr(config, field.name)
+        if value is None and optional:
+            continue
+        kinds, want = _SCALARS[base]
+        if not isinstance(value, kinds) or (base != "bool" and isinstance(value, bool)):
+            raise TypeError(f"{type(config).__name__}.{field.name} must be {want}"
+                            f"{' or null' if optional else ''}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +109,7 @@ class AgentConfig:
     noise_offset_sigma: float = 0.2
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if min(self.actor_lr, self.critic_lr, self.tau, self.noise_sigma) <= 0 or self.batch_size < 1:
             raise ValueError("agent: learning rates, tau, noise_sigma must be > 0 and batch_size >= 1")
@@ -182,6 +207,11 @@ class SearchConfig:
     agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
 
     def __post_init__(self) -> None:
+        check_field_types(self)
+        if not math.isfinite(self.reward_scale) or self.reward_scale <= 0:
+            raise ValueError(f"reward_scale must be a finite number > 0 (the paper's 0.1), got {self.reward_scale!r}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.constraint not in CONSTRAINTS:
             raise ValueError(f"constraint must be one of {list(CONSTRAINTS)}, got {self.constraint!r}")
         budget_kind(self.budget)
@@ -225,11 +255,21 @@ class SearchConfig:
                 if not isinstance(value, dict):
                     raise ValueError(f"{source}: '{key}' must be a mapping of {sub.__name__} fields")
                 _check_keys(sub, value, f"{source}: {key}")
-                kwargs[key] = sub(**value)
-        return cls(**kwargs)
+                try:
+                    kwargs[key] = sub(**value)
+                except (TypeError, ValueError) as exc:
+                    raise type(exc)(f"{source}: {key}: {exc}") from None
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:  # name the file (or the flags) the value came from
+            raise type(exc)(f"{source}: {exc}") from None
 
     def to_yaml(self, path: str | os.PathLike[str]) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write the config as YAML, atomically (a temporary file renamed over `path`)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        os.replace(tmp, path)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> SearchConfig:
@@ -250,6 +290,10 @@ class SearchConfig:
             ValueError: the file names code and `allow_plugins` is False, or a key is invalid.
         """
         data = load_yaml(path)
+        missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in data and f.name not in RUN_LEGACY)
+        if missing:
+            raise ValueError(f"{path} lacks {', '.join(missing)}: a run writes every key, so the file is damaged "
+                             "(truncated?) or was not written by a search; it cannot be resumed as written")
         plugins = [f"{key}: {data[key]}" for key in PLUGIN_KEYS if isinstance(data.get(key), str) and ":" in data[key]]
         if plugins and not allow_plugins:
             raise ValueError(f"{path} names code to import ({', '.join(plugins)}); a run folder is data and is not "
@@ -274,6 +318,19 @@ RUN_LEGACY: dict[str, Any] = {
 """What runs written before a key existed did: the paper's sequential enforcement, PyTorch's
 init, no penalty, the requested actions stored, no exploration offsets, k-means centroids moved
 by their weights' summed gradients (``episode_targets`` has always been written)."""
+
+
+def check_device(device: str) -> str:
+    """`device` if it names a torch device this machine has; ValueError saying what would be valid."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this torch has no CUDA device; use --device cpu")
+    return device
 
 
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import hw_models
 from envs import MixedPrecisionEnv
 from envs.mixed_precision import OBS_FEATURES
 from haq.agent import HAQDDPG, EpisodeRewardReplayBuffer, TruncatedNormalNoise
-from haq.config import SearchConfig, budget_kind
+from haq.config import SearchConfig, budget_kind, check_device
 from haq.data import SearchData, load_dataset
 from haq.evaluator import QuantEvaluator, RewardMeasure
 from haq.models import checkpoint_classes, create_model, load_weights, model_entry, read_state_dict
@@ -136,6 +136,7 @@ def build_parts(config: SearchConfig, evaluator: QuantEvaluator | None = None) -
     matches `config` (`check_evaluator`); the cost model and environment are always built
     from `config`, so the budget, bit range and enforcement are the config's.
     """
+    check_device(config.device)
     cost_model = hw_models.create_hw_model(config.hw, **config.hw_params)
     cost_model.check_metric(config.metric)
     if evaluator is None:

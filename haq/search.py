@@ -86,6 +86,22 @@ def read_episodes(run_dir: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(fh))
 
 
+def check_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Refuse episode rows that a search did not write whole: a missing or non-numeric field, or
+    episodes out of order; the error names the file and line."""
+    for i, row in enumerate(rows):
+        where = f"{path}: line {i + 2}"
+        if None in row or any(row.get(k) in (None, "") for k in EPISODE_FIELDS if k != "phase"):
+            raise ValueError(f"{where}: the row is incomplete (torn by a crash?); every row needs {EPISODE_FIELDS}")
+        try:
+            numbers = [float(row[k]) for k in ("reward", "accuracy", "cost", "cost_ratio", "wall_s")]
+            episode = int(row["episode"])
+        except ValueError:
+            raise ValueError(f"{where}: a number field does not parse: {dict(row)}") from None
+        if episode != i + 1 or not all(np.isfinite(numbers)):
+            raise ValueError(f"{where}: episode {row['episode']} where {i + 1} belongs, or a value that is not finite")
+
+
 class _Recorder(BaseCallback):
     """Writes one CSV row per finished episode and a checkpoint before each new one."""
 
@@ -329,12 +345,21 @@ class Search:
         if progress["episodes"] != n:
             raise checkpoint.CheckpointError(f"{ckpt}: holds {progress['episodes']} episodes, {pointer} says {n}")
         if len(rows) < n:
-            raise RuntimeError(f"{run_dir}/episodes.csv has {len(rows)} rows but the checkpoint has {n} episodes")
-        # rows past the checkpoint belong to an episode that will be run again: drop them
-        with open(run_dir / "episodes.csv", "w", newline="") as fh:
+            raise ValueError(f"{run_dir / 'episodes.csv'} has {len(rows)} episodes but the checkpoint has {n}: the "
+                             "file was cut; the run cannot be resumed as written")
+        check_rows(run_dir / "episodes.csv", rows[:n])
+        if episodes is not None and episodes < n:
+            raise ValueError(f"{run_dir} has {n} episodes done; --episodes must be at least {n} (it extends a run, "
+                             "it cannot shorten one)")
+        # rows past the checkpoint belong to an episode that will be run again: drop them (atomically)
+        tmp = run_dir / "episodes.csv.tmp"
+        with open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, EPISODE_FIELDS)
             writer.writeheader()
             writer.writerows(rows[:n])
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, run_dir / "episodes.csv")
         search.records = [_typed_row(r) for r in rows[:n]]
         search.best = progress["best"]
         if search.best is not None:  # JSON keeps the policy's (w, a) pairs as lists

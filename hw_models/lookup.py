@@ -117,6 +117,23 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
                     raise LookupTableError(
                         f"{path}: missing row for layer {name!r} w_bits={w} a_bits={a} "
                         f"(each layer needs every combination of w_bits {w_set} and a_bits {a_set})")
+    for col in metrics:
+        if not (df[col] > 0).any():
+            raise LookupTableError(f"{path}: every {col} is 0; a cost table needs positive costs (the search divides "
+                                   "by the w8a8 cost)")
+        for name, group in df.groupby("layer", sort=False):
+            grid = group.pivot(index="w_bits", columns="a_bits", values=col)
+            values = grid.to_numpy()
+            for axis, label in ((0, "w_bits"), (1, "a_bits")):
+                falls = np.argwhere(np.diff(values, axis=axis) < 0)
+                if len(falls):
+                    i, j = falls[0]
+                    k, m = (i + 1, j) if axis == 0 else (i, j + 1)
+                    raise LookupTableError(
+                        f"{path}: layer {name!r}: {col} falls from {values[i, j]:g} at w_bits={grid.index[i]} "
+                        f"a_bits={grid.columns[j]} to {values[k, m]:g} at w_bits={grid.index[k]} "
+                        f"a_bits={grid.columns[m]}; a cost may not fall with more {label} (the search would "
+                        "take the costlier policy for the cheaper one)")
     df.attrs["path"] = str(path)
     return df
 

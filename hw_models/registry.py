@@ -60,8 +60,9 @@ def _import_attr(spec: str) -> Callable[..., CostModel]:
         raise ValueError(f"hardware model {spec!r}: use the form 'package.module:Attr'")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"hardware model {spec!r}: cannot import module {module_name!r}: {exc}") from exc
+    except Exception as exc:  # a plugin's import may raise anything: it is the user's code
+        raise ValueError(f"hardware model {spec!r}: cannot import module {module_name!r} "
+                         f"({type(exc).__name__}: {exc})") from exc
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -95,7 +96,12 @@ def create_hw_model(name: str, **overrides: Any) -> CostModel:
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ValueError(f"unknown hardware model {name!r}.{hint} Known models: {', '.join(known)}; "
                              "or pass 'package.module:Class' for your own.")
-    model = factory(**overrides)
+    try:
+        model = factory(**overrides)
+    except (TypeError, ValueError):  # bad overrides: the models' own messages name them
+        raise
+    except Exception as exc:  # a plugin's own failure, in one line
+        raise ValueError(f"hardware model {name!r}: creating it raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, CostModel):
         raise TypeError(f"hardware model {name!r} produced {type(model).__name__}, not a hw_models.CostModel")
     return model

@@ -66,6 +66,7 @@ PLUGINS = _parent((("--allow-plugins",), {"dest": "allow_plugins", "action": "st
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="haq", description="Hardware-aware automated mixed-precision quantization (HAQ).")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("search", parents=[_model(), DATA, _hw(), FINETUNE, DEVICE, DISTILL, RAY, PLUGINS],
@@ -172,8 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("haq.models").setLevel(logging.INFO)
     try:
         return int(args.func(args))
-    except (UsageError, ValueError, FileNotFoundError, FileExistsError, TypeError) as exc:
-        print(f"haq {args.command}: error: {exc}", file=sys.stderr)
+    except (UsageError, ValueError, TypeError, OSError) as exc:  # user input: flags, files, plugins, devices, data
+        if args.debug:
+            raise
+        print(f"haq {args.command}: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+              file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("\ninterrupted; continue with: haq search --resume <run directory>", file=sys.stderr)

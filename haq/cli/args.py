@@ -65,10 +65,10 @@ def load_policy(args: argparse.Namespace, layers: list[Any]) -> Any:
 
 def model_layers(name: str, input_shape: tuple[int, ...] | None, num_classes: int | None = None) -> list[Any]:
     from haq.layers import extract_layers
-    from haq.models import model_entry
+    from haq.models import create_model, model_entry
 
     entry = model_entry(name)
-    model = entry.factory() if num_classes is None else entry.factory(num_classes=num_classes)
+    model = create_model(name, pretrained=False, **({} if num_classes is None else {"num_classes": num_classes}))
     return extract_layers(model, input_shape or entry.input_shape)
 
 

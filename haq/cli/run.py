@@ -30,7 +30,7 @@ SEARCH_FLAGS = ("model", "weights", "dataset", "data_root", "hw", "constraint", 
 def cmd_search(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from haq.config import SearchConfig, load_yaml
+    from haq.config import SearchConfig, check_device, load_yaml
     from haq.search import Search, check_fresh_run_dir
 
     bar: tqdm | None = None
@@ -63,6 +63,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.compile is not None:
             data["finetune"] = {**data.get("finetune", {}), "compile": args.compile}
         config = SearchConfig.from_dict(data, args.config or "flags")
+        check_device(config.device)  # before "preparing": a device this machine lacks is one line
         if config.out:
             check_fresh_run_dir(config.out)  # before loading anything
         print(f"preparing: model {config.model}, hardware {config.hw}, {config.constraint} budget {config.budget}",
@@ -126,7 +127,7 @@ class PolicySettings:
 def policy_settings(args: argparse.Namespace) -> PolicySettings:
     """`PolicySettings` from the flags and the run that wrote ``args.policy``, so a run's
     reported top-1 is reproduced; a ``--model`` other than the run's drops the run's settings."""
-    from haq.config import SearchConfig
+    from haq.config import SearchConfig, check_device
     from haq.qmodel import QuantConfig
     from haq.train import FinetuneConfig
 
@@ -158,7 +159,8 @@ def policy_settings(args: argparse.Namespace) -> PolicySettings:
         weights=pick(args.weights, "weights", None), dataset=pick(args.dataset, "dataset", None),
         data_root=pick(args.data_root, "data_root", None), data=dict(run.data) if run else {},
         quant=run.quant if run else QuantConfig(), finetune=finetune, seed=pick(args.seed, "seed", 0),
-        device=pick(getattr(args, "device", None), "device", "cpu"), run_config=beside if run else None, run=run)
+        device=check_device(pick(getattr(args, "device", None), "device", "cpu")), run_config=beside if run else None,
+        run=run)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

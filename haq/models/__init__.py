@@ -86,8 +86,9 @@ def model_entry(name: str) -> ModelEntry:
         module_name, _, attr = name.partition(":")
         try:
             factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"model {name!r}: cannot import {attr!r} from {module_name!r} ({exc})") from exc
+        except Exception as exc:  # a plugin's import may raise anything: it is the user's code
+            raise ValueError(f"model {name!r}: cannot import {attr!r} from {module_name!r} "
+                             f"({type(exc).__name__}: {exc})") from exc
         shape = tuple(getattr(factory, "input_shape", (3, 224, 224)))
         return ModelEntry(factory, shape, getattr(factory, "dataset", "imagenet"))  # type: ignore[arg-type]
     if name not in _MODELS:
@@ -207,7 +208,12 @@ def create_model(name: str, *, weights: str | os.PathLike[str] | None = None, pr
     if entry.pretrain is not None and pretrained and weights is None and not kwargs:
         module, _, function = entry.pretrain.partition(":")
         return getattr(importlib.import_module(module), function)()
-    model = entry.factory(**kwargs)
+    try:
+        model = entry.factory(**kwargs)
+    except Exception as exc:
+        if ":" not in name:
+            raise
+        raise ValueError(f"model {name!r}: the factory raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise TypeError(f"model {name!r}: factory returned {type(model).__name__}, not an nn.Module")
     if weights is not None:
