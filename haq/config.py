@@ -138,7 +138,9 @@ class SearchConfig:
     Attributes:
         model: registered model name or ``"package.module:factory"``.
         weights: local state-dict file for the model (None: the model's own pretraining).
-        dataset: ``digits``, ``cifar10``, ``imagenet``, ``imagenet100`` (None: the model's).
+        dataset: ``digits``, ``cifar10``, ``imagenet``, ``imagenet100``, ``folder`` (any class-per-folder
+            image tree at ``data_root``, at the model's input) or ``"package.module:function"``
+            (`haq.parts.load_plugin_data`); None: the model's.
         data_root: local folder of a data set that is not shipped.
         data: extra keyword arguments of the data loader (split sizes, image size).
         hw: hardware cost model name (see ``haq hw list``) or ``"package.module:Class"``.
@@ -306,7 +308,7 @@ class SearchConfig:
         return cls.from_dict(data, str(path))
 
 
-PLUGIN_KEYS = ("model", "hw")
+PLUGIN_KEYS = ("model", "hw", "dataset")
 """Config keys whose ``package.module:attr`` value is imported: code, not data."""
 
 RUN_LEGACY: dict[str, Any] = {

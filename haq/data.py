@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("digits", "cifar10", "imagenet", "imagenet100")
+DATASETS = ("digits", "cifar10", "imagenet", "imagenet100", "folder")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
 
 
@@ -348,9 +348,60 @@ def load_imagenet(
                       source_classes=source)
 
 
+def load_image_folder(root: str | os.PathLike[str], *, size: int, channels: int = 3, val_fraction: float = 0.2,
+                      test_fraction: float = 0.2, seed: int = 0) -> SearchData:
+    """Any class-per-folder tree of images (one sub-folder per class, sorted names are the labels),
+    decoded once at the model's input (`size` px square, `channels` 1 or 3).
+
+    With ``train/`` (and ``val/``) inside `root`, the search splits come from ``train/`` and the test
+    split is ``val/``; otherwise the images are split into search-train, search-val and test,
+    stratified by class (`val_fraction` and `test_fraction` of them for the last two). Normalised by
+    the search-train split's own per-channel mean and std; no augmentation.
+    """
+    root = Path(root)
+    if channels not in (1, 3):
+        raise ValueError(f"an image folder gives 1 or 3 channels, the model wants {channels}")
+    if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError(f"val_fraction and test_fraction must leave images to train on, got {val_fraction}, "
+                         f"{test_fraction}")
+    has_train = (root / "train").is_dir()
+    classes, items = list_image_folder(root / "train" if has_train else root)
+    labels = np.array([lbl for _, lbl in items])
+    n_test = 0 if has_train else int(round(test_fraction * len(items)))
+    n_val = int(round(val_fraction * len(items)))
+    if min(n_val, len(items) - n_val - n_test) < len(classes) or (not has_train and n_test < 1):
+        raise ValueError(f"image folder {root} has {len(items)} images in {len(classes)} classes: too few to split "
+                         "into search-train, search-val and test (give each class a few images more)")
+    tr, va, te = _split_indices(labels, [len(items) - n_val - n_test, n_val, n_test], seed)
+
+    def split(index: np.ndarray, files: Sequence[tuple[Path, int]]) -> ImageSplit:
+        images = decode_images([f for f, _ in files], size)
+        if channels == 1:  # ITU-R 601-2 luma in PIL's fixed-point arithmetic: its convert("L"), exactly
+            weights = torch.tensor([19595, 38470, 7471], dtype=torch.int64).view(1, 3, 1, 1)
+            images = (((images.long() * weights).sum(1, keepdim=True) + 32768) >> 16).to(torch.uint8)
+        return ImageSplit(images, torch.tensor([lbl for _, lbl in files], dtype=torch.int64))
+
+    train, val = (split(i, [items[k] for k in i]) for i in (tr, va))
+    if has_train and (root / "val").is_dir():
+        test_classes, test_items = list_image_folder(root / "val")
+        if test_classes != classes:
+            raise ValueError(f"{root / 'val'}: class folders differ from {root / 'train'}")
+        test = split(np.arange(len(test_items)), test_items)
+    else:
+        test = split(te, [items[k] for k in te]) if len(te) else val
+    pixels = train.images.double().div(255)
+    mean = tuple(float(m) for m in pixels.mean(dim=(0, 2, 3)))
+    std = tuple(max(float(v), 1e-3) for v in pixels.std(dim=(0, 2, 3)))
+    return SearchData("folder", train, val, test, len(classes), mean, std)
+
+
 def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **kwargs: object) -> SearchData:
-    """Load a data set by name: ``digits`` (shipped), ``cifar10``, ``imagenet``, ``imagenet100``."""
+    """Load a data set by name: ``digits`` (shipped), ``cifar10``, ``imagenet``, ``imagenet100`` or
+    ``folder`` (`load_image_folder`; give ``size`` and ``channels``)."""
     if name == "digits":
+        if root is not None:
+            raise ValueError(f"the digits data set is shipped with the engine; --data-root {root} is not read: drop it, "
+                             "or give --dataset folder (or cifar10, imagenet) to read that folder")
         return load_digits_data(**kwargs)  # type: ignore[arg-type]
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
@@ -359,6 +410,8 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **kwargs
                          "(the engine never downloads data)")
     if name == "cifar10":
         return load_cifar10(root, **kwargs)  # type: ignore[arg-type]
+    if name == "folder":
+        return load_image_folder(root, **kwargs)  # type: ignore[arg-type]
     if name == "imagenet100":
         kwargs.setdefault("num_classes", 100)
     return load_imagenet(root, **kwargs)  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ budget, the environment and the agent, each built from a `SearchConfig`."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 from typing import Any
 
@@ -53,7 +54,34 @@ def load_search_data(model: str, dataset: str | None = None, data_root: str | No
     entry = model_entry(model)
     if dataset is None or dataset == entry.dataset:  # the model's own data, at its input size
         data_kwargs = {**entry.data, **data_kwargs}
+    channels, height, _ = entry.input_shape
+    if dataset == "folder":  # any image folder, decoded at the model's input
+        data_kwargs = {"size": height, "channels": channels, **data_kwargs}
+    if dataset is not None and ":" in dataset:
+        return load_plugin_data(dataset, data_root, entry.input_shape, **data_kwargs)
     return load_dataset(dataset or entry.dataset, data_root, **data_kwargs)
+
+
+def load_plugin_data(spec: str, data_root: str | None, input_shape: tuple[int, int, int],
+                     **kwargs: Any) -> SearchData:
+    """A user's data set, ``"package.module:function"``: the function is called as
+    ``function(data_root, input_shape, **kwargs)`` (`kwargs`: the config's ``data``) and returns a
+    `haq.data.SearchData` whose images have the model's input shape (docs/usage.md has an example)."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        loader = getattr(importlib.import_module(module_name), attr)
+    except Exception as exc:  # a plugin's import may raise anything: it is the user's code
+        raise ValueError(f"dataset {spec!r}: cannot import {attr!r} from {module_name!r} "
+                         f"({type(exc).__name__}: {exc})") from exc
+    try:
+        data = loader(data_root, tuple(input_shape), **kwargs)
+    except Exception as exc:
+        raise ValueError(f"dataset {spec!r}: the loader raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(data, SearchData):
+        raise ValueError(f"dataset {spec!r}: the loader returned {type(data).__name__}, not a haq.data.SearchData")
+    if data.input_shape != tuple(input_shape):
+        raise ValueError(f"dataset {spec!r}: its images are {data.input_shape}, the model takes {tuple(input_shape)}")
+    return data
 
 
 def load_model_and_data(model: str, weights: str | None = None, dataset: str | None = None,

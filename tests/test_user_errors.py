@@ -4,6 +4,7 @@ traceback, nothing of an existing run changed."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -18,9 +19,10 @@ pytestmark = pytest.mark.slow
 
 
 def haq(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env_path = str(Path(__file__).resolve().parents[1])
+    """`haq ARGV...` as a user runs it, from `cwd` (whose modules it can import as plugins)."""
+    paths = [str(cwd or Path.cwd()), str(Path(__file__).resolve().parents[1])]
     return subprocess.run([sys.executable, "-m", "haq.cli", *argv], capture_output=True, text=True, timeout=600,
-                          cwd=cwd, env={**__import__("os").environ, "PYTHONPATH": env_path})
+                          cwd=cwd, env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)})
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -149,3 +151,73 @@ def test_config_values_are_checked_by_type_and_range_naming_the_file(tmp_path, y
     one_line_error(haq("search", "--config", str(tmp_path / "my.yaml"), "--out", str(tmp_path / "run")),
                    f"{tmp_path / 'my.yaml'}: ", message)
     assert not (tmp_path / "run").exists()
+
+
+def write_png_folder(root: Path, classes: int = 3, per_class: int = 12, size: int = 12) -> Path:
+    """A class-per-folder tree of small PNGs: each class a colour, with noise."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class_{c}").mkdir(parents=True)
+        base = np.zeros(3)
+        base[c % 3] = 200
+        for i in range(per_class):
+            pixels = np.clip(base + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"class_{c}" / f"{i}.png")
+    return root
+
+
+def test_an_image_folder_is_split_and_decoded_at_the_models_input(tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from haq.data import load_dataset
+
+    root = write_png_folder(tmp_path / "shapes")
+    data = load_dataset("folder", root, size=16, channels=1)
+    assert (len(data.train), len(data.val), len(data.test)) == (22, 7, 7)  # 36 images: 60 / 20 / 20, stratified
+    assert data.num_classes == 3 and data.input_shape == (1, 16, 16) and data.name == "folder"
+    assert set(data.train.labels.tolist()) == set(data.val.labels.tolist()) == set(data.test.labels.tolist()) == {0, 1, 2}
+    # one channel is PIL's own grey of the decoded colour image
+    rgb = load_dataset("folder", root, size=16, channels=3)
+    grey = torch.from_numpy(np.array(Image.fromarray(rgb.train.images[0].permute(1, 2, 0).numpy()).convert("L")))
+    assert torch.equal(data.train.images[0, 0], grey)
+    with pytest.raises(ValueError, match="too few to split"):
+        load_dataset("folder", write_png_folder(tmp_path / "tiny", classes=3, per_class=1), size=16)
+    with pytest.raises(ValueError, match="the digits data set is shipped with the engine; --data-root .* is not read"):
+        load_dataset("digits", root)
+
+
+def test_search_on_a_folder_of_pngs_with_the_users_own_model_and_data_plugin(tmp_path):
+    """The user's own network (module:factory) on a folder of PNGs, and a data set from the user's
+    own loader (module:function), each through `haq search` as a user runs it."""
+    root = write_png_folder(tmp_path / "pngs")
+    pkg = tmp_path / "my_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "nets.py").write_text(
+        "from torch import nn\n\n"
+        "def build(num_classes=10):\n"
+        "    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8, padding=1),\n"
+        "                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))\n\n"
+        "build.input_shape = (3, 16, 16)\n")
+    (pkg / "data.py").write_text(
+        "from haq.data import load_image_folder\n\n"
+        "def load(data_root, input_shape, **kwargs):\n"
+        "    channels, size, _ = input_shape\n"
+        "    return load_image_folder(data_root, size=size, channels=channels, val_fraction=0.25, **kwargs)\n")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("episodes: 3\nwarmup: 2\nquant: {calib_images: 16}\n")
+    for dataset in ("folder", "my_pkg.data:load"):
+        out = tmp_path / f"run-{dataset.split(':')[0]}"
+        done = haq("search", "--config", str(cfg), "--dataset", dataset, "--data-root", str(root), "--model",
+                   "my_pkg.nets:build", "--out", str(out), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert "best policy" in done.stdout and (out / "summary.json").is_file()
+        assert "untrained" in done.stderr  # said once: no weights were given for the user's network
+    # the run folder names code (its model and data plugins): resuming it is the user's explicit choice
+    refused = haq("search", "--resume", str(tmp_path / "run-my_pkg.data"), cwd=tmp_path)
+    one_line_error(refused, "names code to import (model: my_pkg.nets:build, dataset: my_pkg.data:load)")

@@ -39,7 +39,8 @@ def _hw(default: str | None = None) -> argparse.ArgumentParser:
 
 
 DATA = _parent((("--weights",), {"help": "local state-dict file for the model"}),
-               (("--dataset",), {"help": "digits | cifar10 | imagenet | imagenet100 (default: the model's)"}),
+               (("--dataset",), {"help": "digits | cifar10 | imagenet | imagenet100 | folder (class-per-folder images at "
+                                        "--data-root) | package.module:function (default: the model's)"}),
                (("--data-root",), {"dest": "data_root", "help": "local folder of the dataset (never downloaded)"}))
 POLICY = _parent((("--policy",), {"help": "policy file (JSON or CSV) from a search"}),
                  (("--uniform",), {"help": "a uniform policy such as w4a4 (default w8a8)"}))
