@@ -96,7 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("table", help=f"a table ({', '.join(TABLES)}) or, with --config-dir, an ablation's name")
     parser.add_argument("--scale", choices=SCALES, default="mini")
-    parser.add_argument("--config-dir", help="where the table's YAML is (default: experiments/configs)")
+    parser.add_argument("--config-dir", help="where the table's YAML is (default: the configs shipped in haq/tables/configs)")
     parser.add_argument("--results", default=str(RESULTS_DIR), help="where its CSV is (default: experiments/results)")
     parser.add_argument("--jobs", type=int, default=1, help="processes (each with threads // jobs torch threads)")
     parser.add_argument("--runs", default="runs/tables", help="where the held-out cache and run folders are kept")

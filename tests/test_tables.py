@@ -61,6 +61,11 @@ def test_shipped_table_specs_load_at_both_scales(name):
 def test_bad_table_specs_name_the_file_and_key(tmp_path):
     with pytest.raises(ValueError, match="unknown table 'nope'"):
         TableSpec.load("nope", tmp_path)
+    with pytest.raises(ValueError, match=r"unknown table 'latenzy': no .*haq/tables/configs/latenzy.yaml; shipped "
+                                         r"tables: \['latency', 'energy', 'size'\] \(or give --config-dir"):
+        TableSpec.load("latenzy")
+    with pytest.raises(ValueError, match=r"table name '../../etc/passwd': use letters, digits"):
+        TableSpec.load("../../etc/passwd")
     write_spec(tmp_path, budgets=["w9a4"])
     with pytest.raises(ValueError, match="tiny.yaml"):
         TableSpec.load("tiny", tmp_path)
@@ -552,9 +557,9 @@ def _experiment(name: str):
 def test_every_table_config_loads():
     """Every table YAML the repository ships, the paper's and the ablations', passes `TableSpec.load`'s
     checks, so none of the commands in their headers fails on its own config."""
-    configs = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+    root = Path(__file__).resolve().parents[1]
     names = 0
-    for folder in (configs, configs / "ablations"):
+    for folder in (root / "haq" / "tables" / "configs", root / "experiments" / "configs" / "ablations"):
         for path in sorted(folder.glob("*.yaml")):
             if path.stem == "paper_agent":  # a search config, not a table
                 continue

@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("table", parents=[DEVICE, DISTILL, RAY],
                        help="reproduce one of the paper's tables (latency, energy, size)")
-    t.add_argument("table", help="latency | energy | size (experiments/configs/<table>.yaml)")
+    t.add_argument("table", help="latency | energy | size (haq/tables/configs/<table>.yaml), or a YAML in --config-dir")
     t.add_argument("--scale", choices=["mini", "paper"], default="mini",
                    help="mini: the digits models on CPU (minutes a search, 20 minutes to hours a table); "
                         "paper: ImageNet-100 and the paper's models on a GPU")
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--runs", default="runs/tables", help="where the searches' run directories go")
     t.add_argument("--results", help="where the CSV, markdown and figures go (default experiments/results under the working directory; "
                    "RUNS/results when --models, --seeds, --episodes or --refits is given)")
-    t.add_argument("--config-dir", dest="config_dir", help="folder of the table YAMLs (default experiments/configs)")
+    t.add_argument("--config-dir", dest="config_dir", help="folder of your own table YAMLs (default: the shipped haq/tables/configs)")
     t.add_argument("--refits", type=nonnegative_int,
                    help="further finetunes of each row's policy, measured held out (default: the table YAML's "
                         "`refits`, 4); 0 for a quick look")

@@ -1,6 +1,6 @@
 """The paper's tables, reproduced by one command each (`haq table latency|energy|size`).
 
-A table is a YAML spec in ``experiments/configs/<table>.yaml``: the constraint, the
+A table is a YAML spec in ``haq/tables/configs/<table>.yaml`` (shipped with the package): the constraint, the
 hardware models, the search budgets, the fixed-bit baselines and, per scale (``mini``:
 the digits models on 2 CPU cores; ``paper``: ImageNet-100 and the paper's models on a
 GPU), the models, seeds and search overrides; ``per_model`` (optional) gives a model of a

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,8 +22,8 @@ log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = ROOT / "experiments" / "configs"
+CONFIG_DIR = Path(__file__).with_name("configs")
+"""The paper's table specs, shipped with the package."""
 RESULTS_DIR = Path("experiments") / "results"
 """Where a table's CSV, markdown and figures go unless told otherwise: relative, so under the working
 directory (in a source checkout, the committed results), never inside the installed package."""
@@ -70,9 +71,12 @@ class TableSpec:
     @classmethod
     def load(cls, name: str, config_dir: str | os.PathLike[str] | None = None) -> TableSpec:
         """Read and check ``<config_dir>/<name>.yaml``; errors name the file and the key."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name or ""):
+            raise ValueError(f"table name {name!r}: use letters, digits, '-', '_' or '.', as {list(TABLES)}")
         path = Path(config_dir or CONFIG_DIR) / f"{name}.yaml"
-        if name not in TABLES and not path.is_file():
-            raise ValueError(f"unknown table {name!r}; valid: {list(TABLES)}")
+        if not path.is_file():
+            raise ValueError(f"unknown table {name!r}: no {path}; shipped tables: {list(TABLES)}"
+                             + ("" if config_dir else " (or give --config-dir DIR holding NAME.yaml)"))
         data = resolve_extends(path)
         fields = {f.name for f in dataclasses.fields(cls)} - {"name"}
         optional = {"paper_saving", "refits", "ablation"}
