@@ -38,13 +38,15 @@ class Policy:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
-        object.__setattr__(self, "bits", tuple((int(w), int(a)) for w, a in self.bits))
-        if len(self.layers) != len(self.bits):
-            raise ValueError(f"policy has {len(self.layers)} layer names but {len(self.bits)} bit pairs")
-        for name, (w, a) in zip(self.layers, self.bits):
-            for label, b in (("w_bits", w), ("a_bits", a)):
-                if not 1 <= b <= 8:
-                    raise ValueError(f"policy layer {name!r}: {label} must be in 1..8, got {b}")
+        bits = tuple(tuple(pair) for pair in self.bits)
+        if len(self.layers) != len(bits):
+            raise ValueError(f"policy has {len(self.layers)} layer names but {len(bits)} bit pairs")
+        for name, pair in zip(self.layers, bits):
+            for label, b in zip(("w_bits", "a_bits"), pair):
+                whole = isinstance(b, int) or (hasattr(b, "is_integer") and float(b).is_integer())
+                if isinstance(b, bool) or not whole or not 1 <= b <= 8:
+                    raise ValueError(f"policy layer {name!r}: {label} must be a whole number in 1..8, got {b!r}")
+        object.__setattr__(self, "bits", tuple((int(w), int(a)) for w, a in bits))
 
     # ---------------------------------------------------------------- constructors
     @classmethod
@@ -100,17 +102,26 @@ class Policy:
         return {"layers": [{"name": n, "w_bits": w, "a_bits": a} for n, (w, a) in zip(self.layers, self.bits)]}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "policy") -> Policy:
+    def from_dict(cls, data: Any, source: str = "policy") -> Policy:
+        """A policy from ``{"layers": [{"name", "w_bits", "a_bits"}, ...]}``; ValueError naming `source`."""
+        form = "{'layers': [{'name': ..., 'w_bits': ..., 'a_bits': ...}, ...]}"
+        rows = data.get("layers") if isinstance(data, dict) else None
+        if not isinstance(rows, list) or not rows:
+            raise ValueError(f"{source}: a policy is a mapping {form}, got {type(data).__name__}")
+        for i, r in enumerate(rows):
+            if not isinstance(r, dict) or {"name", "w_bits", "a_bits"} - set(r):
+                raise ValueError(f"{source}: layer entry {i} must have name, w_bits and a_bits, got {r!r}")
         try:
-            rows = data["layers"]
             return cls(tuple(r["name"] for r in rows), tuple((r["w_bits"], r["a_bits"]) for r in rows))
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"{source}: expected {{'layers': [{{'name', 'w_bits', 'a_bits'}}, ...]}}, "
-                             f"missing {exc}") from exc
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
 
     def to_json(self, path: str | os.PathLike[str], **extra: Any) -> None:
-        """Write the policy (and any extra metadata) as JSON."""
-        Path(path).write_text(json.dumps({**extra, **self.to_dict()}, indent=2) + "\n")
+        """Write the policy (and any extra metadata) as JSON, atomically."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({**extra, **self.to_dict()}, indent=2) + "\n")
+        os.replace(tmp, path)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> Policy:
@@ -131,10 +142,23 @@ class Policy:
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike[str]) -> Policy:
+        """A policy from a CSV with columns ``layer, w_bits, a_bits``; ValueError naming the file and line."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"policy file {path} does not exist")
         with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        return cls.from_dict({"layers": [{"name": r["layer"], "w_bits": int(r["w_bits"]), "a_bits": int(r["a_bits"])}
-                                         for r in rows]}, str(path))
+            reader = csv.DictReader(fh)
+            missing = sorted({"layer", "w_bits", "a_bits"} - set(reader.fieldnames or ()))
+            if missing:
+                raise ValueError(f"{path}: missing column(s) {missing}; a policy CSV has columns layer, w_bits, a_bits")
+            layers = []
+            for line, r in enumerate(reader, start=2):
+                try:
+                    layers.append({"name": r["layer"], "w_bits": int(r["w_bits"]), "a_bits": int(r["a_bits"])})
+                except (TypeError, ValueError):
+                    raise ValueError(f"{path}: line {line}: w_bits and a_bits must be whole numbers in 1..8, got "
+                                     f"{r.get('w_bits')!r}, {r.get('a_bits')!r}") from None
+        return cls.from_dict({"layers": layers}, str(path))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Policy:

@@ -285,6 +285,19 @@ class Search:
             "distinct_policies": len({(r["w_bits"], r["a_bits"]) for r in self.records}),
             "agent_distinct_policies": (agent_exploration(self.records, self.config.warmup) or (0, 0.0))[0],
         }
+        # a resumed run that ends on the same best policy keeps what was measured held out for it
+        earlier = self.run_dir / "summary.json"
+        if earlier.is_file():
+            try:
+                before = json.loads(earlier.read_text())
+            except json.JSONDecodeError:
+                before = {}
+            if "test_accuracy" in before.get("best", {}) and before["best"].get("episode") == summary["best"]["episode"]:
+                summary["best"]["test_accuracy"] = before["best"]["test_accuracy"]
+                held = {b["policy"]: b["test_accuracy"] for b in before.get("uniform_baselines", []) if "test_accuracy" in b}
+                for b in baselines:
+                    if b["policy"] in held:
+                        b["test_accuracy"] = held[b["policy"]]
         stuck = stuck_agent(self.records, self.config.warmup)
         if stuck:
             log.warning("%s: %s: the search explored next to nothing past its warm-up. A larger "

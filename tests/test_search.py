@@ -624,7 +624,12 @@ def test_cli_search_and_resume_as_a_user_runs_them(tmp_path):
                            "--no-held-out"], capture_output=True, text=True, timeout=600)
     assert more.returncode == 0, more.stderr
     assert [int(r["episode"]) for r in read_episodes(run)] == [1, 2, 3, 4]
-    assert "held-out" not in more.stdout and "test_accuracy" not in (run / "summary.json").read_text()
+    # the best policy is still episode 2's: the summary keeps what was measured held out for it
+    resumed = json.loads((run / "summary.json").read_text())
+    assert resumed["best"]["episode"] == best["episode"]
+    assert resumed["best"]["test_accuracy"] == best["test_accuracy"]
+    assert [b.get("test_accuracy") for b in resumed["uniform_baselines"]] == [
+        b["test_accuracy"] for b in summary["uniform_baselines"]]
     bad = subprocess.run([sys.executable, "-m", "haq.cli", "search", "--resume", str(run), "--hw", "bitfusion"],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "--resume continues a run" in bad.stderr

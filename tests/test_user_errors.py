@@ -221,3 +221,15 @@ def test_search_on_a_folder_of_pngs_with_the_users_own_model_and_data_plugin(tmp
     # the run folder names code (its model and data plugins): resuming it is the user's explicit choice
     refused = haq("search", "--resume", str(tmp_path / "run-my_pkg.data"), cwd=tmp_path)
     one_line_error(refused, "names code to import (model: my_pkg.nets:build, dataset: my_pkg.data:load)")
+
+
+def test_bad_policy_files_name_the_file_and_what_is_valid(tmp_path):
+    (tmp_path / "list.json").write_text("[4, 4]")
+    (tmp_path / "nolayer.csv").write_text("w_bits,a_bits\n4,4\n")
+    (tmp_path / "frac.json").write_text('{"layers": [{"name": "features.0.0", "w_bits": 3.7, "a_bits": 4}]}')
+    one_line_error(haq("cost", "--policy", str(tmp_path / "list.json")), f"{tmp_path / 'list.json'}: a policy is a "
+                   "mapping {'layers': [{'name': ..., 'w_bits': ..., 'a_bits': ...}, ...]}, got list")
+    one_line_error(haq("cost", "--policy", str(tmp_path / "nolayer.csv")),
+                   f"{tmp_path / 'nolayer.csv'}: missing column(s) ['layer']")
+    one_line_error(haq("cost", "--policy", str(tmp_path / "frac.json")),
+                   "policy layer 'features.0.0': w_bits must be a whole number in 1..8, got 3.7")
