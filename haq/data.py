@@ -137,6 +137,9 @@ def batches(
 # ----------------------------------------------------------------------------- split helper
 def _split_indices(labels: np.ndarray, sizes: Sequence[int], seed: int) -> list[np.ndarray]:
     """Disjoint random index sets of the given sizes, stratified by label."""
+    bad = [n for n in sizes if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0]
+    if bad:
+        raise ValueError(f"split sizes must be whole numbers >= 0 (data: n_train, n_val), got {list(sizes)}")
     total = sum(sizes)
     if total > len(labels):
         raise ValueError(f"asked for {total} images ({' + '.join(map(str, sizes))}) but only {len(labels)} are available")

@@ -4,7 +4,6 @@ budget, the environment and the agent, each built from a `SearchConfig`."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 from typing import Any
 
@@ -18,6 +17,7 @@ from haq.config import SearchConfig, budget_kind, check_device
 from haq.data import SearchData, load_dataset
 from haq.evaluator import QuantEvaluator, RewardMeasure
 from haq.models import checkpoint_classes, create_model, load_weights, model_entry, read_state_dict
+from haq.plugins import import_plugin
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,7 @@ def load_plugin_data(spec: str, data_root: str | None, input_shape: tuple[int, i
     """A user's data set, ``"package.module:function"``: the function is called as
     ``function(data_root, input_shape, **kwargs)`` (`kwargs`: the config's ``data``) and returns a
     `haq.data.SearchData` whose images have the model's input shape (docs/usage.md has an example)."""
-    module_name, _, attr = spec.partition(":")
-    try:
-        loader = getattr(importlib.import_module(module_name), attr)
-    except Exception as exc:  # a plugin's import may raise anything: it is the user's code
-        raise ValueError(f"dataset {spec!r}: cannot import {attr!r} from {module_name!r} "
-                         f"({type(exc).__name__}: {exc})") from exc
+    loader = import_plugin("dataset", spec)
     try:
         data = loader(data_root, tuple(input_shape), **kwargs)
     except Exception as exc:

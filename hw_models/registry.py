@@ -98,7 +98,7 @@ def create_hw_model(name: str, **overrides: Any) -> CostModel:
                              "or pass 'package.module:Class' for your own.")
     try:
         model = factory(**overrides)
-    except (TypeError, ValueError):  # bad overrides: the models' own messages name them
+    except (TypeError, ValueError, OSError):  # bad overrides or files: the models' own messages name them
         raise
     except Exception as exc:  # a plugin's own failure, in one line
         raise ValueError(f"hardware model {name!r}: creating it raised {type(exc).__name__}: {exc}") from exc

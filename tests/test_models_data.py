@@ -241,7 +241,7 @@ def test_policy_errors_and_round_trip(tmp_path):
     p.to_csv(tmp_path / "p.csv")
     assert Policy.from_json(tmp_path / "p.json") == p == Policy.load(tmp_path / "p.csv")
     assert p.as_strings() == ("8 4 3 6", "8 2 5 6") and Policy.from_strings(layers, *p.as_strings()) == p
-    with pytest.raises(ValueError, match=r"w_bits must be in 1..8, got 9"):
+    with pytest.raises(ValueError, match=r"w_bits must be a whole number in 1..8, got 9"):
         Policy.from_bits(layers, [(9, 8), (4, 2), (3, 5), (6, 6)])
     other = extract_layers(create_model("digits-mbv2", pretrained=False), (1, 16, 16))
     with pytest.raises(ValueError, match=r"policy does not match this model \(4 vs 17 layers"):

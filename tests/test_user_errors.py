@@ -28,7 +28,8 @@ def haq(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 def one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    # the search's own progress line may come first ("preparing: ..."); the error is the one line after it
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("preparing: ")]
     assert len(lines) == 1 and lines[0].startswith("haq "), proc.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
@@ -233,3 +234,10 @@ def test_bad_policy_files_name_the_file_and_what_is_valid(tmp_path):
                    f"{tmp_path / 'nolayer.csv'}: missing column(s) ['layer']")
     one_line_error(haq("cost", "--policy", str(tmp_path / "frac.json")),
                    "policy layer 'features.0.0': w_bits must be a whole number in 1..8, got 3.7")
+
+
+def test_negative_split_sizes_are_refused(tmp_path):
+    (tmp_path / "my.yaml").write_text("data: {n_train: -5}\n")
+    one_line_error(haq("search", "--config", str(tmp_path / "my.yaml"), "--out", str(tmp_path / "run")),
+                   "split sizes must be whole numbers >= 0 (data: n_train, n_val), got [-5, 350")
+    assert not (tmp_path / "run").exists()

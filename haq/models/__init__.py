@@ -21,7 +21,6 @@ import dataclasses
 import difflib
 import fnmatch
 import hashlib
-import importlib
 import logging
 import os
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from haq.models.nets import (
     ResNet,
     digits_mbv2,
 )
+from haq.plugins import import_plugin
 from hw_models import LayerSpec
 
 log = logging.getLogger(__name__)
@@ -83,12 +83,7 @@ def list_models(pattern: str = "*") -> list[str]:
 def model_entry(name: str) -> ModelEntry:
     """The registry entry of `name`, or an entry for a ``"module:factory"`` name."""
     if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except Exception as exc:  # a plugin's import may raise anything: it is the user's code
-            raise ValueError(f"model {name!r}: cannot import {attr!r} from {module_name!r} "
-                             f"({type(exc).__name__}: {exc})") from exc
+        factory = import_plugin("model", name)
         shape = tuple(getattr(factory, "input_shape", (3, 224, 224)))
         return ModelEntry(factory, shape, getattr(factory, "dataset", "imagenet"))  # type: ignore[arg-type]
     if name not in _MODELS:
@@ -206,8 +201,7 @@ def create_model(name: str, *, weights: str | os.PathLike[str] | None = None, pr
     """
     entry = model_entry(name)
     if entry.pretrain is not None and pretrained and weights is None and not kwargs:
-        module, _, function = entry.pretrain.partition(":")
-        return getattr(importlib.import_module(module), function)()
+        return import_plugin("pretrain", entry.pretrain)()
     try:
         model = entry.factory(**kwargs)
     except Exception as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,6 @@ from haq.tables.stats import (
     verdicts,
 )
 
-log = logging.getLogger(__name__)
-
-log = logging.getLogger(__name__)
 
 def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: str = "") -> str:
     """Write ``<table>-<scale><tag>.md``, its top-1 against cost figure and (for an edge and a

@@ -36,7 +36,6 @@ from haq.tables.spec import (
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
 
 def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None = None,
               runs_dir: str | os.PathLike[str] = "runs/tables", results_dir: str | os.PathLike[str] | None = None,
@@ -376,8 +375,6 @@ def job_pool(jobs: int) -> ProcessPoolExecutor:
     forked process would inherit the OpenMP state of this one; each exits with this process)."""
     return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_job_init,
                                initargs=(os.getpid(),))
-
-
 
 
 def _job_init(parent: int) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import re
 from collections.abc import Sequence
@@ -17,10 +16,6 @@ import pandas as pd
 from haq.config import CONSTRAINTS, SearchConfig, budget_kind, load_yaml
 from haq.models import create_model, model_entry, read_state_dict, state_fingerprint
 from haq.search import _atomic_write
-
-log = logging.getLogger(__name__)
-
-log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 """The paper's table specs, shipped with the package."""

@@ -3,17 +3,12 @@ t-test over the refits."""
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pandas as pd
 
 import hw_models
 from haq.search import STUCK_AT_LEAST, STUCK_SHARE
 
-log = logging.getLogger(__name__)
-
-log = logging.getLogger(__name__)
 
 def stuck_rows(df: pd.DataFrame) -> pd.Series:
     """Which searched rows' agent evaluated one policy in `STUCK_SHARE` or more of its
