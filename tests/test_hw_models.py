@@ -183,10 +183,10 @@ def test_haq_table_model_serves_the_published_numbers_and_only_for_its_network()
 
 
 def test_reference_layers_are_the_engines_mobilenet_v2_for_imagenet100():
+    import dataclasses
+
     from haq.layers import extract_layers
     from haq.models import create_model
-
-    import dataclasses
 
     engine = extract_layers(create_model("mobilenet_v2", pretrained=False, num_classes=100), (3, 224, 224))
     # shapes only: a randomly initialised layer may hold an exact zero weight, which lowers its density

@@ -210,10 +210,14 @@ def test_episode_target_updates_equal_sb3s_ddpg_updates(tmp_path, batch):
             for key, value in st.items():
                 assert torch.equal(mine["state"][i][key], value), (i, key)
     assert not torch.equal(next(sb3s.actor_target.parameters()), next(sb3s.actor.parameters()))
-    ours.save(tmp_path / "agent.zip")
-    ours.save_replay_buffer(tmp_path / "replay.pkl")
-    resumed = type(ours).load(tmp_path / "agent.zip", env=Monitor(env), device="cpu")
-    resumed.load_replay_buffer(tmp_path / "replay.pkl")
+    # through the engine's checkpoint (no pickles) into a fresh agent of the same config, training goes on the same
+    from haq import checkpoint
+    from haq.parts import make_agent
+
+    checkpoint.save(ours, tmp_path / "ckpt", {})
+    resumed = make_agent(SearchConfig(agent=AgentConfig(episode_targets=True, batch_size=batch)), Monitor(env),
+                         env.n_steps)
+    checkpoint.load(resumed, tmp_path / "ckpt")
     resumed.set_logger(configure(None, [""]))
     for agent in (resumed, sb3s):
         np.random.seed(4)
