@@ -39,7 +39,7 @@ import pandas as pd
 from haq import tables
 from haq.cli.args import nonnegative_int
 from haq.config import SearchConfig
-from haq.tables import HELD_OUT_COLUMNS, SCALES, TABLES, Cell, TableSpec, held_out, runner
+from haq.tables import HELD_OUT_COLUMNS, SCALES, TABLES, Cell, TableSpec, held_out
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "experiments" / "results"
 
@@ -59,10 +59,10 @@ def rerun_stale(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, jobs:
     selected = df["model"].isin(models) if models is not None else tables.not_reproduced(df)
     stale = df[(df["method"] != "fixed") & selected]
     cells = [Cell(r["model"], r["hw"], str(r["budget"]), r["method"], int(r["seed"])) for r in stale.to_dict("records")]
-    configs = {c: spec.config(scale, *c, runner._run_dir(base, c)) for c in cells}
+    configs = {c: spec.config(scale, *c, tables.cell_run_dir(base, c)) for c in cells}
     summaries: dict[Cell, dict[str, Any]] = {}
     for cell, old in zip(cells, stale["accuracy"]):
-        run_dir = runner._run_dir(base, cell)
+        run_dir = tables.cell_run_dir(base, cell)
         if (run_dir / "rerun.json").is_file() and _same_config(run_dir, configs[cell], cell.method):
             if (run_dir / "summary.json").is_file():  # searched again by an earlier call: read back
                 summaries[cell] = json.loads((run_dir / "summary.json").read_text())
@@ -78,15 +78,15 @@ def rerun_stale(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, jobs:
     if todo:
         threads = tables.job_threads(jobs)
         with tables.job_pool(jobs) as pool:
-            futures = {c: pool.submit(runner._search_job, configs[c].to_dict(), str(runner._run_dir(base, c)),
+            futures = {c: pool.submit(tables.search_job, configs[c].to_dict(), str(tables.cell_run_dir(base, c)),
                                       threads) for c in todo}
             summaries.update({c: f.result() for c, f in futures.items()})
     records = df.to_dict("records")
     for index, cell in zip(stale.index, cells):
-        row = runner._search_row(spec, scale, *cell, summaries[cell], configs[cell].warmup,
-                                 runner._run_dir(base, cell))
+        row = tables.search_row(spec, scale, *cell, summaries[cell], configs[cell].warmup,
+                                 tables.cell_run_dir(base, cell))
         i = df.index.get_loc(index)
-        log.info("%s: top-1 %.2f -> %.2f", runner._run_dir(base, cell).name, float(records[i]["accuracy"]),
+        log.info("%s: top-1 %.2f -> %.2f", tables.cell_run_dir(base, cell).name, float(records[i]["accuracy"]),
                  row["accuracy"])
         records[i].update(row)
     return pd.DataFrame(records, columns=df.columns).drop(columns=HELD_OUT_COLUMNS, errors="ignore")

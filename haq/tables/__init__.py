@@ -22,12 +22,15 @@ from haq.tables.render import (
 )
 from haq.tables.runner import (
     HELD_OUT_COLUMNS,
+    cell_run_dir,
     config_differences,
     held_out,
     held_out_test_samples,
     job_pool,
     job_threads,
     run_table,
+    search_job,
+    search_row,
     write_table,
 )
 from haq.tables.spec import (
@@ -57,7 +60,7 @@ from haq.tables.stats import (
 
 __all__ = [
     "CONFIG_DIR", "HELD_OUT_COLUMNS", "RESULTS_DIR", "SCALES", "SIGNIFICANCE", "TABLES", "Cell", "TableSpec",
-    "against_budget_policy", "check_float_models", "check_same_float_models", "comparable_saving",
+    "against_budget_policy", "cell_run_dir", "search_job", "search_row", "check_float_models", "check_same_float_models", "comparable_saving",
     "config_differences", "float_fingerprint", "held_out", "held_out_test_samples", "job_pool", "job_threads",
     "model_fingerprints", "not_reproduced", "one_float_model", "plus_minus", "refit_seed", "refit_shortfalls",
     "render_table", "run_table", "shortfall_summary", "signed", "significantly_below", "stuck_rows", "verdicts",

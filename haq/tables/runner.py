@@ -65,11 +65,11 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
         cells = spec.cells(scale, seeds)
         fingerprints = model_fingerprints(spec, scale, [c.model for c in cells], overrides, base)
         check_float_models(base, fingerprints)
-        configs = {c: spec.config(scale, c.model, c.hw, c.budget, c.method, c.seed, _run_dir(base, c), overrides)
+        configs = {c: spec.config(scale, c.model, c.hw, c.budget, c.method, c.seed, cell_run_dir(base, c), overrides)
                    for c in cells}
         summaries: dict[Cell, dict[str, Any]] = {}
         for cell, cfg in configs.items():  # finished searches are read back
-            summary_path = _run_dir(base, cell) / "summary.json"
+            summary_path = cell_run_dir(base, cell) / "summary.json"
             if summary_path.is_file():
                 _check_same_config(summary_path.parent, cfg, cell.method)
                 summaries[cell] = json.loads(summary_path.read_text())
@@ -93,7 +93,7 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
             for model, model_cells in itertools.groupby(cells, key=lambda c: c.model):
                 evaluator: QuantEvaluator | None = None  # built on first need; serves all of the model's searches
                 for cell in model_cells:
-                    cfg, run_dir = configs[cell], _run_dir(base, cell)
+                    cfg, run_dir = configs[cell], cell_run_dir(base, cell)
                     if on_search is not None:
                         on_search(run_dir.name, cfg)
                     if cell not in summaries:
@@ -111,7 +111,7 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
             _run_parallel(base, configs, summaries, baseline_sets, todo_baselines, save_baselines, jobs, on_finished,
                           on_progress)
 
-        rows = [_search_row(spec, scale, *cell, summaries[cell], configs[cell].warmup, _run_dir(base, cell))
+        rows = [search_row(spec, scale, *cell, summaries[cell], configs[cell].warmup, cell_run_dir(base, cell))
                 for cell in cells]
         for (model, hw, seed), done in baselines.items():
             rows += [{"table": spec.name, "scale": scale, "model": model, "hw": hw, "budget": "", "method": "fixed",
@@ -296,7 +296,8 @@ def _run_search(cfg: SearchConfig, run_dir: Path, evaluator: QuantEvaluator,
         search.release()
 
 
-def _run_dir(base: Path, cell: Cell) -> Path:
+def cell_run_dir(base: Path, cell: Cell) -> Path:
+    """The run folder of one search of a table, under the table's runs folder `base`."""
     return base / slug(f"{cell.model}-{cell.hw}-{cell.budget}-{cell.method}-seed{cell.seed}")
 
 
@@ -325,13 +326,13 @@ def _run_parallel(base: Path, configs: dict[Cell, SearchConfig], summaries: dict
     threads = job_threads(jobs)
     for cell in configs:
         if cell in summaries and on_finished is not None:
-            on_finished(_run_dir(base, cell).name)
+            on_finished(cell_run_dir(base, cell).name)
     with job_pool(jobs) as pool:
         futures: dict[Future[Any], Any] = {}
         for cell, cfg in configs.items():
             if cell not in summaries:
-                run_dir = _run_dir(base, cell)
-                futures[pool.submit(_search_job, cfg.to_dict(), str(run_dir), threads)] = cell
+                run_dir = cell_run_dir(base, cell)
+                futures[pool.submit(search_job, cfg.to_dict(), str(run_dir), threads)] = cell
         for key, todo in todo_baselines.items():
             futures[pool.submit(_baseline_job, baseline_sets[key].to_dict(), todo, threads)] = key
         pending = set(futures)
@@ -339,7 +340,7 @@ def _run_parallel(base: Path, configs: dict[Cell, SearchConfig], summaries: dict
 
         def progress() -> None:  # finished searches count whole; running ones by their episodes.csv rows
             if on_progress is not None:
-                done = sum(cfg.episodes if c in summaries else min(cfg.episodes, len(read_episodes(_run_dir(base, c))))
+                done = sum(cfg.episodes if c in summaries else min(cfg.episodes, len(read_episodes(cell_run_dir(base, c))))
                            for c, cfg in configs.items())
                 on_progress(done, total)
 
@@ -354,7 +355,7 @@ def _run_parallel(base: Path, configs: dict[Cell, SearchConfig], summaries: dict
                     if isinstance(what, Cell):
                         summaries[what] = result
                         if on_finished is not None:
-                            on_finished(_run_dir(base, what).name)
+                            on_finished(cell_run_dir(base, what).name)
                     else:
                         save_baselines(what, result)
         except BaseException:
@@ -410,7 +411,7 @@ def _job_evaluator(cfg: SearchConfig, threads: int) -> QuantEvaluator:
     return ev
 
 
-def _search_job(config: dict[str, Any], run_dir: str, threads: int) -> dict[str, Any]:
+def search_job(config: dict[str, Any], run_dir: str, threads: int) -> dict[str, Any]:
     """One search of a table in a worker process; its summary."""
     cfg = SearchConfig.from_dict(config, f"table search {run_dir}")
     return _run_search(cfg, Path(run_dir), _job_evaluator(cfg, threads))
@@ -441,7 +442,7 @@ def _check_same_config(run_dir: Path, cfg: SearchConfig, method: str) -> None:
                          "another --runs folder")
 
 
-def _search_row(spec: TableSpec, scale: str, model: str, hw: str, budget: str, method: str, seed: int,
+def search_row(spec: TableSpec, scale: str, model: str, hw: str, budget: str, method: str, seed: int,
                 summary: dict[str, Any], warmup: int, run_dir: Path) -> dict[str, Any]:
     """A search's row, read from its summary; `agent_distinct_policies` and `agent_top_share` (from its
     episodes.csv, `haq.search.agent_exploration`) say how much its agent explored after the warm-up
