@@ -173,6 +173,12 @@ class SearchConfig:
         fill_budget: after enforcement, raise the lowest bitwidths while the budget allows, so
             every evaluated policy spends its budget (not the paper's; off by default;
             `envs.MixedPrecisionEnv`).
+        select_top, select_finetunes: the search ends by finetuning its `select_top` best distinct
+            policies (by reward) and the uniform policies within the budget `select_finetunes` more
+            times each, with fresh seeds, on search-validation, and returns the best by that mean
+            (`haq.selection`); a uniform policy wins ties. The best of many noisy one-finetune
+            measurements is inflated by its luck (the winner's curse); the mean of fresh finetunes
+            is not. ``select_finetunes: 0`` returns the best by reward (the paper's).
         quant: quantizer settings.
         finetune: finetune settings. Its ``compile: None`` (auto) is decided here, from
             ``device``, ``quant.mode`` (`haq.train.auto_compile`) and ``min_bits >= 2``, so
@@ -202,6 +208,8 @@ class SearchConfig:
     weights_only: bool = False
     enforcement: str = "highest-first"
     fill_budget: bool = False
+    select_top: int = 3
+    select_finetunes: int = 3
     workers: int = 1
     ray_address: str | None = None
     quant: QuantConfig = dataclasses.field(default_factory=QuantConfig)
@@ -219,6 +227,9 @@ class SearchConfig:
         budget_kind(self.budget)
         if self.enforcement not in ENFORCEMENTS:
             raise ValueError(f"enforcement must be one of {list(ENFORCEMENTS)}, got {self.enforcement!r}")
+        if self.select_top < 1 or self.select_finetunes < 0:
+            raise ValueError(f"select_top must be >= 1 and select_finetunes >= 0, got {self.select_top}, "
+                             f"{self.select_finetunes}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.reward_measure not in REWARD_MEASURES:
@@ -313,12 +324,13 @@ PLUGIN_KEYS = ("model", "hw", "dataset")
 
 RUN_LEGACY: dict[str, Any] = {
     "enforcement": "sequential",
+    "select_finetunes": 0,
     "quant": {"kmeans_grad": "sum"},
     "agent": {"final_layer_init": 0.0, "over_budget_penalty": 0.0, "store_taken_actions": False,
               "noise_offset_sigma": 0.0},
 }
-"""What runs written before a key existed did: the paper's sequential enforcement, PyTorch's
-init, no penalty, the requested actions stored, no exploration offsets, k-means centroids moved
+"""What runs written before a key existed did: the paper's sequential enforcement, no final
+selection (the best by reward), PyTorch's init, no penalty, the requested actions stored, no exploration offsets, k-means centroids moved
 by their weights' summed gradients (``episode_targets`` has always been written)."""
 
 

@@ -5,6 +5,7 @@ Run directory layout::
     config.yaml         the resolved SearchConfig
     episodes.csv        one row per episode (append-only)
     best_policy.json    the best policy by reward, with its accuracy and cost
+    selected_policy.json  the policy the search returns: the best mean of fresh finetunes (`haq.selection`)
     summary.json        float accuracy, best policy, budget, uniform baselines that fit
     policy.png          per-layer bits of the best policy (depthwise layers marked)
     progress.png        reward and cost over episodes
@@ -39,8 +40,9 @@ from haq.parts import (
     build_parts,
     make_agent,
 )
-from haq.policy import Policy
+from haq.policy import Policy, parse_uniform
 from haq.runlock import FolderLock
+from haq.selection import choose, reevaluate, selection_seed
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +287,8 @@ class Search:
             "distinct_policies": len({(r["w_bits"], r["a_bits"]) for r in self.records}),
             "agent_distinct_policies": (agent_exploration(self.records, self.config.warmup) or (0, 0.0))[0],
         }
+        if self.config.select_finetunes > 0:
+            summary.update(self._select(baselines))
         # a resumed run that ends on the same best policy keeps what was measured held out for it
         earlier = self.run_dir / "summary.json"
         if earlier.is_file():
@@ -298,6 +302,9 @@ class Search:
                 for b in baselines:
                     if b["policy"] in held:
                         b["test_accuracy"] = held[b["policy"]]
+            sel, was = summary.get("selected"), before.get("selected") or {}
+            if sel and "test_accuracy" in was and (was["w_bits"], was["a_bits"]) == (sel["w_bits"], sel["a_bits"]):
+                sel["test_accuracy"] = was["test_accuracy"]
         stuck = stuck_agent(self.records, self.config.warmup)
         if stuck:
             log.warning("%s: %s: the search explored next to nothing past its warm-up. A larger "
@@ -312,6 +319,38 @@ class Search:
                       warmup=self.config.warmup)
         return summary
 
+    def _select(self, baselines: list[dict[str, Any]]) -> dict[str, Any]:
+        """The final selection (`haq.selection`): the uniform policies within the budget and the
+        ``select_top`` best distinct policies by reward, each finetuned ``select_finetunes`` more times
+        with fresh seeds; the best mean is the policy the search returns (``selected_policy.json``)."""
+        env, ev, layers = self.parts.env, self.parts.evaluator, self.parts.env.layers
+        candidates = [(b["policy"], [parse_uniform(b["policy"])] * len(layers)) for b in baselines]
+        seen = {tuple(bits) for _, bits in candidates}
+        for r in sorted(self.records, key=lambda r: -r["reward"]):
+            bits = tuple(Policy.from_strings(layers, r["w_bits"], r["a_bits"]).bits)
+            if len(candidates) - len(baselines) >= self.config.select_top:
+                break
+            if bits not in seen:
+                seen.add(bits)
+                candidates.append((f"episode {r['episode']}", list(bits)))
+        rows = reevaluate(ev, candidates, self.config.select_finetunes, self.config.seed)
+        for row in rows:
+            row["cost_ratio"] = env.cost(row["bits"]) / env.reference_cost
+            row["bits"] = [list(b) for b in row["bits"]]
+        chosen = rows[choose(rows)]
+        bits = [tuple(b) for b in chosen["bits"]]
+        policy = Policy.from_bits(layers, bits)
+        selected = {"policy": chosen["policy"], "w_bits": policy.as_strings()[0], "a_bits": policy.as_strings()[1],
+                    "cost": env.cost(bits), "cost_ratio": chosen["cost_ratio"], "accuracy": ev(bits),
+                    "selection_mean": chosen["mean"]}
+        policy.to_json(self.run_dir / "selected_policy.json", source=chosen["policy"], accuracy=selected["accuracy"],
+                       selection_mean=chosen["mean"], cost=selected["cost"], cost_ratio=chosen["cost_ratio"],
+                       metric=self.config.metric, hw=self.config.hw, model=self.config.model)
+        return {"selection": {"finetunes": self.config.select_finetunes,
+                              "seeds": [selection_seed(self.config.seed, j) for j in range(self.config.select_finetunes)],
+                              "candidates": rows},
+                "selected": selected}
+
     def held_out(self, summary: dict[str, Any]) -> dict[str, Any]:
         """`summary` (from `finish`) with each policy's top-1 on the held-out test split, which
         the search never saw: the best policy and the uniform baselines, each finetuned once
@@ -324,6 +363,10 @@ class Search:
         summary["best"]["test_accuracy"] = ev.evaluate(self.best["policy"], split="test")["top1"]
         for b in summary["uniform_baselines"]:
             b["test_accuracy"] = ev.evaluate(Policy.from_string(layers, b["policy"]), split="test")["top1"]
+        if "selected" in summary:
+            sel = summary["selected"]
+            sel["test_accuracy"] = ev.evaluate(Policy.from_strings(layers, sel["w_bits"], sel["a_bits"]),
+                                               split="test")["top1"]
         _atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         self.lock.release()
         return summary

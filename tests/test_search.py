@@ -737,3 +737,34 @@ def test_a_run_folder_cannot_run_code_unless_the_user_allows_plugins(tmp_path):
                                        "--allow-plugins if you trust it")
     assert not (tmp_path / "pwned").exists()
     assert SearchConfig.from_run(run / "config.yaml", allow_plugins=True).hw == "subprocess:run"
+
+
+def test_the_search_returns_the_best_mean_of_fresh_finetunes_and_never_less_than_uniform(tmp_path, shared_parts):
+    """The final selection: the uniform policies within the budget and the best distinct policies by
+    reward, each finetuned again with fresh seeds on search-validation; the best mean is returned
+    (selected_policy.json), a uniform policy winning ties; the search's own seed is put back."""
+    from haq.selection import choose, selection_seed
+
+    cfg = tiny_config(tmp_path, "run", episodes=4, select_top=2, select_finetunes=2)
+    summary = Search(cfg, evaluator=shared_parts.evaluator).run()
+    sel = summary["selection"]
+    assert sel["seeds"] == [selection_seed(0, 0), selection_seed(0, 1)] == [100_000, 200_000]
+    labels = [c["policy"] for c in sel["candidates"]]
+    uniform = [b["policy"] for b in summary["uniform_baselines"]]
+    assert labels[: len(uniform)] == uniform and len(labels) == len(uniform) + 2
+    ev = shared_parts.evaluator
+    assert ev.seed == 0
+    first = sel["candidates"][-1]  # recomputed by hand: the same finetunes with the selection seeds
+    for j, score in enumerate(first["scores"]):
+        ev.seed = selection_seed(0, j)
+        assert ev.evaluate([tuple(b) for b in first["bits"]])["top1"] == score
+    ev.seed = 0
+    means = [c["mean"] for c in sel["candidates"]]
+    chosen = sel["candidates"][choose(sel["candidates"])]
+    assert chosen["mean"] == max(means) and summary["selected"]["selection_mean"] == max(means)
+    assert all(summary["selected"]["selection_mean"] >= c["mean"] for c in sel["candidates"][: len(uniform)])
+    saved = json.loads((tmp_path / "run" / "selected_policy.json").read_text())
+    assert saved["source"] == summary["selected"]["policy"] and saved["selection_mean"] == max(means)
+    assert choose([{"mean": 97.0}, {"mean": 97.0}, {"mean": 96.0}]) == 0  # ties go to the first (a uniform policy)
+    off = Search(tiny_config(tmp_path, "off", episodes=3, select_finetunes=0), evaluator=shared_parts.evaluator).run()
+    assert "selected" not in off and not (tmp_path / "off" / "selected_policy.json").exists()

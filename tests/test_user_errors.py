@@ -60,13 +60,16 @@ def damaged_copy(run: Path, tmp_path: Path) -> Path:
 def test_a_truncated_config_is_refused_on_resume(finished_run, tmp_path):
     run = damaged_copy(finished_run, tmp_path)
     text = (run / "config.yaml").read_text()
-    (run / "config.yaml").write_text(text[: len(text) // 3])
+    lines = text.splitlines(keepends=True)
+    (run / "config.yaml").write_text("".join(lines[: len(lines) // 3]))  # cut at a line: valid YAML, keys missing
     before = snapshot(run)
     one_line_error(haq("search", "--resume", str(run), "--episodes", "4"), f"{run / 'config.yaml'}", "lacks",
                    "damaged (truncated?)")
     (run / "config.yaml").write_text("")
     one_line_error(haq("search", "--resume", str(run)), "lacks")
-    (run / "config.yaml").write_text(text[: len(text) // 3])
+    (run / "config.yaml").write_text(text[: len(text) // 3 + 7])  # cut inside a line
+    one_line_error(haq("search", "--resume", str(run)), f"{run / 'config.yaml'}")
+    (run / "config.yaml").write_text("".join(lines[: len(lines) // 3]))
     assert snapshot(run) == before
 
 

@@ -99,10 +99,17 @@ def cmd_search(args: argparse.Namespace) -> int:
         rows = [{**b, "held_out": b.get("test_accuracy", "")} for b in summary["uniform_baselines"]]
         print_table(rows, ["policy", "accuracy", "held_out", "cost_ratio"] if held
                      else ["policy", "accuracy", "cost_ratio"])
+    if "selected" in summary:
+        sel, n = summary["selected"], summary["selection"]["finetunes"]
+        sel_held = f", held-out {sel['test_accuracy']:.2f}%" if "test_accuracy" in sel else ""
+        print(f"returned policy ({sel['policy']}): mean top-1 {sel['selection_mean']:.2f}% over {n} fresh finetunes of "
+              f"each of {len(summary['selection']['candidates'])} candidates (the best by reward and the uniform "
+              f"policies){sel_held}, {sel['cost_ratio']:.3f} x w8a8\n  w_bits: {sel['w_bits']}\n  a_bits: {sel['a_bits']}")
     if held:
         print("(accuracy: top-1 on the search-validation split, from which the search picked its best policy; "
               "held-out: on the test split, which it never saw)")
-    print(f"results in {search.run_dir}/ (episodes.csv, best_policy.json, summary.json, policy.png, progress.png)")
+    files = "episodes.csv, best_policy.json, " + ("selected_policy.json, " if "selected" in summary else "")
+    print(f"results in {search.run_dir}/ ({files}summary.json, policy.png, progress.png)")
     return 0
 
 
