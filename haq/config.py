@@ -13,6 +13,7 @@ import yaml
 
 from envs import ENFORCEMENTS
 from haq.evaluator import REWARD_MEASURES
+from haq.fileio import atomic_write_text
 from haq.policy import parse_uniform
 from haq.qmodel import QuantConfig
 from haq.train import FinetuneConfig, auto_compile
@@ -279,10 +280,7 @@ class SearchConfig:
 
     def to_yaml(self, path: str | os.PathLike[str]) -> None:
         """Write the config as YAML, atomically (a temporary file renamed over `path`)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        os.replace(tmp, path)
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> SearchConfig:

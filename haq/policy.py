@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from haq.fileio import atomic_write_text
 from hw_models import LayerSpec
 
 _UNIFORM = re.compile(r"^w([1-8])a([1-8])$")
@@ -118,10 +119,7 @@ class Policy:
 
     def to_json(self, path: str | os.PathLike[str], **extra: Any) -> None:
         """Write the policy (and any extra metadata) as JSON, atomically."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({**extra, **self.to_dict()}, indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({**extra, **self.to_dict()}, indent=2) + "\n")
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> Policy:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ import hw_models
 from haq import checkpoint
 from haq.config import SearchConfig
 from haq.evaluator import QuantEvaluator
+from haq.fileio import atomic_write_text
 from haq.parts import (
     build_parts,
     make_agent,
@@ -69,15 +71,6 @@ def check_fresh_run_dir(run_dir: str | os.PathLike[str]) -> None:
     if any((Path(run_dir) / f).exists() for f in ("episodes.csv", "checkpoint.json")):
         raise FileExistsError(f"{run_dir} already holds a search; continue it with "
                               f"`haq search --resume {run_dir}` or choose another --out")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def read_episodes(run_dir: Path) -> list[dict[str, Any]]:
@@ -211,7 +204,7 @@ class Search:
         if ckpt.exists():
             shutil.rmtree(ckpt)
         checkpoint.save(self.agent, ckpt, {"episodes": n, "best": self.best})
-        _atomic_write(pointer, json.dumps({"episodes": n, "dir": ckpt.name}) + "\n")
+        atomic_write_text(pointer, json.dumps({"episodes": n, "dir": ckpt.name}) + "\n")
         for old in self.run_dir.glob("checkpoint-*"):
             if old.name != ckpt.name:
                 shutil.rmtree(old, ignore_errors=True)
@@ -310,7 +303,7 @@ class Search:
             log.warning("%s: %s: the search explored next to nothing past its warm-up. A larger "
                         "agent.over_budget_penalty (3 kept the mini tables' collapsed searches exploring; "
                         "experiments/results/ablations/penalty.md) or min_bits: 3 avoids it", self.run_dir, stuck)
-        _atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         plot_policy(env.layers, self.best["policy"], self.run_dir / "policy.png",
                     title=f"{self.config.model} on {self.config.hw}: best policy "
                           f"({self.best['accuracy']:.1f}% top-1, {self.best['cost_ratio']:.2f}x w8a8 {self.config.constraint})",
@@ -359,6 +352,13 @@ class Search:
         held out, it does not. Rewrites summary.json."""
         assert self.best is not None
         self.lock.acquire()
+        try:
+            return self._held_out(summary)
+        finally:
+            self.lock.release()
+
+    def _held_out(self, summary: dict[str, Any]) -> dict[str, Any]:
+        assert self.best is not None  # for the type checker: held_out checked it
         ev, layers = self.parts.evaluator, self.parts.env.layers
         summary["best"]["test_accuracy"] = ev.evaluate(self.best["policy"], split="test")["top1"]
         for b in summary["uniform_baselines"]:
@@ -367,8 +367,7 @@ class Search:
             sel = summary["selected"]
             sel["test_accuracy"] = ev.evaluate(Policy.from_strings(layers, sel["w_bits"], sel["a_bits"]),
                                                split="test")["top1"]
-        _atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        self.lock.release()
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
     # ------------------------------------------------------------------ resume
@@ -408,14 +407,11 @@ class Search:
             raise ValueError(f"{run_dir} has {n} episodes done; --episodes must be at least {n} (it extends a run, "
                              "it cannot shorten one)")
         # rows past the checkpoint belong to an episode that will be run again: drop them (atomically)
-        tmp = run_dir / "episodes.csv.tmp"
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, EPISODE_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows[:n])
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, run_dir / "episodes.csv")
+        text = io.StringIO()
+        writer = csv.DictWriter(text, EPISODE_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows[:n])
+        atomic_write_text(run_dir / "episodes.csv", text.getvalue())
         search.records = [_typed_row(r) for r in rows[:n]]
         search.best = progress["best"]
         if search.best is not None:  # JSON keeps the policy's (w, a) pairs as lists

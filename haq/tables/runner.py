@@ -18,10 +18,11 @@ import pandas as pd
 
 from haq.config import SearchConfig, budget_kind
 from haq.evaluator import QuantEvaluator
+from haq.fileio import atomic_write_text
 from haq.parts import build_evaluator, build_parts, check_evaluator
 from haq.policy import Policy
 from haq.runlock import FolderLock
-from haq.search import Search, _atomic_write, agent_exploration, read_episodes
+from haq.search import Search, agent_exploration, read_episodes
 from haq.tables.render import render_table
 from haq.tables.spec import (
     RESULTS_DIR,
@@ -213,7 +214,7 @@ def held_out(spec: TableSpec, scale: str, df: pd.DataFrame, base: Path, override
                 old.update({k: v for k, v in new.items() if not k.startswith("refit_")})
                 for k in ("refit_val", "refit_test"):
                     old[k] = old.get(k, []) + new.get(k, [])
-            _atomic_write(cache_path, json.dumps(cache, indent=1, sort_keys=True) + "\n")
+            atomic_write_text(cache_path, json.dumps(cache, indent=1, sort_keys=True) + "\n")
             finished += finetunes
             if progress is not None:
                 progress(finished, total)

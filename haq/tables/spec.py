@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from haq.config import CONSTRAINTS, SearchConfig, budget_kind, load_yaml
+from haq.fileio import atomic_write_text
 from haq.models import create_model, model_entry, read_state_dict, state_fingerprint
-from haq.search import _atomic_write
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 """The paper's table specs, shipped with the package."""
@@ -256,7 +256,7 @@ def check_float_models(base: Path, fingerprints: dict[str, str]) -> None:
                          "pass another --runs (haq.models.state_fingerprint)")
     if any(m not in known for m in fingerprints):
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, json.dumps({**known, **fingerprints}, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(path, json.dumps({**known, **fingerprints}, indent=1, sort_keys=True) + "\n")
 
 
 def model_fingerprints(spec: TableSpec, scale: str, models: Sequence[str], overrides: dict[str, Any] | None,
