@@ -215,3 +215,28 @@ def _number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if np.isnan(v) else v
+
+
+def plot_sweep(df: Any, path: str | os.PathLike[str], title: str = "") -> None:
+    """Held-out top-1 against cost / w8a8: the searched policies of a sweep (one per budget, joined in
+    cost order) and the uniform policies (labelled), from `haq.sweep.run_sweep`'s rows."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    searched = df[df["kind"] == "searched"].sort_values("cost_ratio")
+    uniform = df[df["kind"] == "uniform"].sort_values("cost_ratio")
+    ax.plot(uniform["cost_ratio"], uniform["test_accuracy"], "s--", color="#7a7a7a", label="uniform bits")
+    for r in uniform.to_dict("records"):
+        ax.annotate(r["policy"], (r["cost_ratio"], r["test_accuracy"]), textcoords="offset points", xytext=(4, -10),
+                    fontsize=7, color="#555555")
+    method = searched["method"].iloc[0] if len(searched) else "search"
+    ax.plot(searched["cost_ratio"], searched["test_accuracy"], "o-", color="#3b6fb6", label=f"{method}, returned policy")
+    for r in searched.to_dict("records"):
+        ax.annotate(f"budget {r['budget']}", (r["cost_ratio"], r["test_accuracy"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=7, color="#3b6fb6")
+    ax.set_xlabel("cost / w8a8")
+    ax.set_ylabel("held-out top-1 (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

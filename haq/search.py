@@ -6,7 +6,8 @@ Run directory layout::
     episodes.csv        one row per episode (append-only)
     best_policy.json    the best policy by reward, with its accuracy and cost
     selected_policy.json  the policy the search returns: the best mean of fresh finetunes (`haq.selection`)
-    summary.json        float accuracy, best policy, budget, uniform baselines that fit
+    summary.json        float accuracy, best policy, budget, uniform baselines that fit, finetunes run
+    sensitivity.csv     (method ilp) per-layer loss rises the integer program minimises (`haq.sensitivity`)
     policy.png          per-layer bits of the best policy (depthwise layers marked)
     progress.png        reward and cost over episodes
     checkpoint.json     points at the latest complete checkpoint directory
@@ -35,7 +36,7 @@ from stable_baselines3.common.monitor import Monitor
 
 import hw_models
 from haq import checkpoint
-from haq.config import SearchConfig
+from haq.config import SearchConfig, budget_kind
 from haq.evaluator import QuantEvaluator
 from haq.fileio import atomic_write_text
 from haq.parts import (
@@ -165,7 +166,7 @@ class Search:
             accuracy = self.parts.evaluator.recorded(policy)["top1"]
         row = {"episode": self.episodes_done + 1, "reward": info["reward"], "accuracy": accuracy,
                "cost": info["cost"], "cost_ratio": info["cost_ratio"], "wall_s": round(now - self._last_time, 4),
-               "w_bits": w, "a_bits": a, "phase": "warmup" if self.episodes_done < self.config.warmup else "agent",
+               "w_bits": w, "a_bits": a, "phase": self._phase(),
                "requested_w_bits": req_w, "requested_a_bits": req_a}
         self._last_time = now
         path = self.run_dir / "episodes.csv"
@@ -183,6 +184,13 @@ class Search:
             self._write_best()
         if self.on_episode is not None:
             self.on_episode({**row, "best_reward": self.best["reward"], "best_accuracy": self.best["accuracy"]})
+
+    def _phase(self) -> str:
+        """The episodes.csv phase of the episode being recorded: ``ilp``, ``random``, or the DDPG
+        search's ``warmup`` and ``agent``."""
+        if self.config.method != "ddpg":
+            return self.config.method
+        return "warmup" if self.episodes_done < self.config.warmup else "agent"
 
     def _write_best(self) -> None:
         b = self.best
@@ -229,7 +237,9 @@ class Search:
         steps, n = self.parts.env.n_steps, self.config.workers
         try:
             try:
-                if remaining > 0:
+                if remaining > 0 and self.config.method == "ilp":
+                    self._run_ilp()
+                elif remaining > 0:
                     self._last_time = time.perf_counter()
                     rounds = -(-remaining // n)
                     self.agent.learn(total_timesteps=rounds * n * steps, callback=_Recorder(self),
@@ -240,6 +250,44 @@ class Search:
             return self.finish()
         finally:  # done, or stopped: the folder is free for a resume
             self.lock.release()
+
+    def _run_ilp(self) -> None:
+        """Measure the sensitivities (``sensitivity.csv``), solve for ``episodes``
+        allocations (`haq.ilp.allocations`) and play the ones not yet recorded as episodes, each
+        finetuned once (deterministic, so a resumed run gets the same allocations)."""
+        from haq.ilp import allocations
+        from haq.sensitivity import measure
+
+        env = self.parts.env
+        top = env.max_bits
+        w_choices = [[top] if p else list(env.choices) for p in env.pinned]
+        a_choices = [[top] if p or env.weights_only else list(env.choices) for p in env.pinned]
+        start = time.perf_counter()
+        sens = measure(self.parts.evaluator, w_choices, a_choices)
+        sens.to_csv(self.run_dir / "sensitivity.csv")
+        w_pen, a_pen = sens.monotone()
+        proposals = allocations(env.table, w_pen, a_pen, env.budget, w_choices, a_choices, self.config.episodes,
+                                seed=self.config.seed)
+        log.info("%d allocations from the integer program in %.1f s (sensitivity included)", len(proposals),
+                 time.perf_counter() - start)
+        self._last_time = time.perf_counter()
+        for bits in proposals[self.episodes_done:]:
+            self.checkpoint()
+            self.record_episode(self._play(bits))
+        self.checkpoint()
+
+    def _play(self, bits: list[tuple[int, int]]) -> dict[str, Any]:
+        """One episode of the environment whose actions ask for `bits`: its last step's info
+        (the budget enforcement and the finetune as any episode has them)."""
+        from envs.mixed_precision import bits_to_action
+
+        env = self.parts.env
+        env.reset()
+        info: dict[str, Any] = {}
+        slots = [(i, 0) for i in range(len(bits))] if env.weights_only else [(i, j) for i in range(len(bits)) for j in (0, 1)]
+        for i, j in slots:
+            *_, info = env.step(np.array([bits_to_action(bits[i][j], env.choices)], np.float32))
+        return info
 
     def release(self) -> None:
         """Stop the workers and give up the run folder's lock (another process may then resume it)."""
@@ -253,22 +301,28 @@ class Search:
             self.pool = None
 
     def finish(self) -> dict[str, Any]:
-        """Evaluate the uniform baselines that fit the budget; write summary.json and plots."""
+        """Evaluate the uniform baselines that fit the budget (every wbab, and the budget's own
+        policy when it names one such as w3a4); write summary.json and plots."""
         from haq.report import plot_policy, plot_progress
 
         env, ev = self.parts.env, self.parts.evaluator
         baselines = []
-        for b in range(self.config.min_bits, 9):
-            pol = [(b, b)] * len(env.layers)
+        uniform = [(b, b) for b in range(self.config.min_bits, 9)]
+        kind, named = budget_kind(self.config.budget)
+        if kind == "uniform" and named not in uniform:  # a budget such as w3a4 names its own uniform policy
+            uniform = sorted([*uniform, named])
+        for w, a in uniform:
+            pol = [(w, a)] * len(env.layers)
             cost = env.cost(pol)
             if cost <= env.budget * (1 + 1e-12):
-                baselines.append({"policy": f"w{b}a{b}", "cost": cost, "cost_ratio": cost / env.reference_cost,
+                baselines.append({"policy": f"w{w}a{a}", "cost": cost, "cost_ratio": cost / env.reference_cost,
                                   "accuracy": ev(pol)})
         assert self.best is not None
         summary = {
             "model": self.config.model, "hw": self.config.hw, "metric": self.config.metric,
             "units": hw_models.METRIC_UNITS[self.config.metric], "fp_accuracy": ev.fp_accuracy,
             "reward_measure": self.config.reward_measure, "fp_reward_measure": env.fp_accuracy,
+            "method": self.config.method,
             "budget": env.budget, "budget_ratio": env.budget / env.reference_cost, "budget_spec": self.config.budget,
             "w8a8_cost": env.reference_cost, "episodes": self.episodes_done,
             "best": {k: self.best[k] for k in ("episode", "reward", "accuracy", "cost", "cost_ratio", "w_bits", "a_bits")},
@@ -282,6 +336,11 @@ class Search:
         }
         if self.config.select_finetunes > 0:
             summary.update(self._select(baselines))
+        # each distinct policy is finetuned once (the evaluator reuses a repeated policy's result)
+        selection = len(summary.get("selection", {}).get("candidates", [])) * self.config.select_finetunes
+        summary["finetunes"] = {"search": summary["distinct_policies"], "uniform": len(baselines),
+                                "selection": selection,
+                                "total": summary["distinct_policies"] + len(baselines) + selection}
         # a resumed run that ends on the same best policy keeps what was measured held out for it
         earlier = self.run_dir / "summary.json"
         if earlier.is_file():

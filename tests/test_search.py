@@ -768,3 +768,47 @@ def test_the_search_returns_the_best_mean_of_fresh_finetunes_and_never_less_than
     assert choose([{"mean": 97.0}, {"mean": 97.0}, {"mean": 96.0}]) == 0  # ties go to the first (a uniform policy)
     off = Search(tiny_config(tmp_path, "off", episodes=3, select_finetunes=0), evaluator=shared_parts.evaluator).run()
     assert "selected" not in off and not (tmp_path / "off" / "selected_policy.json").exists()
+
+
+def test_the_ilp_method_finetunes_its_allocations_as_episodes_and_resumes_to_the_same_ones(tmp_path, shared_parts):
+    """``method: ilp``: the sensitivities are written, each allocation fits the budget and is
+    played as one episode (phase ``ilp``), the first is the integer program's optimum, the summary
+    counts the finetunes, and a search killed halfway resumes to the rows of one never killed."""
+    from haq.ilp import allocations
+    from haq.sensitivity import measure
+
+    cfg = tiny_config(tmp_path, "ilp", method="ilp", budget="w3a3", episodes=4, select_finetunes=1)
+    summary = Search(cfg, evaluator=shared_parts.evaluator).run()
+    run = tmp_path / "ilp"
+    episodes = read_episodes(run)
+    assert [r["phase"] for r in episodes] == ["ilp"] * 4 and summary["method"] == "ilp"
+    assert all(float(r["cost"]) <= summary["budget"] * (1 + 1e-9) for r in episodes)
+    assert (run / "sensitivity.csv").read_text().startswith("layer,bits,weight_loss_rise,act_loss_rise\n")
+    env = build_parts(cfg, shared_parts.evaluator).env
+    choices = [list(env.choices)] * len(env.layers)
+    w_pen, a_pen = measure(shared_parts.evaluator, choices, choices).monotone()
+    optimum = allocations(env.table, w_pen, a_pen, env.budget, choices, choices, 1)[0]
+    assert Policy.from_strings(env.layers, episodes[0]["w_bits"], episodes[0]["a_bits"]).bits == tuple(optimum)
+    n = summary["finetunes"]
+    assert n["search"] == summary["distinct_policies"] and n["selection"] == len(summary["selection"]["candidates"])
+    assert n["total"] == n["search"] + n["uniform"] + n["selection"]
+
+    killed = tiny_config(tmp_path, "killed", method="ilp", budget="w3a3", episodes=4, select_finetunes=1)
+    run_until_killed(Search(killed, evaluator=shared_parts.evaluator), 3)
+    Search.resume(tmp_path / "killed", evaluator=shared_parts.evaluator).run()
+    assert rows(tmp_path / "killed") == rows(run)
+
+
+def test_the_random_method_is_warm_up_in_every_episode_and_the_budgets_policy_is_a_candidate(tmp_path, shared_parts):
+    cfg = tiny_config(tmp_path, "random", method="random", episodes=3, budget="w3a4", select_finetunes=1)
+    assert cfg.warmup == 3 and SearchConfig.from_dict({**cfg.to_dict(), "episodes": 6}).warmup == 6
+    summary = Search(cfg, evaluator=shared_parts.evaluator).run()
+    assert [r["phase"] for r in read_episodes(tmp_path / "random")] == ["random"] * 3
+    assert summary["method"] == "random"
+    # a budget that names a uniform policy other than wbab has it among the uniform candidates
+    assert [b["policy"] for b in summary["uniform_baselines"]] == ["w2a2", "w3a3", "w3a4"]
+    assert [c["policy"] for c in summary["selection"]["candidates"]][:3] == ["w2a2", "w3a3", "w3a4"]
+    with pytest.raises(ValueError, match="method must be one of"):
+        SearchConfig(method="anneal")
+    with pytest.raises(ValueError, match="set workers: 1"):
+        SearchConfig(method="ilp", workers=2)

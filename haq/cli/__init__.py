@@ -1,4 +1,4 @@
-"""The ``haq`` command line: search, eval, cost, table, prune, export, hw list, models list.
+"""The ``haq`` command line: search, sweep, eval, cost, table, prune, export, hw list, models list.
 
 User mistakes end with one line on stderr and exit code 2, never a traceback. Flags that
 several commands take are declared once, in the parent parsers below.
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from haq.cli.args import EXIT_USAGE, UsageError, model_weights, nonnegative_int, positive_int, train_images
-from haq.cli.run import cmd_eval, cmd_search, policy_settings
+from haq.cli.run import cmd_eval, cmd_search, cmd_sweep, policy_settings
 from haq.cli.table import cmd_table
 from haq.cli.tools import cmd_cost, cmd_export, cmd_hw_list, cmd_models_list, cmd_prune
 
@@ -64,6 +64,10 @@ PLUGINS = _parent((("--allow-plugins",), {"dest": "allow_plugins", "action": "st
                                                   "plugin (module:attr) it names: plugins are code"}))
 
 
+SEARCH_METHODS = ("ddpg", "ilp", "random")
+"""``--method`` choices: `haq.config.METHODS` (named here so that ``haq --help`` loads no torch)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="haq", description="Hardware-aware automated mixed-precision quantization (HAQ).")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
@@ -78,7 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-held-out", dest="held_out", action="store_false",
                    help="skip measuring the best and the uniform policies on the held-out test split at the end "
                         "(one more finetune each)")
-    s.add_argument("--episodes", type=int, help="episodes in total, warm-up included (default 100)")
+    s.add_argument("--method", choices=SEARCH_METHODS,
+                   help="ddpg (default, HAQ's agent), ilp (measured per-layer sensitivity and an integer program: its "
+                        "best allocations, one finetune each) or random (random actions, the same budget enforcement)")
+    s.add_argument("--episodes", type=int, help="episodes in total, warm-up included (default 100); with --method ilp, "
+                                                 "the integer program's allocations to finetune")
     s.add_argument("--warmup", type=int, help="random warm-up episodes (default 20)")
     s.add_argument("--out", help="run directory (default runs/<time>-<model>-<hw>)")
     s.add_argument("--min-bits", dest="min_bits", type=int)
@@ -96,6 +104,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: on with --device cuda, off on CPU)")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted search from its last complete episode")
     s.set_defaults(func=cmd_search)
+
+    sw = sub.add_parser("sweep", parents=[_model(), DATA, _hw(), FINETUNE, DEVICE, DISTILL],
+                        help="run a method over a range of budgets: held-out top-1 against cost, uniform bits beside",
+                        description="One search per budget (each in OUT/<budget>/, resumed if interrupted), what each "
+                        "returns measured on the held-out test split, and the uniform policies beside them: OUT/sweep.csv "
+                        "and OUT/sweep.png; --max-drop picks the cheapest policy within that many points of float "
+                        "top-1 on search-validation (OUT/pick.json).")
+    sw.add_argument("--budgets", nargs="+", required=True, help="budgets as --budget takes them, e.g. w3a3 w3a4 w4a4 0.6")
+    sw.add_argument("--out", required=True, help="the sweep folder")
+    sw.add_argument("--config", help="YAML file with SearchConfig keys; flags override it")
+    sw.add_argument("--constraint", choices=["latency", "energy", "size"])
+    sw.add_argument("--method", choices=SEARCH_METHODS, help="ddpg (default), ilp or random, as for haq search")
+    sw.add_argument("--episodes", type=int, help="episodes of each search (default 100)")
+    sw.add_argument("--max-drop", dest="max_drop", type=float,
+                    help="pick the cheapest policy within this many top-1 points of float on search-validation")
+    sw.set_defaults(func=cmd_sweep)
 
     e = sub.add_parser("eval", parents=[_model(), DATA, _hw(), POLICY, FINETUNE, TRAIN_IMAGES, DEVICE, DISTILL, JSON, PLUGINS],
                        help="quantize with a policy, finetune, report accuracy and cost",

@@ -1,4 +1,5 @@
-"""`haq search` and `haq eval`: search a policy, and measure one with the settings of the run that wrote it."""
+"""`haq search`, `haq sweep` and `haq eval`: search a policy, sweep a method over budgets, and measure
+one policy with the settings of the run that wrote it."""
 
 from __future__ import annotations
 
@@ -22,15 +23,80 @@ if TYPE_CHECKING:  # torch-importing modules, loaded by the commands that need t
     from haq.train import FinetuneConfig
 
 
-SEARCH_FLAGS = ("model", "weights", "dataset", "data_root", "hw", "constraint", "budget", "episodes", "warmup",
+SEARCH_FLAGS = ("model", "weights", "dataset", "data_root", "hw", "constraint", "budget", "method", "episodes", "warmup",
                 "seed", "device", "out", "min_bits", "max_bits", "pin_first_last", "workers", "ray_address", "reward_measure",
                 "fill_budget")
+
+
+def search_config(args: argparse.Namespace) -> SearchConfig:
+    """The `SearchConfig` of ``--config`` (if given) with every search flag given laid over it."""
+    from haq.config import SearchConfig, load_yaml
+
+    data: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    for f in SEARCH_FLAGS:
+        value = getattr(args, f, None)
+        if value is not None:
+            data[f] = value
+    if getattr(args, "hw_param", None):
+        data["hw_params"] = {**data.get("hw_params", {}), **parse_params(args.hw_param)}
+    if args.finetune_epochs is not None:
+        data["finetune"] = {**data.get("finetune", {}), "epochs": args.finetune_epochs}
+    if args.distill:
+        data["finetune"] = {**data.get("finetune", {}), "distill": True}
+    if getattr(args, "compile", None) is not None:
+        data["finetune"] = {**data.get("finetune", {}), "compile": args.compile}
+    return SearchConfig.from_dict(data, args.config or "flags")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from haq.config import check_device
+    from haq.fileio import atomic_write_text
+    from haq.sweep import budget_folder, pick_within, run_sweep
+
+    config = search_config(args)
+    check_device(config.device)
+    out = Path(args.out)
+    bar: tqdm | None = None
+
+    def on_search(budget: str, i: int, n: int, done: bool) -> None:
+        nonlocal bar
+        if bar is not None:
+            bar.close()
+            bar = None
+        print(f"budget {budget} ({i + 1} of {n}): {out / budget_folder(budget)}" + (" (done: read back)" if done else ""),
+              file=sys.stderr)
+        if not done:
+            bar = tqdm(total=config.episodes, desc=f"search {budget}", unit="ep", file=sys.stderr)
+
+    def on_episode(rec: dict[str, Any]) -> None:
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        df = run_sweep(config, args.budgets, out, on_search, on_episode)
+    finally:
+        if bar is not None:
+            bar.close()
+    print_table(df.to_dict("records"), ["kind", "budget", "policy", "cost_ratio", "val_accuracy", "test_accuracy"])
+    if args.max_drop is not None:
+        pick = pick_within(df, args.max_drop)
+        if pick is None:
+            print(f"no policy is within {args.max_drop} points of the float top-1 on search-validation")
+        else:
+            atomic_write_text(out / "pick.json", json.dumps(pick, indent=2) + "\n")
+            print(f"cheapest within {args.max_drop} points of float ({pick['fp_accuracy']:.2f}% on search-validation): "
+                  f"{pick['kind']} {pick['policy']} at {pick['cost_ratio']:.3f} x w8a8, {pick['val_accuracy']:.2f}% "
+                  f"(held out {pick['test_accuracy']:.2f}%)\n  w_bits: {pick['w_bits']}\n  a_bits: {pick['a_bits']}")
+    print(f"results in {out}/ (sweep.csv, sweep.png" + (", pick.json" if args.max_drop is not None else "") + ")")
+    return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from haq.config import SearchConfig, check_device, load_yaml
+    from haq.config import check_device
     from haq.search import Search, check_fresh_run_dir
 
     bar: tqdm | None = None
@@ -49,24 +115,12 @@ def cmd_search(args: argparse.Namespace) -> int:
                              "(only --episodes may be given, to extend the run)")
         search = Search.resume(args.resume, on_episode, episodes=args.episodes, allow_plugins=args.allow_plugins)
     else:
-        data: dict[str, Any] = load_yaml(args.config) if args.config else {}
-        for f in SEARCH_FLAGS:
-            value = getattr(args, f)
-            if value is not None:
-                data[f] = value
-        if args.hw_param:
-            data["hw_params"] = {**data.get("hw_params", {}), **parse_params(args.hw_param)}
-        if args.finetune_epochs is not None:
-            data["finetune"] = {**data.get("finetune", {}), "epochs": args.finetune_epochs}
-        if args.distill:
-            data["finetune"] = {**data.get("finetune", {}), "distill": True}
-        if args.compile is not None:
-            data["finetune"] = {**data.get("finetune", {}), "compile": args.compile}
-        config = SearchConfig.from_dict(data, args.config or "flags")
+        config = search_config(args)
         check_device(config.device)  # before "preparing": a device this machine lacks is one line
         if config.out:
             check_fresh_run_dir(config.out)  # before loading anything
-        print(f"preparing: model {config.model}, hardware {config.hw}, {config.constraint} budget {config.budget}",
+        print(f"preparing: model {config.model}, hardware {config.hw}, {config.constraint} budget {config.budget}, "
+              f"method {config.method}",
               file=sys.stderr)
         search = Search(config, on_episode=on_episode)
     cfg = search.config
@@ -108,6 +162,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if held:
         print("(accuracy: top-1 on the search-validation split, from which the search picked its best policy; "
               "held-out: on the test split, which it never saw)")
+    n = summary["finetunes"]
+    print(f"finetunes: {n['total']} ({n['search']} in the search, {n['uniform']} of the uniform policies, "
+          f"{n['selection']} in the selection)")
     files = "episodes.csv, best_policy.json, " + ("selected_policy.json, " if "selected" in summary else "")
     print(f"results in {search.run_dir}/ ({files}summary.json, policy.png, progress.png)")
     return 0
