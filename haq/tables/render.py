@@ -12,6 +12,7 @@ import pandas as pd
 import hw_models
 from haq.config import CONSTRAINTS, budget_kind
 from haq.policy import Policy
+from haq.tables.compare import cross_pricing, free_weight_bits, methods_section, table_layers
 from haq.tables.spec import TableSpec
 from haq.tables.stats import (
     SIGNIFICANCE,
@@ -165,6 +166,13 @@ def render_table(spec: TableSpec, scale: str, df: pd.DataFrame, out: Path, tag: 
         lines += comparable_saving(df, short, spec.constraint, spec.paper_saving)
     if len(spec.hardware) == 2 and "haq" in set(df["method"]):
         lines += ["", *_edge_cloud(spec, scale, tag, df, out)]
+    if refit:
+        metric = CONSTRAINTS[spec.constraint]
+        layers = table_layers(df)
+        for section in (methods_section(df, refits_s), free_weight_bits(df, layers, metric),
+                        cross_pricing(df, layers, metric, list(spec.hardware))):
+            if section:
+                lines += ["", *section]
     text = "\n".join(lines) + "\n"
     (out / f"{spec.name}-{scale}{tag}.md").write_text(text)
     return text

@@ -120,6 +120,7 @@ def run_table(spec: TableSpec, scale: str = "mini", *, seeds: list[int] | None =
                       "cost_ratio": done[b]["cost"] / done[b]["w8a8_cost"],
                       "w8a8_over_cost": done[b]["w8a8_cost"] / done[b]["cost"], "fp_accuracy": done[b]["fp_accuracy"],
                       "w_bits": "", "a_bits": "", "episodes": 0, "warmup": "", "best_episode": "",
+                      "returned": "", "finetunes": "",
                       "agent_distinct_policies": "", "agent_top_share": ""}
                      for b in spec.baselines]
         one_float_model(pd.DataFrame(rows))
@@ -427,9 +428,9 @@ def _baseline_job(config: dict[str, Any], policies: list[str], threads: int) -> 
 
 def config_differences(run_dir: Path, cfg: SearchConfig, method: str) -> list[str]:
     """The keys in which the search in `run_dir` ran another config than `cfg` (none: it may be
-    reused or resumed as this cell's; the agent's settings do not matter to a random search)."""
+    reused or resumed as this cell's; the agent's settings matter only to the DDPG search, ``haq``)."""
     done = SearchConfig.from_run(run_dir / "config.yaml", allow_plugins=True)  # compared with the spec's own
-    ignore = {"out", "agent"} if method == "random" else {"out"}
+    ignore = {"out", "agent"} if method != "haq" else {"out"}
     a = {k: v for k, v in done.to_dict().items() if k not in ignore}
     b = {k: v for k, v in cfg.to_dict().items() if k not in ignore}
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
@@ -445,15 +446,20 @@ def _check_same_config(run_dir: Path, cfg: SearchConfig, method: str) -> None:
 
 def search_row(spec: TableSpec, scale: str, model: str, hw: str, budget: str, method: str, seed: int,
                 summary: dict[str, Any], warmup: int, run_dir: Path) -> dict[str, Any]:
-    """A search's row, read from its summary; `agent_distinct_policies` and `agent_top_share` (from its
-    episodes.csv, `haq.search.agent_exploration`) say how much its agent explored after the warm-up
-    (blank for random search, which has no agent episodes)."""
+    """A search's row, read from its summary: the policy it returns (``selected``, the final
+    selection's; the best by reward for a search without one), ``returned`` naming it (an episode or
+    a uniform policy), and ``finetunes``, all the search ran. `agent_distinct_policies` and
+    `agent_top_share` (from its episodes.csv, `haq.search.agent_exploration`) say how much a DDPG
+    agent explored after the warm-up (blank for the other methods, which have no agent episodes)."""
     best = summary["best"]
-    explored = agent_exploration(read_episodes(run_dir), warmup)
+    row = summary.get("selected") or {**best, "policy": f"episode {best['episode']}"}
+    explored = agent_exploration(read_episodes(run_dir), warmup) if method == "haq" else None
+    finetunes = (summary.get("finetunes") or {}).get("total", "")
     return {"table": spec.name, "scale": scale, "model": model, "hw": hw, "budget": budget, "method": method,
-            "policy": "searched", "seed": seed, "accuracy": best["accuracy"], "cost": best["cost"],
-            "cost_ratio": best["cost_ratio"], "w8a8_over_cost": summary["w8a8_cost"] / best["cost"],
-            "fp_accuracy": summary["fp_accuracy"], "w_bits": best["w_bits"], "a_bits": best["a_bits"],
+            "policy": "searched", "seed": seed, "accuracy": row["accuracy"], "cost": row["cost"],
+            "cost_ratio": row["cost_ratio"], "w8a8_over_cost": summary["w8a8_cost"] / row["cost"],
+            "fp_accuracy": summary["fp_accuracy"], "w_bits": row["w_bits"], "a_bits": row["a_bits"],
             "episodes": summary["episodes"], "warmup": warmup, "best_episode": best["episode"],
+            "returned": row["policy"], "finetunes": finetunes,
             "agent_distinct_policies": explored[0] if explored else "",
             "agent_top_share": round(explored[1], 4) if explored else ""}

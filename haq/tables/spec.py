@@ -24,7 +24,8 @@ RESULTS_DIR = Path("experiments") / "results"
 directory (in a source checkout, the committed results), never inside the installed package."""
 TABLES = ("latency", "energy", "size")
 SCALES = ("mini", "paper")
-METHODS = ("haq", "random")
+METHODS = {"haq": "ddpg", "ilp": "ilp", "random": "random"}
+"""A table's method names and the `SearchConfig.method` each runs (``haq``: the paper's DDPG agent)."""
 PER_MODEL_KEYS = {"seeds", "budgets", "search"}
 REFITS = 4  # further finetunes of each row's policy, with seeds no search used (`held_out`)
 
@@ -181,7 +182,7 @@ class TableSpec:
 
     def config(self, scale: str, model: str, hw: str, budget: str, method: str, seed: int, out: Path,
                overrides: dict[str, Any] | None = None) -> SearchConfig:
-        """The search config of one cell of the table (a random search has only warm-up):
+        """The search config of one cell of the table (`METHODS` maps its method to the search's):
         the scale's search settings, then the model's own, then `overrides`."""
         data: dict[str, Any] = dict(self.scale(scale).get("search") or {})
         for layer in (self._per_model(scale, model).get("search") or {}, overrides or {}):
@@ -190,11 +191,9 @@ class TableSpec:
                     data[key] = {**data[key], **value}
                 elif value is not None:
                     data[key] = value
-        data.update(model=model, hw=hw, constraint=self.constraint, budget=budget, seed=seed, out=str(out))
-        cfg = SearchConfig.from_dict(data, f"table {self.name} ({scale})")
-        if method == "random":
-            cfg = dataclasses.replace(cfg, warmup=cfg.episodes)
-        return cfg
+        data.update(model=model, hw=hw, constraint=self.constraint, budget=budget, seed=seed, out=str(out),
+                    method=METHODS[method])
+        return SearchConfig.from_dict(data, f"table {self.name} ({scale})")
 
 
 def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
