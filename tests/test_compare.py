@@ -67,3 +67,16 @@ def test_free_weight_bits_and_cross_pricing_read_the_cost_models():
 def test_no_comparison_without_the_refit_columns(missing):
     df = pd.DataFrame([row("fixed", "w3a3", "", 90.0, 1.0), row("haq", "searched", "w3a3", 95.0, 1.0)]).drop(columns=missing)
     assert against_uniform(df).empty and methods_section(df, "4 refits") == []
+
+
+def test_edge_and_cloud_policies_are_compared_bit_by_bit():
+    from haq.tables.compare import policy_differences
+
+    def searched(hw, seed, w, a):
+        return {"model": "m", "budget": "w3a3", "method": "ilp", "seed": seed, "hw": hw, "w_bits": w, "a_bits": a}
+
+    df = pd.DataFrame([searched("edge", 0, "8 3", "3 3"), searched("cloud", 0, "3 3", "3 4"),
+                       searched("edge", 1, "3 3", "3 3"), searched("cloud", 1, "3 3", "3 3"),
+                       searched("edge", 2, "3 3", "3 3")])  # seed 2 has no cloud search: not a pair
+    pairs = policy_differences(df, "edge", "cloud")
+    assert pairs["seed"].tolist() == [0, 1] and pairs["bits_changed"].tolist() == [2, 0]

@@ -191,7 +191,30 @@ def cross_pricing(df: pd.DataFrame, layers: dict[str, list[hw_models.LayerSpec]]
         if not any(cells):
             continue
         lines.append(f"| {model} | {budget} | {METHOD_NAMES.get(method, method)} | {hw} | " + " | ".join(cells) + " |")
+    pairs = policy_differences(df, hardware[0], hardware[1])
+    if not pairs.empty:
+        lines += ["", f"The {hardware[0]} and {hardware[1]} policies of the same model, budget, method and seed differ "
+                      f"in {int((pairs['bits_changed'] > 0).sum())} of {len(pairs)} pairs, in "
+                      f"{pairs['bits_changed'].mean():.1f} of their bitwidths on average (" + "; ".join(
+                          f"{METHOD_NAMES.get(m, m)} {g['bits_changed'].mean():.1f}"
+                          for m, g in pairs.groupby("method", sort=False)) + ")."]
     return lines
+
+
+def policy_differences(df: pd.DataFrame, hw_a: str, hw_b: str) -> pd.DataFrame:
+    """Per model, budget, method and seed searched on both `hw_a` and `hw_b`: how many of the two
+    returned policies' bitwidths (weights and activations, every layer) differ (``bits_changed``)."""
+    searched = df[df["method"] != "fixed"]
+    keys = ["model", "budget", "method", "seed"]
+    a = searched[searched["hw"] == hw_a].set_index(keys)
+    b = searched[searched["hw"] == hw_b].set_index(keys)
+    rows = []
+    for key in a.index.intersection(b.index):
+        ra, rb = a.loc[key], b.loc[key]
+        bits_a = (str(ra["w_bits"]) + " " + str(ra["a_bits"])).split()
+        bits_b = (str(rb["w_bits"]) + " " + str(rb["a_bits"])).split()
+        rows.append({**dict(zip(keys, key)), "bits_changed": sum(x != y for x, y in zip(bits_a, bits_b))})
+    return pd.DataFrame(rows)
 
 
 def table_layers(df: pd.DataFrame) -> dict[str, list[hw_models.LayerSpec]]:
