@@ -7,7 +7,7 @@ one evaluator each, not counted here). Writes JSON.
 
     python benchmarks/search.py                       # the default search, 100 episodes
     python benchmarks/search.py --episodes 600        # the paper's episode count
-    python benchmarks/search.py --workers 2           # 2 Ray workers
+    python benchmarks/search.py --workers 2 --method ddpg   # 2 Ray workers (DDPG or random search)
     python benchmarks/search.py --json benchmarks/results/search-cpu-default.json
 """
 
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--config", help="YAML search config (default: the default search)")
     parser.add_argument("--episodes", type=int)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--method", choices=["ilp", "ddpg", "random"], help="default: the default search's (ilp)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -46,6 +47,8 @@ def main() -> None:
     # are decided for the device asked for
     data = load_yaml(args.config) if args.config else {}
     data.update({"seed": args.seed, "workers": args.workers})
+    if args.method:
+        data["method"] = args.method
     if args.episodes:
         data["episodes"] = args.episodes
     if args.device:
@@ -74,7 +77,7 @@ def main() -> None:
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} torch threads",
-        "config": {"model": cfg.model, "hw": cfg.hw, "episodes": cfg.episodes, "workers": cfg.workers,
+        "config": {"model": cfg.model, "hw": cfg.hw, "method": cfg.method, "episodes": cfg.episodes, "workers": cfg.workers,
                    "device": cfg.device, "compile": cfg.finetune.compile},
         "setup_s": round(t_setup, 2), "workers_start_s": round(t_workers, 2), "search_s": round(t_search, 2),
         "seconds_per_episode": round(t_search / cfg.episodes, 3), "finish_s": round(t_end - finish_started[0], 2),

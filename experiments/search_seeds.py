@@ -58,9 +58,10 @@ def method_config(method: str, seed: int, episodes: int, runs: str) -> SearchCon
     if method in ("haq-no-offset", "haq-distill"):
         agent = dataclasses.replace(agent, noise_offset_sigma=0.0)
     finetune = dataclasses.replace(base.finetune, distill=method == "haq-distill")
-    return SearchConfig(episodes=episodes, seed=seed, out=f"{runs}/{method}-seed{seed}", agent=agent,
+    return SearchConfig(method="random" if method == "random" else "ddpg", episodes=episodes, seed=seed,
+                        out=f"{runs}/{method}-seed{seed}", agent=agent,
                         enforcement=enforcement, reward_measure="p_true" if method == "haq-p-true" else "top1",
-                        finetune=finetune, warmup=episodes if method == "random" else base.warmup)
+                        finetune=finetune, warmup=base.warmup)
 
 
 def bits_off_uniform(run_dir: Path, uniform: str) -> float:

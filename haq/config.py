@@ -139,7 +139,7 @@ experiments/configs/paper_agent.yaml is the same as a ``--config`` file."""
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
-    """Everything a search needs. Defaults: the embedded default (digits, bismo-edge,
+    """Everything a search needs. Defaults: the embedded default (digits, bismo-edge, the integer program,
     latency no more than uniform w3a3: uniform bits lose about 8 points of held-out top-1 there, so
     a search has something to win; at w4a4 they lose about one).
 
@@ -156,10 +156,11 @@ class SearchConfig:
         constraint: ``latency``, ``energy`` or ``size``.
         budget: a ratio of the w8a8 cost (``"0.5"``) or a uniform policy (``"w4a4"``:
             no more than that policy costs).
-        method: how policies are proposed (`METHODS`): ``ddpg`` (default, the paper's), ``ilp``
-            (the ``episodes`` best allocations of the integer program over measured per-layer
-            sensitivities, `haq.ilp`; fewer when fewer exist) or ``random`` (every episode a
-            warm-up episode). Each proposal is finetuned once, as an episode, and the same final
+        method: how policies are proposed (`METHODS`): ``ilp`` (default: ``episodes`` allocations
+            of the integer program over measured per-layer sensitivities, `haq.ilp`; fewer when
+            fewer exist; it beat the other methods at every budget of the mini tables,
+            docs/methods.md), ``ddpg`` (HAQ's agent, the paper's method) or ``random`` (every
+            episode a warm-up episode). Each proposal is finetuned once, as an episode, and the same final
             selection ends every method, so their finetune counts match.
         episodes: episodes in total, warm-up included (the paper uses 600).
         warmup: episodes of random actions before the agent learns (paper: 20); with
@@ -209,7 +210,7 @@ class SearchConfig:
     hw_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     constraint: str = "latency"
     budget: str = "w3a3"
-    method: str = "ddpg"
+    method: str = "ilp"
     episodes: int = 100
     warmup: int = 20
     seed: int = 0
@@ -245,7 +246,8 @@ class SearchConfig:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
         if self.method == "ilp" and self.workers > 1:
-            raise ValueError(f"method 'ilp' evaluates its allocations in one process; set workers: 1 (got {self.workers})")
+            raise ValueError(f"method 'ilp' evaluates its allocations in one process: set workers: 1 (got "
+                             f"{self.workers}), or method: ddpg or random to evaluate policies on parallel workers")
         if self.method == "random" and self.warmup != self.episodes:  # frozen: set once, as compile below
             object.__setattr__(self, "warmup", self.episodes)
         if self.select_top < 1 or self.select_finetunes < 0:

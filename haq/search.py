@@ -332,7 +332,8 @@ class Search:
             "seconds_per_episode": _mean([r["wall_s"] for r in self.records]),
             # the other episodes repeated one of these (QuantEvaluator reuses its accuracy)
             "distinct_policies": len({(r["w_bits"], r["a_bits"]) for r in self.records}),
-            "agent_distinct_policies": (agent_exploration(self.records, self.config.warmup) or (0, 0.0))[0],
+            "agent_distinct_policies": ((agent_exploration(self.records, self.config.warmup) or (0, 0.0))[0]
+                                        if self.config.method == "ddpg" else None),
         }
         if self.config.select_finetunes > 0:
             summary.update(self._select(baselines))
@@ -357,7 +358,7 @@ class Search:
             sel, was = summary.get("selected"), before.get("selected") or {}
             if sel and "test_accuracy" in was and (was["w_bits"], was["a_bits"]) == (sel["w_bits"], sel["a_bits"]):
                 sel["test_accuracy"] = was["test_accuracy"]
-        stuck = stuck_agent(self.records, self.config.warmup)
+        stuck = stuck_agent(self.records, self.config.warmup) if self.config.method == "ddpg" else None
         if stuck:
             log.warning("%s: %s: the search explored next to nothing past its warm-up. A larger "
                         "agent.over_budget_penalty (3 kept the mini tables' collapsed searches exploring; "
@@ -368,7 +369,7 @@ class Search:
                           f"({self.best['accuracy']:.1f}% top-1, {self.best['cost_ratio']:.2f}x w8a8 {self.config.constraint})",
                     cost_at_8=env.table[:, 7, 7], cost_label=f"{self.config.constraint} at w8a8")
         plot_progress(self.records, self.run_dir / "progress.png", budget_ratio=summary["budget_ratio"],
-                      warmup=self.config.warmup)
+                      warmup=self.config.warmup if self.config.method != "ilp" else 0)
         return summary
 
     def _select(self, baselines: list[dict[str, Any]]) -> dict[str, Any]:

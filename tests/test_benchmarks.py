@@ -47,8 +47,8 @@ def test_search_benchmark_runs_the_search_it_is_given(tmp_path):
     proc = _run(["benchmarks/search.py", "--episodes", "3", "--no-compile", "--json", str(out)])
     assert proc.returncode == 0, proc.stderr
     res = json.loads(out.read_text())
-    assert res["config"] == {"model": "digits-mbv2", "hw": "bismo-edge", "episodes": 3, "workers": 1, "device": "cpu",
-                             "compile": False}
+    assert res["config"] == {"model": "digits-mbv2", "hw": "bismo-edge", "method": "ilp", "episodes": 3, "workers": 1,
+                             "device": "cpu", "compile": False}
     assert 1 <= res["distinct_policies"] <= 3 and res["search_s"] > 0 and res["peak_rss_mb"] > 0
 
 

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 
 def tiny_config(tmp_path, name="run", **kw) -> SearchConfig:
-    base = dict(episodes=5, warmup=2, seed=0, out=str(tmp_path / name),
+    base = dict(method="ddpg", episodes=5, warmup=2, seed=0, out=str(tmp_path / name),
                 finetune=FinetuneConfig(max_train_images=128), quant=QuantConfig(calib_images=128),
                 agent=AgentConfig(batch_size=16))
     base.update(kw)
@@ -71,7 +71,7 @@ def test_search_writes_the_run_directory(tmp_path, shared_parts):
     best = json.loads((run / "best_policy.json").read_text())
     assert best["reward"] == max(float(r["reward"]) for r in episodes)
     assert summary["best"]["reward"] == best["reward"]
-    assert {b["policy"] for b in summary["uniform_baselines"]} == {"w2a2", "w3a3", "w4a4"}
+    assert {b["policy"] for b in summary["uniform_baselines"]} == {"w2a2", "w3a3"}  # the default budget: w3a3
     assert summary["distinct_policies"] == len({(r["w_bits"], r["a_bits"]) for r in episodes})
     assert summary["agent_distinct_policies"] == len({(r["w_bits"], r["a_bits"]) for r in episodes[2:]})
     assert SearchConfig.from_yaml(run / "config.yaml") == config
@@ -455,7 +455,7 @@ def test_paper_agent_config_file_is_the_papers_agent():
 
     root = Path(__file__).resolve().parents[1]
     cfg = SearchConfig.from_yaml(root / "experiments" / "configs" / "paper_agent.yaml")
-    assert cfg.agent == PAPER_AGENT and cfg.enforcement == "sequential"
+    assert cfg.agent == PAPER_AGENT and cfg.enforcement == "sequential" and cfg.method == "ddpg"
     # the paper's numbers (Section 3.4), not the engine's defaults
     assert (PAPER_AGENT.noise_sigma, PAPER_AGENT.noise_decay, PAPER_AGENT.gamma, PAPER_AGENT.tau) == (0.5, 0.99, 1.0, 0.01)
     assert not PAPER_AGENT.episode_targets and PAPER_AGENT.over_budget_penalty == 0
@@ -607,7 +607,7 @@ def test_eval_train_images_is_all_or_a_positive_count(value, capsys):
 def test_cli_search_and_resume_as_a_user_runs_them(tmp_path):
     run = tmp_path / "cli-run"
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("episodes: 3\nwarmup: 2\nfinetune: {max_train_images: 96}\nquant: {calib_images: 96}\n")
+    cfg.write_text("method: ddpg\nepisodes: 3\nwarmup: 2\nfinetune: {max_train_images: 96}\nquant: {calib_images: 96}\n")
     cmd = [sys.executable, "-m", "haq.cli", "search", "--config", str(cfg), "--out", str(run), "--seed", "3",
            "--fill-budget"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -811,4 +811,5 @@ def test_the_random_method_is_warm_up_in_every_episode_and_the_budgets_policy_is
     with pytest.raises(ValueError, match="method must be one of"):
         SearchConfig(method="anneal")
     with pytest.raises(ValueError, match="set workers: 1"):
-        SearchConfig(method="ilp", workers=2)
+        SearchConfig(workers=2)  # the default method, ilp, evaluates in one process
+    assert SearchConfig().method == "ilp" and SearchConfig(method="ddpg", workers=2).workers == 2

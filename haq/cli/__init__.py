@@ -83,11 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip measuring the best and the uniform policies on the held-out test split at the end "
                         "(one more finetune each)")
     s.add_argument("--method", choices=SEARCH_METHODS,
-                   help="ddpg (default, HAQ's agent), ilp (measured per-layer sensitivity and an integer program: its "
-                        "best allocations, one finetune each) or random (random actions, the same budget enforcement)")
+                   help="ilp (default: measured per-layer sensitivity and an integer program, its allocations "
+                        "finetuned once each), ddpg (HAQ's agent, the paper's method) or random (random actions, the "
+                        "same budget enforcement)")
     s.add_argument("--episodes", type=int, help="episodes in total, warm-up included (default 100); with --method ilp, "
                                                  "the integer program's allocations to finetune")
-    s.add_argument("--warmup", type=int, help="random warm-up episodes (default 20)")
+    s.add_argument("--warmup", type=int, help="random warm-up episodes of --method ddpg (default 20)")
     s.add_argument("--out", help="run directory (default runs/<time>-<model>-<hw>)")
     s.add_argument("--min-bits", dest="min_bits", type=int)
     s.add_argument("--max-bits", dest="max_bits", type=int)
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", required=True, help="the sweep folder")
     sw.add_argument("--config", help="YAML file with SearchConfig keys; flags override it")
     sw.add_argument("--constraint", choices=["latency", "energy", "size"])
-    sw.add_argument("--method", choices=SEARCH_METHODS, help="ddpg (default), ilp or random, as for haq search")
+    sw.add_argument("--method", choices=SEARCH_METHODS, help="ilp (default), ddpg or random, as for haq search")
     sw.add_argument("--episodes", type=int, help="episodes of each search (default 100)")
     sw.add_argument("--max-drop", dest="max_drop", type=float,
                     help="pick the cheapest policy within this many top-1 points of float on search-validation")

@@ -131,6 +131,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     if cfg.reward_measure != "top1":
         print(f"the reward reads {cfg.reward_measure} (float {search.parts.env.fp_accuracy:.2f}); accuracies shown are "
               "top-1", file=sys.stderr)
+    if cfg.method == "ilp" and search.episodes_done < cfg.episodes:
+        print("method ilp: measuring each layer's sensitivity to each bitwidth first (one forward pass each), then "
+              "finetuning the integer program's allocations (docs/methods.md; --method ddpg for HAQ's agent)",
+              file=sys.stderr)
     if cfg.finetune.compile and search.episodes_done < cfg.episodes:
         print("the finetune is compiled once (torch.compile): the first episode takes a minute or two longer "
               "(--no-compile to run eagerly)", file=sys.stderr)

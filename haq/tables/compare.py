@@ -24,7 +24,8 @@ def against_uniform(df: pd.DataFrame, alpha: float = SIGNIFICANCE) -> pd.DataFra
     ``uniform`` (that policy), method, seed,
     ``gain`` (points, refit means), ``significant`` (Welch's t-test over the refits, one-sided, level
     `alpha`: the searched row is the more accurate), ``uniform_loss`` (the uniform policy's refit
-    mean below w8a8's, points; NaN without a w8a8 row). Empty without refit spreads or budget rows."""
+    mean below w8a8's, points; NaN without a w8a8 row), ``finetunes`` (the search's count; NaN where
+    not recorded). Empty without refit spreads or budget rows."""
     cols = ("test_accuracy_refits", "test_accuracy_refits_sd", "refits")
     if not all(c in df.columns for c in cols):
         return pd.DataFrame()
@@ -44,7 +45,7 @@ def against_uniform(df: pd.DataFrame, alpha: float = SIGNIFICANCE) -> pd.DataFra
                     "seed": r["seed"], "gain": m - um,
                     "significant": significantly_below(um, usd, int(un), m, sd, int(n), alpha),
                     "uniform_loss": _number(w8.iloc[0]["test_accuracy_refits"]) - um if len(w8) else np.nan,
-                    "finetunes": pd.to_numeric(pd.Series([r.get("finetunes", "")]), errors="coerce").iloc[0]})
+                    "finetunes": _number(r.get("finetunes", ""))})
     return pd.DataFrame(out)
 
 
