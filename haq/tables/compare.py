@@ -117,7 +117,8 @@ def methods_section(df: pd.DataFrame, refits: str, matter: float = 2.0) -> list[
                   + "; ".join(ddpg_loses) + "."]
     if verdicts:
         held = [v for v in verdicts if v[2] >= math.ceil(2 * v[3] / 3)]
-        lines += ["", f"Where uniform bits lose {matter:g} points or more against w8a8 ({len(verdicts)} budgets), the "
+        lines += ["", f"Where uniform bits lose {matter:g} points or more against w8a8 ({len(verdicts)} "
+                  f"budget{'s' if len(verdicts) != 1 else ''}), the "
                   f"best method is significantly more accurate than the uniform policy in at least two thirds of its "
                   f"seeds at "
                   f"{len(held)} of them: " + "; ".join(f"{w}: {m}, {k} of {n}" for w, m, k, n in verdicts) + "."]
