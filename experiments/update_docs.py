@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 from status_counts import status_markdown  # beside this script
 
+from haq.config import SearchConfig
 from haq.tables import TABLES
 from haq.tables.compare import METHOD_NAMES, against_uniform, free_bits, policy_differences, table_layers
 
@@ -67,7 +68,8 @@ def status_lines() -> str:
     if default.is_file():
         d = pd.read_csv(default)
         for method, g in d.groupby("method", sort=False):
-            lines.append(f"- **The default `haq search`** ({method}, seeds {', '.join(map(str, g['seed']))}): the returned "
+            name = "The default `haq search`" if method == SearchConfig().method else f"`haq search --method {method}`"
+            lines.append(f"- **{name}** (seeds {', '.join(map(str, g['seed']))}): the returned "
                          f"policy is at least as accurate as uniform {g['budget'].iloc[0]} held out in "
                          f"{int((g['gain'] >= 0).sum())} of {len(g)} seeds, {g['gain'].mean():+.2f} points on average "
                          "([default-search.md](experiments/results/default-search.md)).")
