@@ -659,7 +659,7 @@ def test_two_ray_workers_give_the_requested_distinct_episodes_deterministically(
     one.run()
     runs = []
     for name in ("two-a", "two-b"):
-        cfg = tiny_config(tmp_path, name, episodes=5, workers=2)
+        cfg = tiny_config(tmp_path, name, episodes=5, workers=2, budget="w4a4")
         Search(cfg, evaluator=shared_parts.evaluator).run()  # 3 rounds of 2; the 6th episode is not recorded
         runs.append(read_episodes(tmp_path / name))
     a, b = runs
