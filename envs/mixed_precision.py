@@ -172,7 +172,7 @@ class MixedPrecisionEnv(gym.Env):
     def n_steps(self) -> int:
         return len(self.layers) if self.weights_only else 2 * len(self.layers)
 
-    def _slot(self, t: int) -> tuple[int, int]:
+    def slot(self, t: int) -> tuple[int, int]:
         """(layer, 0 for weight bits / 1 for activation bits) decided at step t."""
         return (t, 0) if self.weights_only else divmod(t, 2)
 
@@ -185,7 +185,7 @@ class MixedPrecisionEnv(gym.Env):
         return [(hi, hi) if p else (lo, hi if self.weights_only else lo) for p in self.pinned]
 
     def _obs(self) -> np.ndarray:
-        layer, is_act = self._slot(self._t)
+        layer, is_act = self.slot(self._t)
         layer = min(layer, len(self.layers) - 1)
         obs = np.empty(len(OBS_FEATURES), dtype=np.float32)
         obs[:7] = self._static[layer]
@@ -266,7 +266,7 @@ class MixedPrecisionEnv(gym.Env):
         if self._t != self.n_steps - 1:
             raise RuntimeError(f"peek_policy is for the last step ({self.n_steps - 1}); this is step {self._t}")
         a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
-        layer, is_act = self._slot(self._t)
+        layer, is_act = self.slot(self._t)
         bits = self.max_bits if self.pinned[layer] else action_to_bits(a, self.choices)
         last = [*self._bits[layer], bits] if is_act else [bits, self.max_bits]
         return self.enforce_budget([(w, a_) for w, a_ in self._bits[:layer]] + [(last[0], last[1])])
@@ -281,7 +281,7 @@ class MixedPrecisionEnv(gym.Env):
         its bits survived, the centre of the enforced bitwidth's bin where they were lowered."""
         taken = []
         for t, a in enumerate(self._actions):
-            layer, j = self._slot(t)
+            layer, j = self.slot(t)
             same = requested[layer][j] == policy[layer][j] or self.pinned[layer]
             taken.append(a if same else bits_to_action(policy[layer][j], self.choices))
         return taken
@@ -299,7 +299,7 @@ class MixedPrecisionEnv(gym.Env):
         if self._t >= self.n_steps:
             raise RuntimeError("episode is over: call reset()")
         a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
-        layer, is_act = self._slot(self._t)
+        layer, is_act = self.slot(self._t)
         bits = self.max_bits if self.pinned[layer] else action_to_bits(a, self.choices)
         if is_act:
             self._bits[layer].append(bits)

@@ -41,9 +41,10 @@ class NoAllocation(RuntimeError):
 @contextlib.contextmanager
 def _quiet_stdout() -> Iterator[None]:
     """Send the process's standard output (file descriptor 1) to the null device for a solve:
-    HiGHS prints a stray debug line (``HighsMipSolverData::transformNewIntegerFeasibleSolution
-    tmpSolver.run();``, ERGO-Code/HiGHS issue 2783) from C++ whatever its output options say,
-    and it would tear the search's progress bar."""
+    HiGHS (as bundled with scipy 1.17) prints a stray debug line
+    (``HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();``, a known upstream
+    HiGHS behaviour) from C++ whatever its output options say, and it would tear the search's
+    progress bar."""
     try:
         fd = sys.stdout.fileno()
     except (AttributeError, OSError, ValueError):  # no real descriptor (captured output): nothing to guard
@@ -127,13 +128,14 @@ def allocations(cost: np.ndarray, w_penalty: np.ndarray, a_penalty: np.ndarray, 
     rng = np.random.default_rng(seed)
     found: list[list[tuple[int, int]]] = []
     seen: set[tuple[tuple[int, int], ...]] = set()
+    w_known, a_known = np.nan_to_num(w_penalty), np.nan_to_num(a_penalty)  # NaN only where not allowed
     for attempt in range(k * tries):
         if len(found) == k:
             break
-        w_pen, a_pen = np.nan_to_num(w_penalty), np.nan_to_num(a_penalty)
+        w_pen, a_pen = w_known, a_known
         if attempt:
-            w_pen = w_pen * np.exp(sigma * rng.standard_normal((n_layers, 1)))
-            a_pen = a_pen * np.exp(sigma * rng.standard_normal((n_layers, 1)))
+            w_pen = w_known * np.exp(sigma * rng.standard_normal((n_layers, 1)))
+            a_pen = a_known * np.exp(sigma * rng.standard_normal((n_layers, 1)))
         bits = solve(cost, w_pen[:, :, None] + a_pen[:, None, :], budget, pairs)
         if tuple(bits) not in seen:
             seen.add(tuple(bits))

@@ -284,8 +284,8 @@ class Search:
         env = self.parts.env
         env.reset()
         info: dict[str, Any] = {}
-        slots = [(i, 0) for i in range(len(bits))] if env.weights_only else [(i, j) for i in range(len(bits)) for j in (0, 1)]
-        for i, j in slots:
+        for t in range(env.n_steps):
+            i, j = env.slot(t)
             *_, info = env.step(np.array([bits_to_action(bits[i][j], env.choices)], np.float32))
         return info
 
