@@ -11,6 +11,7 @@ search (HAQ's public code recomputes them every episode).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -235,6 +236,17 @@ class Calibration:
             for h in handles:
                 h.remove()
             model.train(was_training)
+
+    def fingerprint(self) -> str:
+        """A short hash of the settings and activation statistics the clip values are computed
+        from: two calibrations with the same fingerprint give the same clips for the same weights."""
+        h = hashlib.sha256(repr(self.config).encode())
+        for name in sorted(self._act_max):
+            h.update(f"|{name}|{self.act_signed.get(name)}|{name in self.network_inputs}|".encode())
+            tensors = [self._act_max[name], *self._act_hist.get(name, ())]
+            for t in tensors:
+                h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def act_clip(self, name: str, bits: int) -> torch.Tensor:
         key = (name, "a", bits)

@@ -256,6 +256,7 @@ class Search:
         allocations (`haq.ilp.allocations`) and play the ones not yet recorded as episodes, each
         finetuned once (deterministic, so a resumed run gets the same allocations)."""
         from haq.ilp import allocations
+        from haq.models import cache_dir
         from haq.sensitivity import measure
 
         env = self.parts.env
@@ -263,7 +264,7 @@ class Search:
         w_choices = [[top] if p else list(env.choices) for p in env.pinned]
         a_choices = [[top] if p or env.weights_only else list(env.choices) for p in env.pinned]
         start = time.perf_counter()
-        sens = measure(self.parts.evaluator, w_choices, a_choices)
+        sens = measure(self.parts.evaluator, w_choices, a_choices, cache=cache_dir() / "sensitivity")
         sens.to_csv(self.run_dir / "sensitivity.csv")
         w_pen, a_pen = sens.monotone()
         proposals = allocations(env.table, w_pen, a_pen, env.budget, w_choices, a_choices, self.config.episodes,

@@ -13,22 +13,29 @@ images moves in steps of a fraction of a point and is flat for most single-layer
 Search-train, not search-validation: the method's candidates are then measured on
 search-validation by the finetunes, as every method's are, and the held-out test split is
 never read.
+
+The measurement depends on the network, its calibration, the images and the bit choices, not on
+the hardware model, the budget or the seed, so `measure` can keep it in a cache folder: the
+searches of a sweep or a table that share a network measure it once.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from haq.evaluator import QuantEvaluator
 from haq.fileio import atomic_write_text
+from haq.models import state_fingerprint
 from haq.policy import Policy
 from haq.train import evaluate
 
@@ -85,9 +92,45 @@ class Sensitivity:
         atomic_write_text(path, text.getvalue())
 
 
+def cache_key(evaluator: QuantEvaluator, w_choices: Sequence[Sequence[int]], a_choices: Sequence[Sequence[int]],
+              images: int = SENSITIVITY_IMAGES) -> str:
+    """A hash of everything `measure` reads: the float weights, the calibration, the images and
+    their normalisation, the bit choices, the numerics (bf16, memory layout, device, torch threads:
+    a cached value is the one this process would compute, bit for bit)."""
+    data, cfg = evaluator.data, evaluator.finetune
+    sample = data.train.subset(range(min(images, len(data.train))))
+    h = hashlib.sha256()
+    for part in (state_fingerprint(evaluator.qmodel.float_state), evaluator.qmodel.calibration.fingerprint(),
+                 [layer.name for layer in evaluator.layers], [list(c) for c in w_choices], [list(c) for c in a_choices],
+                 data.mean, data.std, cfg.bf16, cfg.channels_last, str(sample.images.device), torch.get_num_threads()):
+        h.update(f"{part!r}|".encode())
+    for t in (sample.images, sample.labels):
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def _load(path: Path, layers: Sequence[str]) -> Sensitivity | None:
+    try:
+        with np.load(path) as f:
+            sens = Sensitivity(tuple(str(x) for x in f["layers"]), f["weight"], f["act"], float(f["base_loss"]),
+                               int(f["images"]))
+    except (OSError, KeyError, ValueError) as exc:
+        log.warning("cached sensitivity %s is unreadable (%s); measuring again", path, exc)
+        return None
+    return sens if sens.layers == tuple(layers) else None
+
+
+def _save(path: Path, sens: Sensitivity) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npz")
+    np.savez(tmp, layers=np.array(sens.layers), weight=sens.weight, act=sens.act, base_loss=sens.base_loss,
+             images=sens.images)
+    tmp.replace(path)
+
+
 @torch.no_grad()
 def measure(evaluator: QuantEvaluator, w_choices: Sequence[Sequence[int]], a_choices: Sequence[Sequence[int]],
-            images: int = SENSITIVITY_IMAGES) -> Sensitivity:
+            images: int = SENSITIVITY_IMAGES, cache: str | os.PathLike[str] | None = None) -> Sensitivity:
     """Measure each layer's loss rise at each of its weight and activation bitwidths.
 
     Args:
@@ -95,14 +138,23 @@ def measure(evaluator: QuantEvaluator, w_choices: Sequence[Sequence[int]], a_cho
         w_choices, a_choices: per layer, the bitwidths it may take (the top one is the reference;
             a layer with one choice is not measured).
         images: search-train images to measure on (at most the split's size).
+        cache: a folder to read the measurement from and write it to, under `cache_key`
+            (None: always measure).
 
     Returns:
-        The `Sensitivity`; the evaluator's model is left at the last measured policy (every
-        finetune starts by restoring the float weights).
+        The `Sensitivity`; when measured, the evaluator's model is left at the last measured
+        policy (every finetune starts by restoring the float weights).
     """
     layers = evaluator.layers
     if len(w_choices) != len(layers) or len(a_choices) != len(layers):
         raise ValueError(f"need bit choices for each of the {len(layers)} layers, got {len(w_choices)} / {len(a_choices)}")
+    path = None
+    if cache is not None:
+        path = Path(cache) / f"sensitivity-{cache_key(evaluator, w_choices, a_choices, images)}.npz"
+        cached = _load(path, [layer.name for layer in layers]) if path.is_file() else None
+        if cached is not None:
+            log.info("sensitivity read from %s", path)
+            return cached
     data = evaluator.data
     sample = data.train.subset(range(min(images, len(data.train))))
     top = [(max(w), max(a)) for w, a in zip(w_choices, a_choices)]
@@ -126,4 +178,7 @@ def measure(evaluator: QuantEvaluator, w_choices: Sequence[Sequence[int]], a_cho
                 table[i, b - 1] = loss(bits) - base
     log.info("sensitivity measured on %d search-train images: base loss %.4f, largest rise %.3f",
              len(sample), base, float(np.nanmax(np.concatenate([weight, act]))))
-    return Sensitivity(tuple(layer.name for layer in layers), weight, act, base, len(sample))
+    sens = Sensitivity(tuple(layer.name for layer in layers), weight, act, base, len(sample))
+    if path is not None:
+        _save(path, sens)
+    return sens

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -771,12 +772,13 @@ def test_the_search_returns_the_best_mean_of_fresh_finetunes_and_never_less_than
     assert "selected" not in off and not (tmp_path / "off" / "selected_policy.json").exists()
 
 
-def test_the_ilp_method_finetunes_its_allocations_as_episodes_and_resumes_to_the_same_ones(tmp_path, shared_parts):
+def test_the_ilp_method_finetunes_its_allocations_as_episodes_and_resumes_to_the_same_ones(tmp_path, shared_parts,
+                                                                                           caplog):
     """``method: ilp``: the sensitivities are written, each allocation fits the budget and is
     played as one episode (phase ``ilp``), the first is the integer program's optimum, the summary
     counts the finetunes, and a search killed halfway resumes to the rows of one never killed."""
     from haq.ilp import allocations
-    from haq.sensitivity import measure
+    from haq.sensitivity import cache_key, measure
 
     cfg = tiny_config(tmp_path, "ilp", method="ilp", budget="w3a3", episodes=4, select_finetunes=1)
     summary = Search(cfg, evaluator=shared_parts.evaluator).run()
@@ -787,12 +789,23 @@ def test_the_ilp_method_finetunes_its_allocations_as_episodes_and_resumes_to_the
     assert (run / "sensitivity.csv").read_text().startswith("layer,bits,weight_loss_rise,act_loss_rise\n")
     env = build_parts(cfg, shared_parts.evaluator).env
     choices = [list(env.choices)] * len(env.layers)
-    w_pen, a_pen = measure(shared_parts.evaluator, choices, choices).monotone()
+    fresh = measure(shared_parts.evaluator, choices, choices)
+    w_pen, a_pen = fresh.monotone()
     optimum = allocations(env.table, w_pen, a_pen, env.budget, choices, choices, 1)[0]
     assert Policy.from_strings(env.layers, episodes[0]["w_bits"], episodes[0]["a_bits"]).bits == tuple(optimum)
     n = summary["finetunes"]
     assert n["search"] == summary["distinct_policies"] and n["selection"] == len(summary["selection"]["candidates"])
     assert n["total"] == n["search"] + n["uniform"] + n["selection"]
+
+    # a cached measurement is the one measured, and other bit choices are measured anew
+    measure(shared_parts.evaluator, choices, choices, cache=tmp_path / "cache")
+    with caplog.at_level(logging.INFO, logger="haq.sensitivity"):
+        again = measure(shared_parts.evaluator, choices, choices, cache=tmp_path / "cache")
+    assert "sensitivity read from" in caplog.text and again.layers == fresh.layers
+    np.testing.assert_array_equal(again.weight, fresh.weight)
+    np.testing.assert_array_equal(again.act, fresh.act)
+    assert cache_key(shared_parts.evaluator, choices, [c[1:] for c in choices]) != cache_key(
+        shared_parts.evaluator, choices, choices)
 
     killed = tiny_config(tmp_path, "killed", method="ilp", budget="w3a3", episodes=4, select_finetunes=1)
     run_until_killed(Search(killed, evaluator=shared_parts.evaluator), 3)
