@@ -229,9 +229,10 @@ def plot_sweep(df: Any, path: str | os.PathLike[str], title: str = "") -> None:
                     fontsize=7, color="#555555")
     method = searched["method"].iloc[0] if len(searched) else "search"
     ax.plot(searched["cost_ratio"], searched["test_accuracy"], "o-", color="#3b6fb6", label=f"{method}, returned policy")
-    for r in searched.to_dict("records"):
+    for i, r in enumerate(searched.sort_values("cost_ratio").to_dict("records")):  # neighbours' labels staggered
         ax.annotate(f"budget {r['budget']}", (r["cost_ratio"], r["test_accuracy"]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=7, color="#3b6fb6")
+                    xytext=(-8, 6 + 10 * (i % 2)), fontsize=7, color="#3b6fb6")
+    ax.set_ylim(top=float(df["test_accuracy"].max()) + 8)  # room for the labels above the top points
     ax.set_xlabel("cost / w8a8")
     ax.set_ylabel("held-out top-1 (%)")
     ax.set_title(title, fontsize=10)
