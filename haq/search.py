@@ -302,13 +302,14 @@ class Search:
             self.pool = None
 
     def finish(self) -> dict[str, Any]:
-        """Evaluate the uniform baselines that fit the budget (every wbab, and the budget's own
-        policy when it names one such as w3a4); write summary.json and plots."""
+        """Evaluate the uniform baselines that fit the budget (every wbab, or every wba8 when only
+        weights are searched, and the budget's own policy when it names one such as w3a4); write
+        summary.json and plots."""
         from haq.report import plot_policy, plot_progress
 
         env, ev = self.parts.env, self.parts.evaluator
         baselines = []
-        uniform = [(b, b) for b in range(self.config.min_bits, 9)]
+        uniform = [(b, env.max_bits if env.weights_only else b) for b in range(self.config.min_bits, 9)]
         kind, named = budget_kind(self.config.budget)
         if kind == "uniform" and named not in uniform:  # a budget such as w3a4 names its own uniform policy
             uniform = sorted([*uniform, named])

@@ -772,6 +772,13 @@ def test_the_search_returns_the_best_mean_of_fresh_finetunes_and_never_less_than
     assert "selected" not in off and not (tmp_path / "off" / "selected_policy.json").exists()
 
 
+def test_a_weights_only_search_compares_with_uniform_weight_bits_at_float_activations(tmp_path, shared_parts):
+    cfg = tiny_config(tmp_path, "wo", method="random", episodes=2, budget="w3a8", weights_only=True, select_finetunes=1)
+    summary = Search(cfg, evaluator=shared_parts.evaluator).run()
+    assert [b["policy"] for b in summary["uniform_baselines"]] == ["w2a8", "w3a8"]
+    assert [c["policy"] for c in summary["selection"]["candidates"]][:2] == ["w2a8", "w3a8"]
+
+
 def test_the_ilp_method_finetunes_its_allocations_as_episodes_and_resumes_to_the_same_ones(tmp_path, shared_parts,
                                                                                            caplog):
     """``method: ilp``: the sensitivities are written, each allocation fits the budget and is
