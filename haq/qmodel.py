@@ -20,6 +20,7 @@ from torch import nn
 
 from haq import quant
 from haq.layers import extract_layers, quantizable_modules
+from haq.models import state_fingerprint
 from haq.policy import Policy
 from hw_models import LayerSpec
 
@@ -240,13 +241,11 @@ class Calibration:
     def fingerprint(self) -> str:
         """A short hash of the settings and activation statistics the clip values are computed
         from: two calibrations with the same fingerprint give the same clips for the same weights."""
-        h = hashlib.sha256(repr(self.config).encode())
-        for name in sorted(self._act_max):
-            h.update(f"|{name}|{self.act_signed.get(name)}|{name in self.network_inputs}|".encode())
-            tensors = [self._act_max[name], *self._act_hist.get(name, ())]
-            for t in tensors:
-                h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()[:16]
+        names = sorted(self._act_max)
+        flags = [(n, self.act_signed.get(n), n in self.network_inputs) for n in names]
+        stats = {f"{n}.max": self._act_max[n] for n in names}
+        stats |= {f"{n}.hist{i}": t for n in names for i, t in enumerate(self._act_hist.get(n, ()))}
+        return hashlib.sha256(f"{self.config!r}|{flags!r}|{state_fingerprint(stats)}".encode()).hexdigest()[:16]
 
     def act_clip(self, name: str, bits: int) -> torch.Tensor:
         key = (name, "a", bits)

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from haq.data import ImageSplit
 from haq.evaluator import QuantEvaluator
 from haq.fileio import atomic_write_text
 from haq.models import state_fingerprint
@@ -98,15 +99,18 @@ def cache_key(evaluator: QuantEvaluator, w_choices: Sequence[Sequence[int]], a_c
     their normalisation, the bit choices, the numerics (bf16, memory layout, device, torch threads:
     a cached value is the one this process would compute, bit for bit)."""
     data, cfg = evaluator.data, evaluator.finetune
-    sample = data.train.subset(range(min(images, len(data.train))))
-    h = hashlib.sha256()
-    for part in (state_fingerprint(evaluator.qmodel.float_state), evaluator.qmodel.calibration.fingerprint(),
-                 [layer.name for layer in evaluator.layers], [list(c) for c in w_choices], [list(c) for c in a_choices],
-                 data.mean, data.std, cfg.bf16, cfg.channels_last, str(sample.images.device), torch.get_num_threads()):
-        h.update(f"{part!r}|".encode())
-    for t in (sample.images, sample.labels):
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:20]
+    sample = _sample(evaluator, images)
+    parts = (state_fingerprint(evaluator.qmodel.float_state), evaluator.qmodel.calibration.fingerprint(),
+             state_fingerprint({"images": sample.images, "labels": sample.labels}),
+             [layer.name for layer in evaluator.layers], [list(c) for c in w_choices], [list(c) for c in a_choices],
+             data.mean, data.std, cfg.bf16, cfg.channels_last, str(sample.images.device), torch.get_num_threads())
+    return hashlib.sha256("|".join(map(repr, parts)).encode()).hexdigest()[:20]
+
+
+def _sample(evaluator: QuantEvaluator, images: int) -> ImageSplit:
+    """The first `images` of search-train (all of them when it is smaller)."""
+    train = evaluator.data.train
+    return train.subset(range(min(images, len(train))))
 
 
 def _load(path: Path, layers: Sequence[str]) -> Sensitivity | None:
@@ -156,7 +160,7 @@ def measure(evaluator: QuantEvaluator, w_choices: Sequence[Sequence[int]], a_cho
             log.info("sensitivity read from %s", path)
             return cached
     data = evaluator.data
-    sample = data.train.subset(range(min(images, len(data.train))))
+    sample = _sample(evaluator, images)
     top = [(max(w), max(a)) for w, a in zip(w_choices, a_choices)]
     model, cfg = evaluator.qmodel.model, evaluator.finetune
 
