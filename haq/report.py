@@ -199,11 +199,16 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], 
             ax.set_title(f"{model}, {hw}", fontsize=9)
             ax.grid(alpha=0.3)
             ax.tick_params(labelsize=7)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    legend: dict[str, Any] = {}  # every panel's entries once: a method may sit below one panel's axis only
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    ncol = max(1, min(len(legend), int(fig.get_figwidth() // 2.3)))  # ~2.3 inches a label at this size
+    legend_rows = -(-len(legend) // ncol)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.tight_layout(rect=(0, (0.1 + 0.25 * legend_rows) / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
