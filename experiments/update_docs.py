@@ -38,9 +38,9 @@ def tables_markdown() -> str:
              "**The latency and energy tables** compare DDPG, the integer program and random search on "
              "budgets chosen by what uniform bits lose (latency: w3a3 and w3a4 on `digits-mbv2`, 9 and 3 points on "
              "the rebuilt BISMO model, [hardware.md](hardware.md), and w3a4 on `digits32-mbv2`, 6; energy: 0.6 of "
-             "w8a8, where BitFusion's best uniform policy loses 49 on `digits-mbv2`, and w4a4, 1.3); each search "
-             "returns its final selection's policy. The energy YAML also lists `digits32-mbv2`, whose rows are not "
-             "measured yet. **The size table** predates the final "
+             "w8a8, where BitFusion's best uniform policy loses 49 on `digits-mbv2` and 79 on `digits32-mbv2`, and "
+             "w4a4 on `digits-mbv2`, 1.3); each search returns its final selection's policy. **The size table** "
+             "predates the final "
              "selection and the integer program (its searched rows are the best by reward). How to read them, and "
              "what each measures: [findings.md](findings.md).", "", "## Counts", "", status_markdown()]
     for table in TABLES:
