@@ -245,9 +245,6 @@ class SearchConfig:
             raise ValueError(f"enforcement must be one of {list(ENFORCEMENTS)}, got {self.enforcement!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
-        if self.method == "ilp" and self.workers > 1:
-            raise ValueError(f"method 'ilp' evaluates its allocations in one process: set workers: 1 (got "
-                             f"{self.workers}), or method: ddpg or random to evaluate policies on parallel workers")
         if self.method == "random" and self.warmup != self.episodes:  # frozen: set once, as compile below
             object.__setattr__(self, "warmup", self.episodes)
         if self.select_top < 1 or self.select_finetunes < 0:

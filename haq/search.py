@@ -272,9 +272,12 @@ class Search:
         log.info("%d allocations from the integer program in %.1f s (sensitivity included)", len(proposals),
                  time.perf_counter() - start)
         self._last_time = time.perf_counter()
-        for bits in proposals[self.episodes_done:]:
+        todo, n = proposals[self.episodes_done:], self.config.workers
+        for start in range(0, len(todo), n):  # rounds of one allocation per worker
             self.checkpoint()
-            self.record_episode(self._play(bits))
+            batch = todo[start:start + n]
+            for info in self._play_batch(batch) if self.pool is not None else [self._play(batch[0])]:
+                self.record_episode(info)
         self.checkpoint()
 
     def _play(self, bits: list[tuple[int, int]]) -> dict[str, Any]:
@@ -289,6 +292,22 @@ class Search:
             i, j = env.slot(t)
             *_, info = env.step(np.array([bits_to_action(bits[i][j], env.choices)], np.float32))
         return info
+
+    def _play_batch(self, batch: list[list[tuple[int, int]]]) -> list[dict[str, Any]]:
+        """`_play` for up to ``workers`` allocations at once on the lock-stepped environments, their
+        policies finetuned together by the Ray workers; a short last batch repeats its last allocation,
+        which the pool evaluates once and is not recorded twice."""
+        from envs.mixed_precision import bits_to_action
+
+        env = self.parts.env
+        padded = batch + [batch[-1]] * (self.env.num_envs - len(batch))
+        self.env.reset()
+        infos: list[dict[str, Any]] = []
+        for t in range(env.n_steps):
+            i, j = env.slot(t)
+            actions = np.array([[bits_to_action(bits[i][j], env.choices)] for bits in padded], np.float32)
+            *_, infos = self.env.step(actions)
+        return list(infos[:len(batch)])
 
     def release(self) -> None:
         """Stop the workers and give up the run folder's lock (another process may then resume it)."""
