@@ -7,7 +7,7 @@ one evaluator each, not counted here). Writes JSON.
 
     python benchmarks/search.py                       # the default search, 100 episodes
     python benchmarks/search.py --episodes 600        # the paper's episode count
-    python benchmarks/search.py --workers 2                 # 2 Ray workers
+    python benchmarks/search.py --workers 2           # 2 Ray workers
     python benchmarks/search.py --json benchmarks/results/search-cpu-default.json
 """
 
