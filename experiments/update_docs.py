@@ -41,8 +41,9 @@ def tables_markdown() -> str:
              "energy: 0.6 of w8a8, where BitFusion's best uniform policy loses 49 on `digits-mbv2` and 79 on "
              "`digits32-mbv2`, and w4a4 on `digits-mbv2`, 1.3). **The size table** does so with k-means weights "
              "at 0.3 of the 8-bit size, w3a8 and w4a8 on `digits-mbv2` (uniform k-means loses 37, 3.4 and 1.1 "
-             "points) and w4a8 on `digits32-mbv2` (4.4). Each search returns its final selection's policy. How to read them, and what each measures: "
-             "[findings.md](findings.md).", "", "## Counts", "", status_markdown()]
+             "points) and w4a8 on `digits32-mbv2` (4.4). Each search returns its final selection's policy. How "
+             "to read them, and what each measures: [findings.md](findings.md).", "", "## Counts", "",
+             status_markdown()]
     for table in TABLES:
         md = RESULTS_DIR / f"{table}-mini.md"
         if not md.is_file():
